@@ -1,0 +1,68 @@
+"""Forward FLOPs per token (no hardware).
+
+A matrix multiply of a token vector by a weight of ``n`` parameters costs
+``2n`` FLOPs (one multiply and one add each). Per token:
+
+* matrix FLOPs = 2 x (active parameters of attention projections, router,
+  ``top_k`` routed experts, shared experts, dense FFN, LM head); the embedding
+  lookup is free and the LM head is counted even when tied.
+* attention FLOPs per layer = ``2 * H * (d_qk + d_v) * L`` for a query that
+  attends to ``L`` keys (QK^T and AV), with ``L`` capped at the sliding window on
+  windowed layers. For a causal prefill of ``S`` tokens the mean is
+  ``L = (S + 1) / 2``; for decode at context ``C`` it is ``L = C``.
+
+Left out: norms, activations, softmax, rotary embeddings and biases
+(elementwise, < 1 % of FLOPs for these models); MLA is counted in its
+non-absorbed form (prefill); the absorbed decode form trades projection FLOPs
+for attention FLOPs on the latent and is not modelled here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .model import ModelSpec
+from .params import count_params
+
+
+@dataclass(frozen=True)
+class ForwardFlops:
+    """Forward FLOPs for one token, by part."""
+
+    matmul_flops: float
+    attention_flops: float
+    by_component: dict[str, float]
+
+    @property
+    def total_flops(self) -> float:
+        return self.matmul_flops + self.attention_flops
+
+
+def attention_score_flops(model: ModelSpec, keys_attended: float) -> float:
+    """QK^T and AV FLOPs of one token over all layers, attending to ``keys_attended`` keys."""
+    a = model.attention
+    per_key = 2.0 * a.num_heads * (a.qk_head_dim + a.v_head_dim)
+    total = 0.0
+    for i in range(model.num_layers):
+        keys = keys_attended
+        if model.is_sliding(i) and a.sliding_window is not None:
+            keys = min(keys, float(a.sliding_window))
+        total += per_key * keys
+    return total
+
+
+def forward_flops_per_token(model: ModelSpec, keys_attended: float = 0.0) -> ForwardFlops:
+    """Forward FLOPs of one token of ``model`` attending to ``keys_attended`` keys (see module docstring)."""
+    act = count_params(model).active_by_component
+    parts = {
+        "attention": act["attention"],
+        "router": act["router"],
+        "routed_experts": act["routed_experts"],
+        "shared_experts": act["shared_experts"],
+        "dense_ffn": act["dense_ffn"],
+        "lm_head": model.vocab_size * model.hidden_size,
+    }
+    by = {k: 2.0 * v for k, v in parts.items()}
+    att = attention_score_flops(model, keys_attended)
+    by["attention_scores"] = att
+    return ForwardFlops(matmul_flops=sum(2.0 * v for v in parts.values()), attention_flops=att, by_component=by)

@@ -1,0 +1,310 @@
+"""Hardware profiles: accelerator, node, scale-out fabric, efficiency and price.
+
+Hand-written profiles are TOML under ``hardware_profiles/``. Every datasheet
+number is written as ``{ value = "...", source = "..." }`` with its unit in the
+value; the loader converts units once and keeps the sources in
+:attr:`HardwareProfile.sources`, keyed by dotted field path. Calibrated profiles
+(written by ``moesim calibrate``) are JSON in base units with the same shape.
+
+Bandwidths are **per accelerator (or per NIC), per direction**; a vendor's
+bidirectional figure is halved and the original quoted in the source note.
+Peak FLOP/s are **dense** (never the 2:4-sparsity figure).
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+
+from .data import hardware_dir
+from .errors import InputError, from_validation_error
+from .units import parse_quantity
+
+
+def _q(kind: str):
+    return BeforeValidator(lambda v: parse_quantity(v, kind))
+
+
+FlopsPerS = Annotated[float, _q("flops_per_s"), Field(gt=0)]
+BytesPerS = Annotated[float, _q("bytes_per_s"), Field(gt=0)]
+Bytes = Annotated[float, _q("bytes"), Field(gt=0)]
+Seconds = Annotated[float, _q("s"), Field(ge=0)]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Curve(_Frozen):
+    """An efficiency curve: achievable fraction of a peak as a function of operation size.
+
+    ``points`` are ``[size, frac]`` pairs with strictly increasing size > 0 and
+    0 < frac <= 1. Between points the fraction is interpolated linearly in
+    log(size); outside it is held at the end values.
+    """
+
+    points: list[tuple[Annotated[float, Field(gt=0)], Annotated[float, Field(gt=0, le=1)]]] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _increasing(self) -> "Curve":
+        xs = [p[0] for p in self.points]
+        if any(b <= a for a, b in zip(xs, xs[1:])):
+            raise ValueError(f"curve sizes must be strictly increasing, got {xs}")
+        return self
+
+    def __call__(self, size: float | np.ndarray) -> float | np.ndarray:
+        xs = np.log([p[0] for p in self.points])
+        ys = np.array([p[1] for p in self.points])
+        s = np.log(np.maximum(np.asarray(size, dtype=float), 1e-30))
+        out = np.interp(s, xs, ys)
+        return float(out) if np.ndim(out) == 0 else out
+
+    @classmethod
+    def constant(cls, frac: float) -> "Curve":
+        return cls(points=[(1.0, frac)])
+
+
+class Accelerator(_Frozen):
+    """One accelerator (GPU) or, for the local-CPU profile, one CPU socket set."""
+
+    name: str = Field(description="Marketing name, e.g. 'NVIDIA H100 SXM5 80GB'.")
+    kind: Literal["gpu", "cpu"] = Field("gpu", description="Device kind.")
+    peak_flops_per_s: dict[str, FlopsPerS] = Field(
+        description="Dense peak FLOP/s per compute dtype (bf16, fp16, fp8, fp4, tf32, fp32). No 2:4 sparsity."
+    )
+    memory_bytes: Bytes = Field(description="Device memory capacity, bytes.")
+    memory_bandwidth_bytes_per_s: BytesPerS = Field(description="Peak device memory bandwidth, bytes/s.")
+
+    @model_validator(mode="after")
+    def _dtypes(self) -> "Accelerator":
+        allowed = {"fp32", "tf32", "bf16", "fp16", "fp8", "int8", "fp4"}
+        bad = set(self.peak_flops_per_s) - allowed
+        if bad:
+            raise ValueError(f"unknown dtype(s) {sorted(bad)} in peak_flops_per_s; allowed: {sorted(allowed)}")
+        if "bf16" not in self.peak_flops_per_s and "fp32" not in self.peak_flops_per_s:
+            raise ValueError("peak_flops_per_s needs at least bf16 or fp32")
+        return self
+
+    def peak_for(self, dtype: str) -> float:
+        """Dense peak FLOP/s for ``dtype``, falling back to the nearest wider format.
+
+        Falls back fp4 -> fp8 -> bf16 and fp16 -> bf16 -> fp32 when the device has no
+        faster path for the narrower format.
+        """
+        chain = {
+            "fp4": ("fp4", "fp8", "bf16", "fp32"),
+            "fp8": ("fp8", "bf16", "fp32"),
+            "int8": ("int8", "fp8", "bf16", "fp32"),
+            "fp16": ("fp16", "bf16", "fp32"),
+            "bf16": ("bf16", "fp16", "fp32"),
+            "tf32": ("tf32", "fp32"),
+            "fp32": ("fp32", "tf32", "bf16"),
+        }.get(dtype, (dtype, "bf16", "fp32"))
+        for d in chain:
+            if d in self.peak_flops_per_s:
+                return self.peak_flops_per_s[d]
+        raise KeyError(dtype)
+
+
+class Node(_Frozen):
+    """A node (server) and its scale-up domain."""
+
+    accelerators_per_node: int = Field(ge=1, description="Accelerators in one node (or one NVL72 rack).")
+    scale_up: Literal["nvswitch", "nvlink_domain", "infinity_fabric", "pcie", "none"] = Field(
+        description="Scale-up interconnect: NVSwitch 8-GPU nodes, a multi-node NVLink domain (GB200 NVL72), "
+        "AMD Infinity Fabric full mesh, PCIe only, or none (one device)."
+    )
+    scale_up_domain_size: int = Field(ge=1, description="Accelerators reachable over scale-up links (8, 72, ...).")
+    scale_up_bandwidth_per_accelerator_bytes_per_s: BytesPerS | None = Field(
+        None, description="Scale-up bandwidth per accelerator, per direction, bytes/s."
+    )
+    scale_up_latency_s: Seconds = Field(0.0, description="One-way small-message latency over scale-up, seconds.")
+    nvls_sharp: bool = Field(False, description="NVLink SHARP (in-switch reductions) is available.")
+
+    @model_validator(mode="after")
+    def _scale_up(self) -> "Node":
+        if self.scale_up != "none" and self.scale_up_bandwidth_per_accelerator_bytes_per_s is None:
+            raise ValueError(f"scale_up = {self.scale_up!r} needs scale_up_bandwidth_per_accelerator_bytes_per_s")
+        return self
+
+
+class ScaleOut(_Frozen):
+    """The network between nodes."""
+
+    fabric: Literal["infiniband", "roce", "ethernet", "none"] = Field(description="Scale-out fabric kind.")
+    nics_per_node: int = Field(0, ge=0, description="Scale-out NICs per node (compute fabric only).")
+    bandwidth_per_nic_bytes_per_s: BytesPerS | None = Field(None, description="Per NIC, per direction, bytes/s.")
+    latency_s: Seconds = Field(0.0, description="One-way small-message latency across the fabric, seconds.")
+    rail_optimized: bool = Field(False, description="NIC i of every node connects to leaf switch (rail) i.")
+    oversubscription_ratio: float = Field(1.0, ge=1.0, description="Leaf downlink:uplink bandwidth ratio (1 = non-blocking).")
+    leaf_switch_ports: int = Field(64, ge=2, description="Ports per leaf switch (NDR Quantum-2: 64).")
+    max_nodes: int | None = Field(None, ge=1, description="Largest cluster the fabric is described for, in nodes.")
+
+    @model_validator(mode="after")
+    def _nics(self) -> "ScaleOut":
+        if self.fabric != "none" and (self.nics_per_node < 1 or self.bandwidth_per_nic_bytes_per_s is None):
+            raise ValueError(f"fabric = {self.fabric!r} needs nics_per_node >= 1 and bandwidth_per_nic_bytes_per_s")
+        return self
+
+
+class Efficiency(_Frozen):
+    """Achievable fractions of the peaks and fixed overheads (defaults until calibrated)."""
+
+    source: str = Field(description="Where these values come from (documented default or a calibration).")
+    matmul_frac: Curve = Field(description="Fraction of dense peak FLOP/s vs matmul FLOPs.")
+    grouped_matmul_frac: Curve | None = Field(None, description="Same for grouped (per-expert) matmul; matmul_frac if absent.")
+    memory_frac: Curve = Field(description="Fraction of peak memory bandwidth vs bytes moved.")
+    scale_up_frac: float = Field(gt=0, le=1, description="Achievable fraction of scale-up bandwidth for large messages.")
+    scale_out_frac: float = Field(gt=0, le=1, description="Achievable fraction of NIC bandwidth for large messages.")
+    kernel_overhead_s: Seconds = Field(description="Fixed cost per kernel launch, seconds.")
+    collective_overhead_s: Seconds = Field(0.0, description="Fixed software cost per collective call, seconds.")
+
+    @property
+    def grouped(self) -> Curve:
+        return self.grouped_matmul_frac or self.matmul_frac
+
+
+class Price(_Frozen):
+    usd_per_accelerator_hour: float = Field(gt=0, description="Price per accelerator-hour, USD.")
+
+
+class Calibration(_Frozen):
+    """Provenance of a calibrated profile."""
+
+    base_profile: str = Field(description="Profile whose datasheet numbers were kept.")
+    device_name: str
+    date_utc: str
+    library_versions: dict[str, str] = Field(default_factory=dict)
+    host: dict[str, Any] = Field(default_factory=dict)
+    measurements_file: str
+    measurements_sha256: str
+    num_measurements: int = Field(ge=0)
+    fit_residuals: dict[str, float] = Field(default_factory=dict, description="Median |rel. error| per fitted family.")
+
+
+class HardwareProfile(_Frozen):
+    """A system: accelerator + node + scale-out fabric + efficiency (+ price)."""
+
+    name: str = Field(description="Short name used on the command line, e.g. 'h100-sxm'.")
+    description: str = Field("", description="One line about the system.")
+    accelerator: Accelerator
+    node: Node
+    scale_out: ScaleOut
+    efficiency: Efficiency
+    price: Price | None = None
+    sources: dict[str, str] = Field(default_factory=dict, description="Source of each datasheet number, by field path.")
+    calibration: Calibration | None = None
+
+    @model_validator(mode="after")
+    def _domain(self) -> "HardwareProfile":
+        n = self.node
+        if n.scale_up_domain_size % n.accelerators_per_node and n.accelerators_per_node % n.scale_up_domain_size:
+            raise ValueError(
+                f"node.scale_up_domain_size ({n.scale_up_domain_size}) and node.accelerators_per_node "
+                f"({n.accelerators_per_node}) must divide one another"
+            )
+        return self
+
+    @property
+    def max_accelerators(self) -> int | None:
+        if self.scale_out.fabric == "none":
+            return self.node.accelerators_per_node
+        if self.scale_out.max_nodes is None:
+            return None
+        return self.scale_out.max_nodes * self.node.accelerators_per_node
+
+
+# --------------------------------------------------------------------------- loading
+
+SOURCED_SECTIONS = ("accelerator", "node", "scale_out", "price")
+
+
+def _strip_sources(obj: Any, path: str, sources: dict[str, str], where: str) -> Any:
+    """Replace ``{value, source[, note]}`` tables by their value, recording the source."""
+    if isinstance(obj, dict):
+        keys = set(obj)
+        if "value" in keys and keys <= {"value", "source", "note"}:
+            if not isinstance(obj.get("source"), str) or not obj["source"].strip():
+                raise InputError("a {value, source} table needs a non-empty source", source=where, field=path)
+            sources[path] = obj["source"]
+            return obj["value"]
+        return {k: _strip_sources(v, f"{path}.{k}" if path else k, sources, where) for k, v in obj.items()}
+    return obj
+
+
+def _unsourced_numbers(obj: Any, path: str, sources: dict[str, str]) -> list[str]:
+    out = []
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            out += _unsourced_numbers(v, f"{path}.{k}", sources)
+    elif isinstance(obj, (int, float, str)) and not isinstance(obj, bool) and path not in sources:
+        if isinstance(obj, str) and not any(ch.isdigit() for ch in obj):
+            return out
+        out.append(path)
+    return out
+
+
+def parse_profile(raw: dict[str, Any], where: str) -> HardwareProfile:
+    """Validate a raw profile mapping (from TOML or JSON) read from ``where``."""
+    sources = dict(raw.get("sources") or {})
+    body = {k: v for k, v in raw.items() if k != "sources"}
+    body = _strip_sources(body, "", sources, where)
+    if raw.get("calibration") is None:  # hand-written: every datasheet number cites a source
+        for section in SOURCED_SECTIONS:
+            missing = _unsourced_numbers(body.get(section, {}), section, sources)
+            missing = [m for m in missing if not m.endswith(".name")]
+            if missing:
+                raise InputError(
+                    "datasheet number without a source; write it as { value = ..., source = \"...\" }",
+                    source=where,
+                    field=missing[0],
+                )
+    body["sources"] = sources
+    try:
+        return HardwareProfile.model_validate(body)
+    except ValidationError as exc:
+        raise from_validation_error(exc, where) from None
+
+
+def bundled_hardware() -> dict[str, Path]:
+    """Names of the shipped profiles and their files (TOML and calibrated JSON)."""
+    root = hardware_dir()
+    out = {p.stem: p for p in sorted(root.glob("*.toml"))}
+    for p in sorted(root.glob("calibrated/*.json")):
+        out.setdefault(p.stem, p)
+    return out
+
+
+def read_profile_file(path: Path) -> HardwareProfile:
+    where = str(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise InputError(f"cannot read file ({exc.strerror})", source=where) from None
+    try:
+        raw = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(f"not valid {path.suffix.lstrip('.').upper()}: {exc}", source=where) from None
+    return parse_profile(raw, where)
+
+
+def load_hardware(name_or_path: str | Path) -> HardwareProfile:
+    """Load a shipped profile by name (``moesim hardware list``) or a TOML / JSON file."""
+    p = Path(name_or_path)
+    if p.suffix in (".toml", ".json") or p.exists():
+        if not p.exists():
+            raise InputError("file not found", source=str(p))
+        return read_profile_file(p)
+    known = bundled_hardware()
+    key = str(name_or_path).lower()
+    if key not in known:
+        raise InputError(
+            f"unknown hardware profile {name_or_path!r}; known: {', '.join(known)} (or a path to a .toml/.json file)",
+            field="hardware",
+        )
+    return read_profile_file(known[key])

@@ -1,0 +1,376 @@
+"""Import a Hugging Face ``config.json`` (a local file) into a :class:`ModelSpec`.
+
+This is the only module that knows Hugging Face field names. Nothing is
+downloaded and no code from the config is executed: the file is parsed as
+JSON and mapped field by field.
+
+Traps handled here, per family:
+
+* ``intermediate_size`` is the *expert* width for Mixtral, PhiMoE, OLMoE,
+  gpt-oss and Llama 4, but the *dense* FFN width for DeepSeek and Qwen-MoE
+  (whose expert width is ``moe_intermediate_size``). Llama 4's dense width is
+  ``intermediate_size_mlp``.
+* Qwen2-MoE's ``shared_expert_intermediate_size`` is **one** wide shared expert
+  with a sigmoid gate; DeepSeek's ``n_shared_experts`` are experts of
+  ``moe_intermediate_size`` each.
+* DeepSeek: layer i is MoE when ``i >= first_k_dense_replace`` and
+  ``i % moe_layer_freq == 0``. Qwen: when ``(i + 1) % decoder_sparse_step == 0``
+  and ``i`` is not in ``mlp_only_layers``. Llama 4: ``moe_layers`` when given,
+  else ``interleave_moe_layer_step``.
+* gpt-oss's ``head_dim`` (64) differs from ``hidden_size / num_attention_heads``.
+* DBRX nests its fields in ``attn_config`` and ``ffn_config``; Llama 4 nests the
+  text model in ``text_config``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+from pydantic import ValidationError
+
+from .errors import InputError, from_validation_error
+from .model import ModelSpec
+
+_MISSING = object()
+
+
+class _Cfg:
+    """Read fields of one (possibly nested) config dict, with errors naming the field."""
+
+    def __init__(self, raw: dict[str, Any], where: str, prefix: str = ""):
+        self.raw, self.where, self.prefix = raw, where, prefix
+
+    def req(self, key: str) -> Any:
+        v = self.raw.get(key, _MISSING)
+        if v is _MISSING or v is None:
+            raise InputError(
+                f"required field is missing for model_type {self.model_type!r}", source=self.where, field=self.prefix + key
+            )
+        return v
+
+    def opt(self, key: str, default: Any = None) -> Any:
+        v = self.raw.get(key, _MISSING)
+        return default if v is _MISSING or v is None else v
+
+    def sub(self, key: str) -> "_Cfg":
+        v = self.req(key)
+        if not isinstance(v, dict):
+            raise InputError("expected an object", source=self.where, field=self.prefix + key)
+        c = _Cfg(v, self.where, f"{self.prefix}{key}.")
+        c._model_type = self.model_type
+        return c
+
+    @property
+    def model_type(self) -> str:
+        return getattr(self, "_model_type", None) or str(self.raw.get("model_type"))
+
+
+def _dtype(c: _Cfg) -> str:
+    t = str(c.opt("torch_dtype", c.opt("dtype", "bfloat16")))
+    return {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}.get(t, "bf16")
+
+
+def _gqa(c: _Cfg, hidden: int, **extra: Any) -> dict[str, Any]:
+    heads = int(c.req("num_attention_heads"))
+    return {
+        "kind": "gqa",
+        "num_heads": heads,
+        "num_kv_heads": int(c.opt("num_key_value_heads", heads)),
+        "head_dim": int(c.opt("head_dim", hidden // heads)),
+        **extra,
+    }
+
+
+def _common(c: _Cfg) -> dict[str, Any]:
+    return {
+        "family": c.model_type,
+        "num_layers": int(c.req("num_hidden_layers")),
+        "hidden_size": int(c.req("hidden_size")),
+        "vocab_size": int(c.req("vocab_size")),
+        "tie_embeddings": bool(c.opt("tie_word_embeddings", False)),
+        "max_context": c.opt("max_position_embeddings"),
+        "weight_dtype": _dtype(c),
+    }
+
+
+def _mixtral(c: _Cfg) -> dict[str, Any]:
+    d = _common(c)
+    bias = bool(c.opt("attention_bias", False))
+    d |= {
+        "attention": _gqa(c, d["hidden_size"], qkv_bias=bias, out_bias=bias),
+        "moe": {
+            "num_experts": c.req("num_local_experts"),
+            "top_k": c.req("num_experts_per_tok"),
+            "expert_ffn_dim": c.req("intermediate_size"),
+            "router": {"scoring": "softmax", "norm_topk_prob": True},
+        },
+    }
+    return d
+
+
+def _phimoe(c: _Cfg) -> dict[str, Any]:
+    d = _mixtral(c)
+    d["norm"] = "layernorm"  # PhiMoE uses nn.LayerNorm with bias
+    return d
+
+
+def _olmoe(c: _Cfg) -> dict[str, Any]:
+    d = _common(c)
+    d |= {
+        "attention": _gqa(c, d["hidden_size"], qk_norm=True, qk_norm_full_width=True,
+                          qkv_bias=bool(c.opt("attention_bias", False))),
+        "moe": {
+            "num_experts": c.req("num_experts"),
+            "top_k": c.req("num_experts_per_tok"),
+            "expert_ffn_dim": c.req("intermediate_size"),
+            "router": {"scoring": "softmax", "norm_topk_prob": bool(c.opt("norm_topk_prob", False))},
+        },
+    }
+    return d
+
+
+def _qwen_layers(c: _Cfg, n_layers: int) -> dict[str, Any]:
+    step = int(c.opt("decoder_sparse_step", 1))
+    dense = [int(i) for i in c.opt("mlp_only_layers", [])]
+    if step == 1 and not dense:
+        return {"kind": "all"}
+    return {"kind": "interleaved", "step": step, "dense_layers": dense}
+
+
+def _qwen2_moe(c: _Cfg) -> dict[str, Any]:
+    d = _common(c)
+    shared = int(c.opt("shared_expert_intermediate_size", 0))
+    d |= {
+        "attention": _gqa(c, d["hidden_size"], qkv_bias=True),
+        "dense_ffn_dim": int(c.opt("intermediate_size", 0)),
+        "moe_layers": _qwen_layers(c, d["num_layers"]),
+        "moe": {
+            "num_experts": c.req("num_experts"),
+            "top_k": c.req("num_experts_per_tok"),
+            "expert_ffn_dim": c.req("moe_intermediate_size"),
+            "num_shared_experts": 1 if shared else 0,
+            "shared_expert_ffn_dim": shared,
+            "shared_expert_gate": bool(shared),
+            "router": {"scoring": "softmax", "norm_topk_prob": bool(c.opt("norm_topk_prob", False))},
+        },
+    }
+    return d
+
+
+def _qwen3_moe(c: _Cfg) -> dict[str, Any]:
+    d = _common(c)
+    d |= {
+        "attention": _gqa(c, d["hidden_size"], qk_norm=True, qkv_bias=bool(c.opt("attention_bias", False))),
+        "dense_ffn_dim": int(c.opt("intermediate_size", 0)),
+        "moe_layers": _qwen_layers(c, d["num_layers"]),
+        "moe": {
+            "num_experts": c.req("num_experts"),
+            "top_k": c.req("num_experts_per_tok"),
+            "expert_ffn_dim": c.req("moe_intermediate_size"),
+            "router": {"scoring": "softmax", "norm_topk_prob": bool(c.opt("norm_topk_prob", True))},
+        },
+    }
+    return d
+
+
+def _deepseek_common(c: _Cfg) -> dict[str, Any]:
+    d = _common(c)
+    n_shared = int(c.opt("n_shared_experts", 0))
+    moe_w = int(c.req("moe_intermediate_size"))
+    d |= {
+        "dense_ffn_dim": int(c.req("intermediate_size")),
+        "moe_layers": {
+            "kind": "first_k_dense",
+            "k": int(c.opt("first_k_dense_replace", 0)),
+            "step": int(c.opt("moe_layer_freq", 1)),
+        },
+        "moe": {
+            "num_experts": c.req("n_routed_experts"),
+            "top_k": c.req("num_experts_per_tok"),
+            "expert_ffn_dim": moe_w,
+            "num_shared_experts": n_shared,
+            "shared_expert_ffn_dim": moe_w if n_shared else 0,
+            "router": {
+                "scoring": str(c.opt("scoring_func", "softmax")),
+                "norm_topk_prob": bool(c.opt("norm_topk_prob", False)),
+            },
+        },
+    }
+    return d
+
+
+def _deepseek(c: _Cfg) -> dict[str, Any]:
+    d = _deepseek_common(c)
+    d["attention"] = _gqa(c, d["hidden_size"], qkv_bias=bool(c.opt("attention_bias", False)))
+    return d
+
+
+def _mla(c: _Cfg) -> dict[str, Any]:
+    return {
+        "kind": "mla",
+        "num_heads": int(c.req("num_attention_heads")),
+        "q_lora_rank": c.opt("q_lora_rank"),
+        "kv_lora_rank": int(c.req("kv_lora_rank")),
+        "qk_nope_head_dim": int(c.req("qk_nope_head_dim")),
+        "qk_rope_head_dim": int(c.req("qk_rope_head_dim")),
+        "v_head_dim": int(c.req("v_head_dim")),
+    }
+
+
+def _deepseek_v2(c: _Cfg) -> dict[str, Any]:
+    d = _deepseek_common(c)
+    d["attention"] = _mla(c)
+    method = str(c.opt("topk_method", "greedy"))
+    groups = int(c.opt("n_group", 1) or 1)
+    router = d["moe"]["router"]
+    if method in ("group_limited_greedy", "noaux_tc") and groups > 1:
+        router |= {"num_groups": groups, "topk_groups": int(c.opt("topk_group", groups))}
+    router["score_correction_bias"] = method == "noaux_tc"
+    return d
+
+
+def _deepseek_v3(c: _Cfg) -> dict[str, Any]:
+    d = _deepseek_v2(c)
+    n_mtp = int(c.opt("num_nextn_predict_layers", 0))
+    # The published checkpoint stores an embedding and a head for each MTP module.
+    d["mtp"] = {"num_modules": n_mtp, "own_embedding_and_head": n_mtp > 0}
+    return d
+
+
+def _dbrx(c: _Cfg) -> dict[str, Any]:
+    attn, ffn = c.sub("attn_config"), c.sub("ffn_config")
+    hidden = int(c.req("d_model"))
+    heads = int(c.req("n_heads"))
+    return {
+        "family": "dbrx",
+        "num_layers": int(c.req("n_layers")),
+        "hidden_size": hidden,
+        "vocab_size": int(c.req("vocab_size")),
+        "tie_embeddings": bool(c.opt("tie_word_embeddings", False)),
+        "max_context": c.opt("max_seq_len"),
+        "weight_dtype": _dtype(c),
+        "norm": "layernorm_nobias",
+        "attention": {"kind": "gqa", "num_heads": heads, "num_kv_heads": int(attn.req("kv_n_heads")),
+                      "head_dim": hidden // heads},
+        "moe": {
+            "num_experts": ffn.req("moe_num_experts"),
+            "top_k": ffn.req("moe_top_k"),
+            "expert_ffn_dim": ffn.req("ffn_hidden_size"),
+            "router": {"scoring": "softmax", "norm_topk_prob": ffn.opt("moe_normalize_expert_weights", 1) is not None},
+        },
+    }
+
+
+def _gpt_oss(c: _Cfg) -> dict[str, Any]:
+    d = _common(c)
+    window = c.opt("sliding_window")
+    types = c.opt("layer_types")
+    sliding = "none"
+    if window and types:
+        idx = [i for i, t in enumerate(types) if t == "sliding_attention"]
+        if idx and all(i % 2 == 0 for i in idx) and len(idx) == (len(types) + 1) // 2:
+            sliding = "even"
+        elif idx and len(idx) == len(types):
+            sliding = "all"
+        elif idx and all(i % 2 == 1 for i in idx) and len(idx) == len(types) // 2:
+            sliding = "odd"
+        elif idx:
+            raise InputError("sliding_attention pattern other than all / even / odd layers is not supported",
+                             source=c.where, field="layer_types")
+    elif window:
+        sliding = "even"  # gpt-oss alternates banded and dense layers, banded first
+    q = c.opt("quantization_config") or {}
+    expert_dtype = "mxfp4" if isinstance(q, dict) and q.get("quant_method") == "mxfp4" else None
+    d |= {
+        "attention": _gqa(c, d["hidden_size"], qkv_bias=True, out_bias=True, sinks=True,
+                          sliding_window=window if sliding != "none" else None, sliding_layers=sliding),
+        "moe": {
+            "num_experts": c.req("num_local_experts"),
+            "top_k": c.opt("num_experts_per_tok") or c.req("experts_per_token"),
+            "expert_ffn_dim": c.req("intermediate_size"),
+            "expert_bias": True,
+            "router": {"scoring": "softmax", "norm_topk_prob": True, "bias": True},
+        },
+        "expert_weight_dtype": expert_dtype,
+    }
+    return d
+
+
+def _llama4(c: _Cfg) -> dict[str, Any]:
+    if c.raw.get("model_type") == "llama4":
+        c = c.sub("text_config")
+    d = _common(c)
+    n = d["num_layers"]
+    explicit = c.opt("moe_layers")
+    if explicit is not None:
+        layers: dict[str, Any] = {"kind": "explicit", "layers": [int(i) for i in explicit]}
+    else:
+        step = int(c.opt("interleave_moe_layer_step", 1))
+        layers = {"kind": "all"} if step == 1 else {"kind": "interleaved", "step": step}
+    d |= {
+        "attention": _gqa(c, d["hidden_size"]),
+        "dense_ffn_dim": int(c.opt("intermediate_size_mlp", 0)),
+        "moe_layers": layers,
+        "moe": {
+            "num_experts": c.req("num_local_experts"),
+            "top_k": c.req("num_experts_per_tok"),
+            "expert_ffn_dim": c.req("intermediate_size"),
+            "num_shared_experts": 1,
+            "shared_expert_ffn_dim": c.req("intermediate_size"),
+            "router": {"scoring": "sigmoid", "norm_topk_prob": False},
+        },
+    }
+    d["family"] = "llama4"
+    return d
+
+
+FAMILIES: dict[str, Callable[[_Cfg], dict[str, Any]]] = {
+    "mixtral": _mixtral,
+    "phimoe": _phimoe,
+    "olmoe": _olmoe,
+    "qwen2_moe": _qwen2_moe,
+    "qwen3_moe": _qwen3_moe,
+    "deepseek": _deepseek,
+    "deepseek_v2": _deepseek_v2,
+    "deepseek_v3": _deepseek_v3,
+    "dbrx": _dbrx,
+    "gpt_oss": _gpt_oss,
+    "llama4": _llama4,
+    "llama4_text": _llama4,
+}
+
+
+def spec_from_hf_dict(raw: dict[str, Any], where: str, name: str | None = None) -> ModelSpec:
+    """Map a parsed ``config.json`` dict to a :class:`ModelSpec`."""
+    if not isinstance(raw, dict):
+        raise InputError("expected a JSON object at the top level", source=where)
+    mt = raw.get("model_type")
+    if mt not in FAMILIES:
+        raise InputError(
+            f"unsupported model_type {mt!r}; supported: {', '.join(sorted(FAMILIES))}",
+            source=where,
+            field="model_type",
+        )
+    fields = FAMILIES[mt](_Cfg(raw, where))
+    fields["name"] = name or Path(where).parent.name or Path(where).stem
+    try:
+        return ModelSpec.model_validate(fields)
+    except ValidationError as exc:
+        raise from_validation_error(exc, where) from None
+
+
+def load_hf_config(path: str | Path, name: str | None = None) -> ModelSpec:
+    """Read a local Hugging Face ``config.json`` and return its :class:`ModelSpec`."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as exc:
+        raise InputError(f"cannot read file ({exc.strerror})", source=str(p)) from None
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InputError(f"not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})", source=str(p)) from None
+    stem = p.stem if p.stem != "config" else p.parent.name
+    return spec_from_hf_dict(raw, str(p), name=name or stem)
