@@ -304,8 +304,10 @@ def _llama4(c: _Cfg) -> dict[str, Any]:
     d = _common(c)
     n = d["num_layers"]
     explicit = c.opt("moe_layers")
-    if explicit is not None:
-        layers: dict[str, Any] = {"kind": "explicit", "layers": [int(i) for i in explicit]}
+    if explicit is not None and sorted(int(i) for i in explicit) == list(range(n)):
+        layers: dict[str, Any] = {"kind": "all"}
+    elif explicit is not None:
+        layers = {"kind": "explicit", "layers": [int(i) for i in explicit]}
     else:
         step = int(c.opt("interleave_moe_layer_step", 1))
         layers = {"kind": "all"} if step == 1 else {"kind": "interleaved", "step": step}

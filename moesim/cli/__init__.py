@@ -1,0 +1,1 @@
+"""The ``moesim`` command line: one module per command, rendering under ``render/``."""
