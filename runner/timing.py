@@ -1,0 +1,189 @@
+"""Timing harness: warm-up, synchronisation or device events, repetitions, median and spread.
+
+Follows the pattern of DeepEP's ``bench()`` (deepseek-ai/DeepEP
+``deep_ep/utils/testing.py``): synchronise, warm up, time every iteration on
+its own (CUDA events on a GPU, ``time.perf_counter`` around a synchronous call
+on the CPU), flush the L2 cache before each GPU iteration so a kernel does not
+profit from its previous run's data, drop the first timed sample, and report
+seconds. Conversion to GB/s or microseconds happens only when printing.
+
+Stage regions (:class:`RegionTimer`) use :class:`moesim.ops.OpKind`, the enum
+the simulator's operations use, so a measured stage joins its prediction
+without string matching.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import statistics
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import torch
+
+from moesim.ops import OpKind
+
+#: bytes written to evict the L2 cache between GPU iterations (larger than any current L2: H100 50 MB, B200 126 MB)
+L2_FLUSH_BYTES = 256 * 2**20
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Summary of repeated timings of one callable, seconds."""
+
+    median_s: float
+    min_s: float
+    max_s: float
+    p10_s: float
+    p90_s: float
+    num_samples: int
+    samples_s: tuple[float, ...] = field(repr=False)
+
+    @property
+    def spread_frac(self) -> float:
+        """(p90 - p10) / median: relative spread of the samples."""
+        return (self.p90_s - self.p10_s) / self.median_s if self.median_s > 0 else 0.0
+
+
+def summarise(samples_s: list[float]) -> Timing:
+    """Median, min, max and 10th/90th percentiles of ``samples_s``."""
+    if not samples_s:
+        raise ValueError("no samples")
+    xs = sorted(samples_s)
+    n = len(xs)
+
+    def q(p: float) -> float:
+        if n == 1:
+            return xs[0]
+        pos = p * (n - 1)
+        lo = int(pos)
+        hi = min(lo + 1, n - 1)
+        return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
+
+    return Timing(
+        median_s=statistics.median(xs), min_s=xs[0], max_s=xs[-1], p10_s=q(0.1), p90_s=q(0.9),
+        num_samples=n, samples_s=tuple(samples_s),
+    )
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class _L2Flusher:
+    """Writes a buffer larger than L2 so the next kernel starts cold (GPU only)."""
+
+    def __init__(self, device: torch.device):
+        self.buf = torch.empty(L2_FLUSH_BYTES // 4, dtype=torch.int32, device=device) if device.type == "cuda" else None
+
+    def __call__(self) -> None:
+        if self.buf is not None:
+            self.buf.zero_()
+
+
+def bench(
+    fn: Callable[[], object],
+    device: torch.device | str = "cpu",
+    *,
+    warmup: int = 2,
+    min_reps: int = 5,
+    max_reps: int = 100,
+    target_s: float = 0.2,
+    flush_l2: bool = True,
+) -> Timing:
+    """Time ``fn`` (seconds): warm up, then repeat until ``target_s`` of samples or ``max_reps``.
+
+    Each iteration is timed alone: on CUDA with a pair of events recorded on
+    the current stream after an L2 flush; on the CPU with ``perf_counter``
+    around the (synchronous) call. The first timed sample is dropped.
+    """
+    device = torch.device(device)
+    flush = _L2Flusher(device) if flush_l2 else (lambda: None)
+    synchronize(device)
+    for _ in range(max(warmup, 0)):
+        fn()
+    synchronize(device)
+    samples: list[float] = []
+    spent = 0.0
+    reps = 0
+    if device.type == "cuda":
+        while reps < max_reps + 1 and (reps < min_reps + 1 or spent < target_s):
+            flush()
+            start = torch.cuda.Event(enable_timing=True)
+            end = torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            dt = start.elapsed_time(end) * 1e-3  # elapsed_time is in milliseconds
+            samples.append(dt)
+            spent += dt
+            reps += 1
+    else:
+        while reps < max_reps + 1 and (reps < min_reps + 1 or spent < target_s):
+            t0 = time.perf_counter()
+            fn()
+            dt = time.perf_counter() - t0
+            samples.append(dt)
+            spent += dt
+            reps += 1
+    return summarise(samples[1:] if len(samples) > 1 else samples)
+
+
+# --------------------------------------------------------------------------- stage regions
+
+
+class NullTimer:
+    """A timer that records nothing (the default for layer forwards)."""
+
+    @contextlib.contextmanager
+    def region(self, kind: OpKind) -> Iterator[None]:
+        yield
+
+
+class RegionTimer:
+    """Accumulates the time of named stages (``OpKind``) over one or more forwards.
+
+    On CUDA each region records a pair of events; the durations are read once
+    at :meth:`totals_s`, so timing does not add synchronisations inside the
+    forward. On the CPU a region is ``perf_counter`` around synchronous work.
+    """
+
+    def __init__(self, device: torch.device | str = "cpu"):
+        self.device = torch.device(device)
+        self._cpu: dict[OpKind, float] = defaultdict(float)
+        self._events: list[tuple[OpKind, object, object]] = []
+
+    @contextlib.contextmanager
+    def region(self, kind: OpKind) -> Iterator[None]:
+        if self.device.type == "cuda":
+            start = torch.cuda.Event(enable_timing=True)
+            end = torch.cuda.Event(enable_timing=True)
+            start.record()
+            try:
+                yield
+            finally:
+                end.record()
+                self._events.append((kind, start, end))
+        else:
+            t0 = time.perf_counter()
+            try:
+                yield
+            finally:
+                self._cpu[kind] += time.perf_counter() - t0
+
+    def totals_s(self) -> dict[OpKind, float]:
+        """Total seconds per stage since creation (or the last :meth:`reset`)."""
+        out = dict(self._cpu)
+        if self._events:
+            synchronize(self.device)
+            for kind, start, end in self._events:
+                out[kind] = out.get(kind, 0.0) + start.elapsed_time(end) * 1e-3  # type: ignore[attr-defined]
+        return out
+
+    def reset(self) -> None:
+        self._cpu.clear()
+        self._events.clear()
