@@ -54,6 +54,41 @@ class _Cfg:
         v = self.raw.get(key, _MISSING)
         return default if v is _MISSING or v is None else v
 
+    def _int(self, key: str, v: Any, minimum: int) -> int:
+        """``v`` as an int (integral floats accepted), at least ``minimum``, else an error naming ``key``."""
+        if isinstance(v, bool) or not (isinstance(v, int) or (isinstance(v, float) and v.is_integer())):
+            raise InputError(f"expected an integer, got {v!r}", source=self.where, field=self.prefix + key)
+        if v < minimum:
+            raise InputError(f"must be >= {minimum}, got {v!r}", source=self.where, field=self.prefix + key)
+        return int(v)
+
+    def req_int(self, key: str, minimum: int = 1) -> int:
+        """A required integer field (sizes and counts default to ``minimum`` 1)."""
+        return self._int(key, self.req(key), minimum)
+
+    def opt_int(self, key: str, default: int | None, minimum: int = 0) -> int | None:
+        """An optional integer field; absent or null gives ``default``."""
+        v = self.opt(key, _MISSING)
+        return default if v is _MISSING else self._int(key, v, minimum)
+
+    def opt_bool(self, key: str, default: bool) -> bool:
+        """An optional boolean field (JSON true / false); absent or null gives ``default``."""
+        v = self.opt(key, _MISSING)
+        if v is _MISSING:
+            return default
+        if not isinstance(v, bool):
+            raise InputError(f"expected true or false, got {v!r}", source=self.where, field=self.prefix + key)
+        return v
+
+    def opt_int_list(self, key: str) -> list[int] | None:
+        """An optional list of non-negative integers (layer indices); absent or null gives None."""
+        v = self.opt(key, _MISSING)
+        if v is _MISSING:
+            return None
+        if not isinstance(v, list):
+            raise InputError(f"expected a list of layer indices, got {v!r}", source=self.where, field=self.prefix + key)
+        return [self._int(key, i, 0) for i in v]
+
     def sub(self, key: str) -> "_Cfg":
         v = self.req(key)
         if not isinstance(v, dict):
@@ -73,12 +108,12 @@ def _dtype(c: _Cfg) -> str:
 
 
 def _gqa(c: _Cfg, hidden: int, **extra: Any) -> dict[str, Any]:
-    heads = int(c.req("num_attention_heads"))
+    heads = c.req_int("num_attention_heads")
     return {
         "kind": "gqa",
         "num_heads": heads,
-        "num_kv_heads": int(c.opt("num_key_value_heads", heads)),
-        "head_dim": int(c.opt("head_dim", hidden // heads)),
+        "num_kv_heads": c.opt_int("num_key_value_heads", heads, minimum=1),
+        "head_dim": c.opt_int("head_dim", hidden // heads, minimum=1),
         **extra,
     }
 
@@ -86,24 +121,24 @@ def _gqa(c: _Cfg, hidden: int, **extra: Any) -> dict[str, Any]:
 def _common(c: _Cfg) -> dict[str, Any]:
     return {
         "family": c.model_type,
-        "num_layers": int(c.req("num_hidden_layers")),
-        "hidden_size": int(c.req("hidden_size")),
-        "vocab_size": int(c.req("vocab_size")),
-        "tie_embeddings": bool(c.opt("tie_word_embeddings", False)),
-        "max_context": c.opt("max_position_embeddings"),
+        "num_layers": c.req_int("num_hidden_layers"),
+        "hidden_size": c.req_int("hidden_size"),
+        "vocab_size": c.req_int("vocab_size"),
+        "tie_embeddings": c.opt_bool("tie_word_embeddings", False),
+        "max_context": c.opt_int("max_position_embeddings", None, minimum=1),
         "weight_dtype": _dtype(c),
     }
 
 
 def _mixtral(c: _Cfg) -> dict[str, Any]:
     d = _common(c)
-    bias = bool(c.opt("attention_bias", False))
+    bias = c.opt_bool("attention_bias", False)
     d |= {
         "attention": _gqa(c, d["hidden_size"], qkv_bias=bias, out_bias=bias),
         "moe": {
-            "num_experts": c.req("num_local_experts"),
-            "top_k": c.req("num_experts_per_tok"),
-            "expert_ffn_dim": c.req("intermediate_size"),
+            "num_experts": c.req_int("num_local_experts"),
+            "top_k": c.req_int("num_experts_per_tok"),
+            "expert_ffn_dim": c.req_int("intermediate_size"),
             "router": {"scoring": "softmax", "norm_topk_prob": True},
         },
     }
@@ -120,20 +155,20 @@ def _olmoe(c: _Cfg) -> dict[str, Any]:
     d = _common(c)
     d |= {
         "attention": _gqa(c, d["hidden_size"], qk_norm=True, qk_norm_full_width=True,
-                          qkv_bias=bool(c.opt("attention_bias", False))),
+                          qkv_bias=c.opt_bool("attention_bias", False)),
         "moe": {
-            "num_experts": c.req("num_experts"),
-            "top_k": c.req("num_experts_per_tok"),
-            "expert_ffn_dim": c.req("intermediate_size"),
-            "router": {"scoring": "softmax", "norm_topk_prob": bool(c.opt("norm_topk_prob", False))},
+            "num_experts": c.req_int("num_experts"),
+            "top_k": c.req_int("num_experts_per_tok"),
+            "expert_ffn_dim": c.req_int("intermediate_size"),
+            "router": {"scoring": "softmax", "norm_topk_prob": c.opt_bool("norm_topk_prob", False)},
         },
     }
     return d
 
 
 def _qwen_layers(c: _Cfg, n_layers: int) -> dict[str, Any]:
-    step = int(c.opt("decoder_sparse_step", 1))
-    dense = [int(i) for i in c.opt("mlp_only_layers", [])]
+    step = c.opt_int("decoder_sparse_step", 1, minimum=1)
+    dense = c.opt_int_list("mlp_only_layers") or []
     if step == 1 and not dense:
         return {"kind": "all"}
     return {"kind": "interleaved", "step": step, "dense_layers": dense}
@@ -141,19 +176,19 @@ def _qwen_layers(c: _Cfg, n_layers: int) -> dict[str, Any]:
 
 def _qwen2_moe(c: _Cfg) -> dict[str, Any]:
     d = _common(c)
-    shared = int(c.opt("shared_expert_intermediate_size", 0))
+    shared = c.opt_int("shared_expert_intermediate_size", 0)
     d |= {
         "attention": _gqa(c, d["hidden_size"], qkv_bias=True),
-        "dense_ffn_dim": int(c.opt("intermediate_size", 0)),
+        "dense_ffn_dim": c.opt_int("intermediate_size", 0),
         "moe_layers": _qwen_layers(c, d["num_layers"]),
         "moe": {
-            "num_experts": c.req("num_experts"),
-            "top_k": c.req("num_experts_per_tok"),
-            "expert_ffn_dim": c.req("moe_intermediate_size"),
+            "num_experts": c.req_int("num_experts"),
+            "top_k": c.req_int("num_experts_per_tok"),
+            "expert_ffn_dim": c.req_int("moe_intermediate_size"),
             "num_shared_experts": 1 if shared else 0,
             "shared_expert_ffn_dim": shared,
             "shared_expert_gate": bool(shared),
-            "router": {"scoring": "softmax", "norm_topk_prob": bool(c.opt("norm_topk_prob", False))},
+            "router": {"scoring": "softmax", "norm_topk_prob": c.opt_bool("norm_topk_prob", False)},
         },
     }
     return d
@@ -162,14 +197,14 @@ def _qwen2_moe(c: _Cfg) -> dict[str, Any]:
 def _qwen3_moe(c: _Cfg) -> dict[str, Any]:
     d = _common(c)
     d |= {
-        "attention": _gqa(c, d["hidden_size"], qk_norm=True, qkv_bias=bool(c.opt("attention_bias", False))),
-        "dense_ffn_dim": int(c.opt("intermediate_size", 0)),
+        "attention": _gqa(c, d["hidden_size"], qk_norm=True, qkv_bias=c.opt_bool("attention_bias", False)),
+        "dense_ffn_dim": c.opt_int("intermediate_size", 0),
         "moe_layers": _qwen_layers(c, d["num_layers"]),
         "moe": {
-            "num_experts": c.req("num_experts"),
-            "top_k": c.req("num_experts_per_tok"),
-            "expert_ffn_dim": c.req("moe_intermediate_size"),
-            "router": {"scoring": "softmax", "norm_topk_prob": bool(c.opt("norm_topk_prob", True))},
+            "num_experts": c.req_int("num_experts"),
+            "top_k": c.req_int("num_experts_per_tok"),
+            "expert_ffn_dim": c.req_int("moe_intermediate_size"),
+            "router": {"scoring": "softmax", "norm_topk_prob": c.opt_bool("norm_topk_prob", True)},
         },
     }
     return d
@@ -177,24 +212,24 @@ def _qwen3_moe(c: _Cfg) -> dict[str, Any]:
 
 def _deepseek_common(c: _Cfg) -> dict[str, Any]:
     d = _common(c)
-    n_shared = int(c.opt("n_shared_experts", 0))
-    moe_w = int(c.req("moe_intermediate_size"))
+    n_shared = c.opt_int("n_shared_experts", 0)
+    moe_w = c.req_int("moe_intermediate_size")
     d |= {
-        "dense_ffn_dim": int(c.req("intermediate_size")),
+        "dense_ffn_dim": c.req_int("intermediate_size"),
         "moe_layers": {
             "kind": "first_k_dense",
-            "k": int(c.opt("first_k_dense_replace", 0)),
-            "step": int(c.opt("moe_layer_freq", 1)),
+            "k": c.opt_int("first_k_dense_replace", 0),
+            "step": c.opt_int("moe_layer_freq", 1, minimum=1),
         },
         "moe": {
-            "num_experts": c.req("n_routed_experts"),
-            "top_k": c.req("num_experts_per_tok"),
+            "num_experts": c.req_int("n_routed_experts"),
+            "top_k": c.req_int("num_experts_per_tok"),
             "expert_ffn_dim": moe_w,
             "num_shared_experts": n_shared,
             "shared_expert_ffn_dim": moe_w if n_shared else 0,
             "router": {
                 "scoring": str(c.opt("scoring_func", "softmax")),
-                "norm_topk_prob": bool(c.opt("norm_topk_prob", False)),
+                "norm_topk_prob": c.opt_bool("norm_topk_prob", False),
             },
         },
     }
@@ -203,19 +238,19 @@ def _deepseek_common(c: _Cfg) -> dict[str, Any]:
 
 def _deepseek(c: _Cfg) -> dict[str, Any]:
     d = _deepseek_common(c)
-    d["attention"] = _gqa(c, d["hidden_size"], qkv_bias=bool(c.opt("attention_bias", False)))
+    d["attention"] = _gqa(c, d["hidden_size"], qkv_bias=c.opt_bool("attention_bias", False))
     return d
 
 
 def _mla(c: _Cfg) -> dict[str, Any]:
     return {
         "kind": "mla",
-        "num_heads": int(c.req("num_attention_heads")),
-        "q_lora_rank": c.opt("q_lora_rank"),
-        "kv_lora_rank": int(c.req("kv_lora_rank")),
-        "qk_nope_head_dim": int(c.req("qk_nope_head_dim")),
-        "qk_rope_head_dim": int(c.req("qk_rope_head_dim")),
-        "v_head_dim": int(c.req("v_head_dim")),
+        "num_heads": c.req_int("num_attention_heads"),
+        "q_lora_rank": c.opt_int("q_lora_rank", None, minimum=1),
+        "kv_lora_rank": c.req_int("kv_lora_rank"),
+        "qk_nope_head_dim": c.req_int("qk_nope_head_dim"),
+        "qk_rope_head_dim": c.req_int("qk_rope_head_dim"),
+        "v_head_dim": c.req_int("v_head_dim"),
     }
 
 
@@ -223,17 +258,17 @@ def _deepseek_v2(c: _Cfg) -> dict[str, Any]:
     d = _deepseek_common(c)
     d["attention"] = _mla(c)
     method = str(c.opt("topk_method", "greedy"))
-    groups = int(c.opt("n_group", 1) or 1)
+    groups = c.opt_int("n_group", 1, minimum=1)
     router = d["moe"]["router"]
     if method in ("group_limited_greedy", "noaux_tc") and groups > 1:
-        router |= {"num_groups": groups, "topk_groups": int(c.opt("topk_group", groups))}
+        router |= {"num_groups": groups, "topk_groups": c.opt_int("topk_group", groups, minimum=1)}
     router["score_correction_bias"] = method == "noaux_tc"
     return d
 
 
 def _deepseek_v3(c: _Cfg) -> dict[str, Any]:
     d = _deepseek_v2(c)
-    n_mtp = int(c.opt("num_nextn_predict_layers", 0))
+    n_mtp = c.opt_int("num_nextn_predict_layers", 0)
     # The published checkpoint stores an embedding and a head for each MTP module.
     d["mtp"] = {"num_modules": n_mtp, "own_embedding_and_head": n_mtp > 0}
     return d
@@ -241,23 +276,23 @@ def _deepseek_v3(c: _Cfg) -> dict[str, Any]:
 
 def _dbrx(c: _Cfg) -> dict[str, Any]:
     attn, ffn = c.sub("attn_config"), c.sub("ffn_config")
-    hidden = int(c.req("d_model"))
-    heads = int(c.req("n_heads"))
+    hidden = c.req_int("d_model")
+    heads = c.req_int("n_heads")
     return {
         "family": "dbrx",
-        "num_layers": int(c.req("n_layers")),
+        "num_layers": c.req_int("n_layers"),
         "hidden_size": hidden,
-        "vocab_size": int(c.req("vocab_size")),
-        "tie_embeddings": bool(c.opt("tie_word_embeddings", False)),
-        "max_context": c.opt("max_seq_len"),
+        "vocab_size": c.req_int("vocab_size"),
+        "tie_embeddings": c.opt_bool("tie_word_embeddings", False),
+        "max_context": c.opt_int("max_seq_len", None, minimum=1),
         "weight_dtype": _dtype(c),
         "norm": "layernorm_nobias",
-        "attention": {"kind": "gqa", "num_heads": heads, "num_kv_heads": int(attn.req("kv_n_heads")),
+        "attention": {"kind": "gqa", "num_heads": heads, "num_kv_heads": attn.req_int("kv_n_heads"),
                       "head_dim": hidden // heads},
         "moe": {
-            "num_experts": ffn.req("moe_num_experts"),
-            "top_k": ffn.req("moe_top_k"),
-            "expert_ffn_dim": ffn.req("ffn_hidden_size"),
+            "num_experts": ffn.req_int("moe_num_experts"),
+            "top_k": ffn.req_int("moe_top_k"),
+            "expert_ffn_dim": ffn.req_int("ffn_hidden_size"),
             "router": {"scoring": "softmax", "norm_topk_prob": ffn.opt("moe_normalize_expert_weights", 1) is not None},
         },
     }
@@ -265,8 +300,10 @@ def _dbrx(c: _Cfg) -> dict[str, Any]:
 
 def _gpt_oss(c: _Cfg) -> dict[str, Any]:
     d = _common(c)
-    window = c.opt("sliding_window")
+    window = c.opt_int("sliding_window", None, minimum=1)
     types = c.opt("layer_types")
+    if types is not None and not (isinstance(types, list) and all(isinstance(t, str) for t in types)):
+        raise InputError(f"expected a list of layer type names, got {types!r}", source=c.where, field="layer_types")
     sliding = "none"
     if window and types:
         idx = [i for i, t in enumerate(types) if t == "sliding_attention"]
@@ -287,9 +324,10 @@ def _gpt_oss(c: _Cfg) -> dict[str, Any]:
         "attention": _gqa(c, d["hidden_size"], qkv_bias=True, out_bias=True, sinks=True,
                           sliding_window=window if sliding != "none" else None, sliding_layers=sliding),
         "moe": {
-            "num_experts": c.req("num_local_experts"),
-            "top_k": c.opt("num_experts_per_tok") or c.req("experts_per_token"),
-            "expert_ffn_dim": c.req("intermediate_size"),
+            "num_experts": c.req_int("num_local_experts"),
+            "top_k": c.req_int("num_experts_per_tok") if c.opt("num_experts_per_tok") is not None
+            else c.req_int("experts_per_token"),
+            "expert_ffn_dim": c.req_int("intermediate_size"),
             "expert_bias": True,
             "router": {"scoring": "softmax", "norm_topk_prob": True, "bias": True},
         },
@@ -303,24 +341,24 @@ def _llama4(c: _Cfg) -> dict[str, Any]:
         c = c.sub("text_config")
     d = _common(c)
     n = d["num_layers"]
-    explicit = c.opt("moe_layers")
-    if explicit is not None and sorted(int(i) for i in explicit) == list(range(n)):
+    explicit = c.opt_int_list("moe_layers")
+    if explicit is not None and sorted(explicit) == list(range(n)):
         layers: dict[str, Any] = {"kind": "all"}
     elif explicit is not None:
-        layers = {"kind": "explicit", "layers": [int(i) for i in explicit]}
+        layers = {"kind": "explicit", "layers": explicit}
     else:
-        step = int(c.opt("interleave_moe_layer_step", 1))
+        step = c.opt_int("interleave_moe_layer_step", 1, minimum=1)
         layers = {"kind": "all"} if step == 1 else {"kind": "interleaved", "step": step}
     d |= {
         "attention": _gqa(c, d["hidden_size"]),
-        "dense_ffn_dim": int(c.opt("intermediate_size_mlp", 0)),
+        "dense_ffn_dim": c.opt_int("intermediate_size_mlp", 0),
         "moe_layers": layers,
         "moe": {
-            "num_experts": c.req("num_local_experts"),
-            "top_k": c.req("num_experts_per_tok"),
-            "expert_ffn_dim": c.req("intermediate_size"),
+            "num_experts": c.req_int("num_local_experts"),
+            "top_k": c.req_int("num_experts_per_tok"),
+            "expert_ffn_dim": c.req_int("intermediate_size"),
             "num_shared_experts": 1,
-            "shared_expert_ffn_dim": c.req("intermediate_size"),
+            "shared_expert_ffn_dim": c.req_int("intermediate_size"),
             "router": {"scoring": "sigmoid", "norm_topk_prob": False},
         },
     }
