@@ -278,6 +278,9 @@ def _dbrx(c: _Cfg) -> dict[str, Any]:
     attn, ffn = c.sub("attn_config"), c.sub("ffn_config")
     hidden = c.req_int("d_model")
     heads = c.req_int("n_heads")
+    # moe_normalize_expert_weights is the p of a p-norm applied to the top-k weights
+    # (default 1); an explicit null turns the renormalisation off.
+    normalize = ffn.raw.get("moe_normalize_expert_weights", 1)
     return {
         "family": "dbrx",
         "num_layers": c.req_int("n_layers"),
@@ -293,7 +296,7 @@ def _dbrx(c: _Cfg) -> dict[str, Any]:
             "num_experts": ffn.req_int("moe_num_experts"),
             "top_k": ffn.req_int("moe_top_k"),
             "expert_ffn_dim": ffn.req_int("ffn_hidden_size"),
-            "router": {"scoring": "softmax", "norm_topk_prob": ffn.opt("moe_normalize_expert_weights", 1) is not None},
+            "router": {"scoring": "softmax", "norm_topk_prob": normalize is not None},
         },
     }
 
