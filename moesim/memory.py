@@ -2,7 +2,9 @@
 
 * Weight bytes = parameters x bytes per element of the storage dtype, with
   fractional bytes for block-scaled formats (:mod:`moesim.dtypes`); routed
-  experts may use their own dtype (gpt-oss stores them in MXFP4).
+  experts' weight matrices may use their own dtype (gpt-oss stores them in
+  MXFP4) while their biases stay in the model's dtype (block scaling applies
+  to matrices; the gpt-oss checkpoint keeps expert biases in BF16).
 * KV cache per token per layer:
   GQA/MHA/MQA: ``2 * kv_heads * head_dim`` elements (K and V);
   MLA: ``kv_lora_rank + qk_rope_head_dim`` elements (the compressed latent and
@@ -26,8 +28,17 @@ def weight_bytes(model: ModelSpec, dtype: str | None = None, expert_dtype: str |
     counts = counts or count_params(model)
     dtype = dtype or model.weight_dtype
     expert_dtype = expert_dtype or (model.expert_weight_dtype if dtype == model.weight_dtype else None) or dtype
-    experts = counts.by_component["routed_experts"]
+    experts = counts.by_component["routed_experts"] - expert_bias_params(model)
     return (counts.total - experts) * bytes_per_element(dtype) + experts * bytes_per_element(expert_dtype)
+
+
+def expert_bias_params(model: ModelSpec) -> int:
+    """Bias parameters of all routed experts of the main model: ``L_moe * E * ((m-1)*F + h)``, or 0."""
+    moe = model.moe
+    if moe is None or not moe.expert_bias:
+        return 0
+    per_expert = (model.ffn_matrices - 1) * moe.expert_ffn_dim + model.hidden_size
+    return model.num_moe_layers * moe.num_experts * per_expert
 
 
 def kv_elements_per_token_per_layer(model: ModelSpec) -> int:
