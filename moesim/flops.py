@@ -11,10 +11,14 @@ A matrix multiply of a token vector by a weight of ``n`` parameters costs
   windowed layers. For a causal prefill of ``S`` tokens the mean is
   ``L = (S + 1) / 2``; for decode at context ``C`` it is ``L = C``.
 
-Left out: norms, activations, softmax, rotary embeddings and biases
-(elementwise, < 1 % of FLOPs for these models); MLA is counted in its
-non-absorbed form (prefill); the absorbed decode form trades projection FLOPs
-for attention FLOPs on the latent and is not modelled here.
+Left out: norms, activations, softmax and rotary embeddings (elementwise,
+< 1 % of FLOPs for these models); the MTP modules (training only). Biases,
+attention sinks and the norm weights inside attention (q/k norms, MLA's
+low-rank norms) are part of the active parameter counts the matrix term
+starts from, so they are charged 2 FLOPs each (< 0.05 % of the matrix FLOPs
+of every bundled model). MLA is counted in its non-absorbed form (prefill);
+the absorbed decode form trades projection FLOPs for attention FLOPs on the
+latent and is not modelled here.
 """
 
 from __future__ import annotations
