@@ -286,8 +286,26 @@ def _histograms(spec: str, source: str) -> tuple[list[list[float]], str]:
                 raise InputError(f"layer {layer} out of range; the file has {len(rows)} layer row(s)", source=head, field="layer")
             rows = [rows[layer]]
         return rows, head
-    vals = [_float(x.strip(), source, "histogram entry") for x in spec.split(",") if x.strip()]
+    try:
+        vals = [float(x) for x in spec.split(",") if x.strip()]
+    except ValueError:
+        if "," not in spec:  # a single word: meant as a file
+            raise InputError(
+                f"histogram file must end in .json or .csv, got {head!r}", source=source, field="distribution"
+            ) from None
+        bad = next(x for x in spec.split(",") if x.strip() and not _is_float(x))
+        raise InputError(f"histogram entry must be a number, got {bad.strip()!r}", source=source, field="distribution") from None
+    if not vals:
+        raise InputError("'hist:' needs at least one count", source=source, field="distribution")
     return [vals], source
+
+
+def _is_float(x: str) -> bool:
+    try:
+        float(x)
+    except ValueError:
+        return False
+    return True
 
 
 def _histogram(rows: list[float], where: str) -> Histogram:
