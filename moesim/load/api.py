@@ -162,8 +162,8 @@ class Imbalance(_Model):
     max_over_mean_ratio: float = Field(description="E[max_r L_r] / mean_r L_r, ratio (1 = balanced).")
     p99_max_over_mean_ratio: float = Field(description="p99 of max_r L_r / mean, ratio.")
     expected_max_over_mean_ratio: float = Field(description="max_r E[L_r] / mean: the skew alone, without sampling noise, ratio.")
-    cv: float = Field(description="Mean over steps of std_r L_r / mean_r L_r, ratio.")
-    expert_cv: float = Field(description="std_e / mean_e of expected tokens per expert, ratio.")
+    cv_ratio: float = Field(description="Coefficient of variation across ranks, mean over steps of std_r L_r / mean_r L_r, ratio.")
+    expert_cv_ratio: float = Field(description="Coefficient of variation of expected tokens per expert, std_e / mean_e, ratio.")
     max_expert_mean_tokens: float = Field(description="E[max over experts of tokens], tokens (dropless time of one expert).")
     max_expert_p99_tokens: float = Field(description="p99 of the max over experts, tokens.")
     aux_loss: float = Field(description="Switch balance loss E * sum_e f_e P_e, dimensionless (1 = balanced).")
@@ -216,7 +216,7 @@ class ExpertLoad(_Model):
     """Result of :func:`expert_load`."""
 
     spec: LoadSpec = Field(description="The inputs.")
-    probs: list[float] = Field(description="Per-slot expert probabilities p_e, fraction.")
+    slot_frac_per_expert: list[float] = Field(description="Per-slot expert probabilities p_e of the distribution, fraction.")
     token_frac_per_expert: list[float] = Field(
         description="P(a token uses expert e): inclusion pi_e (top-k), q_e (threshold), C/T (expert-choice), fraction."
     )
@@ -355,8 +355,8 @@ def expert_load(spec: LoadSpec | None = None, /, **fields: Any) -> ExpertLoad:
         max_over_mean_ratio=float(np.mean(max_r) / mean_all) if mean_all > 0 else 1.0,
         p99_max_over_mean_ratio=float(max_p99 / mean_all) if mean_all > 0 else 1.0,
         expected_max_over_mean_ratio=float(expected_loads_det.max() / expected_loads_det.mean()) if expected_loads_det.mean() > 0 else 1.0,
-        cv=float(np.mean(loads.std(axis=1) / safe)),
-        expert_cv=float(w.std() / w.mean()) if w.mean() > 0 else 0.0,
+        cv_ratio=float(np.mean(loads.std(axis=1) / safe)),
+        expert_cv_ratio=float(w.std() / w.mean()) if w.mean() > 0 else 0.0,
         max_expert_mean_tokens=float(max_e.mean()),
         max_expert_p99_tokens=float(_q(max_e.astype(float), 0.99)),
         aux_loss=aux,
@@ -442,7 +442,7 @@ def expert_load(spec: LoadSpec | None = None, /, **fields: Any) -> ExpertLoad:
     ]
     return ExpertLoad(
         spec=spec,
-        probs=p.tolist(),
+        slot_frac_per_expert=p.tolist(),
         token_frac_per_expert=frac.tolist(),
         expected_tokens_per_expert=w.tolist(),
         ranks=ranks,

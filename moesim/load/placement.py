@@ -188,8 +188,9 @@ def check_layout(num_experts: int, num_ranks: int, num_redundant: int) -> None:
     phys = num_experts + num_redundant
     if phys % num_ranks:
         if num_redundant == 0:
+            divisors = [d for d in range(1, num_experts + 1) if num_experts % d == 0]
             raise InputError(
-                f"EP size ({num_ranks}) must divide num_experts ({num_experts}) "
+                f"EP size {num_ranks} does not divide the {num_experts} experts; allowed: {', '.join(map(str, divisors))} "
                 f"(or add redundant experts so that experts + redundant is a multiple of {num_ranks})",
                 field="ep_size",
             )

@@ -1,0 +1,262 @@
+"""``moesim load``: expert load per rank, imbalance and drops for one MoE layer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .common import emit_json, json_option
+
+#: LoadSpec / router field -> the flag that sets it (errors name the flag)
+FLAGS = {
+    "num_experts": "--experts",
+    "top_k": "--top-k",
+    "ep_size": "--ep",
+    "num_tokens": "--tokens",
+    "distribution": "--distribution",
+    "router": "--router",
+    "capacity_factor": "--capacity-factor",
+    "placement": "--placement",
+    "num_redundant_experts": "--redundant-experts",
+    "num_samples": "--samples",
+    "seed": "--seed",
+    "model": "--model",
+    "router.num_groups": "--groups",
+    "router.topk_groups": "--topk-groups",
+    "router.mean_experts_per_token": "--mean-experts",
+    "num_groups": "--groups",
+    "topk_groups": "--topk-groups",
+}
+
+ROUTERS = ("top_k", "switch", "group_limited", "threshold", "expert_choice")
+
+
+def _flag_for(field: str | None) -> str | None:
+    if not field:
+        return None
+    for key in (field, field.split(".")[0]):
+        if key in FLAGS:
+            return FLAGS[key]
+    return None
+
+
+def _named(exc: Exception) -> Exception:
+    """Give an InputError without a source the flag of its field."""
+    from ..errors import InputError
+
+    if isinstance(exc, InputError) and exc.source is None:
+        return InputError(exc.message, source=_flag_for(exc.field) or "moesim load", field=exc.field)
+    return exc
+
+
+@click.command()
+@click.option("--model", "model_name", metavar="NAME_OR_PATH", help="Take experts, top-k and router from a model.")
+@click.option("--experts", "num_experts", type=int, help="Routed experts E.")
+@click.option("--top-k", "top_k", type=int, help="Experts per token k (mean for --router threshold).")
+@click.option("--ep", "ep_size", type=int, default=8, show_default=True, help="Expert-parallel ranks.")
+@click.option("--tokens", "num_tokens", type=int, default=16384, show_default=True,
+              help="Tokens per step entering the layer, summed over the EP group.")
+@click.option("--distribution", "-d", default="uniform", show_default=True, metavar="DIST",
+              help="uniform | zipf:S[:SEED] | dirichlet:ALPHA[:SEED] | hist:N,N,... | hist:FILE.json|FILE.csv[@LAYER].")
+@click.option("--router", type=click.Choice(ROUTERS), default=None, help="Router (default: the model's, else top_k).")
+@click.option("--scoring", type=click.Choice(["softmax", "sigmoid"]), default=None, help="Router score function.")
+@click.option("--groups", "num_groups", type=int, help="Expert groups for --router group_limited.")
+@click.option("--topk-groups", "topk_groups", type=int, help="Groups a token may use (group_limited).")
+@click.option("--mean-experts", "mean_experts", type=float, help="Mean experts per token for --router threshold.")
+@click.option("--capacity-factor", "-c", "capacity_factor", type=float, default=None,
+              help="Capacity factor (padded execution, drops); omit for dropless.")
+@click.option("--placement", type=click.Choice(["contiguous", "round_robin", "load_aware"]), default="contiguous",
+              show_default=True, help="Expert placement over ranks.")
+@click.option("--redundant-experts", "num_redundant", type=int, default=0, show_default=True,
+              help="Redundant replicas of hot experts (EPLB).")
+@click.option("--samples", "num_samples", type=int, default=256, show_default=True, help="Monte Carlo steps.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Monte Carlo seed.")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              metavar="FILE.png", help="Draw per-expert and per-rank load (needs matplotlib).")
+@json_option
+def load(
+    model_name: str | None,
+    num_experts: int | None,
+    top_k: int | None,
+    ep_size: int,
+    num_tokens: int,
+    distribution: str,
+    router: str | None,
+    scoring: str | None,
+    num_groups: int | None,
+    topk_groups: int | None,
+    mean_experts: float | None,
+    capacity_factor: float | None,
+    placement: str,
+    num_redundant: int,
+    num_samples: int,
+    seed: int,
+    plot_path: Path | None,
+    as_json: bool,
+) -> None:
+    """Expert load of one MoE layer: tokens per EP rank (mean, p50, p99), the max-loaded rank,
+    imbalance, drops and padding with a capacity factor, and distinct experts read.
+
+    Give --model NAME_OR_PATH, or --experts and --top-k. Scenario files (moesim load SCENARIO)
+    are not read yet.
+    """
+    try:
+        _run(**locals())
+    except Exception as exc:  # noqa: BLE001 - only InputError is renamed; everything else re-raised as is
+        raise _named(exc) from None
+
+
+def _router(kind: str, scoring: str | None, num_groups: int | None, topk_groups: int | None,
+            mean_experts: float | None, top_k: int) -> Any:
+    from pydantic import ValidationError
+
+    from ..errors import InputError, from_validation_error
+    from ..load.routing import ExpertChoice, GroupLimited, Switch, Threshold, TopK
+
+    for flag, val, ok in (("--groups", num_groups, kind == "group_limited"), ("--topk-groups", topk_groups, kind == "group_limited"),
+                          ("--mean-experts", mean_experts, kind == "threshold")):
+        if val is not None and not ok:
+            raise InputError(f"only used with --router {'threshold' if flag == '--mean-experts' else 'group_limited'}",
+                             source=flag)
+    try:
+        if kind == "top_k":
+            return TopK(scoring=scoring or "softmax")
+        if kind == "switch":
+            return Switch()
+        if kind == "threshold":
+            return Threshold(mean_experts_per_token=mean_experts)
+        if kind == "expert_choice":
+            return ExpertChoice()
+        if num_groups is None or topk_groups is None:
+            raise InputError("group_limited needs --groups and --topk-groups", source="--router", field="router")
+        return GroupLimited(num_groups=num_groups, topk_groups=topk_groups, scoring=scoring or "sigmoid")
+    except ValidationError as exc:
+        err = from_validation_error(exc, None)
+        raise InputError(err.message, source=_flag_for(f"router.{err.field}") or "--router", field=f"router.{err.field}") from None
+
+
+def _run(
+    *,
+    model_name: str | None,
+    num_experts: int | None,
+    top_k: int | None,
+    ep_size: int,
+    num_tokens: int,
+    distribution: str,
+    router: str | None,
+    scoring: str | None,
+    num_groups: int | None,
+    topk_groups: int | None,
+    mean_experts: float | None,
+    capacity_factor: float | None,
+    placement: str,
+    num_redundant: int,
+    num_samples: int,
+    seed: int,
+    plot_path: Path | None,
+    as_json: bool,
+) -> None:
+    from ..errors import InputError
+    from ..load.api import expert_load, expert_load_layers, load_spec_from_model
+    from ..load.distributions import expert_probs, parse_layer_distributions
+
+    if plot_path is not None:
+        if plot_path.suffix.lower() != ".png":
+            raise InputError(f"plot file must end in .png, got {plot_path.name!r}", source="--plot")
+        from .render.load import plot_available
+
+        if not plot_available():
+            raise InputError("matplotlib is not installed; install it with: pip install 'moesim[plot]'", source="--plot")
+
+    fields: dict[str, Any] = {}
+    model = None
+    if model_name is not None:
+        from ..catalog import load_model
+
+        try:
+            model = load_model(model_name)
+        except InputError as exc:
+            raise exc.with_source("--model") from None
+    elif num_experts is None or top_k is None:
+        raise InputError("give --model NAME_OR_PATH, or both --experts and --top-k", source="moesim load")
+
+    e = num_experts if num_experts is not None else (model.moe.num_experts if model and model.moe else None)
+    k = top_k if top_k is not None else (model.moe.top_k if model and model.moe else None)
+    if e is not None and e < 1:
+        raise InputError(f"must be >= 1, got {e}", source="--experts", field="num_experts")
+    if k is not None and e is not None and not 1 <= k <= e:
+        raise InputError(f"top-k {k} is outside 1..{e} (the number of experts)", source="--top-k", field="top_k")
+
+    layers = parse_layer_distributions(distribution)
+    src = distribution.split(":", 1)[1].rsplit("@", 1)[0] if distribution.lower().startswith(("hist:", "histogram:")) else ""
+    dist_source = src if Path(src).suffix.lower() in (".json", ".csv") else "--distribution"
+    if e is not None:
+        for d in [layers.default, *layers.layers.values()]:
+            try:
+                expert_probs(d, e)
+            except InputError as exc:
+                raise InputError(exc.message, source=dist_source, field=exc.field) from None
+
+    if router is not None or scoring is not None or model is None:
+        kind = router or (
+            "group_limited" if model is not None and model.moe is not None and model.moe.router.topk_groups < model.moe.router.num_groups else "top_k"
+        )
+        if kind == "group_limited" and model is not None and model.moe is not None:
+            num_groups = num_groups or model.moe.router.num_groups
+            topk_groups = topk_groups or model.moe.router.topk_groups
+        if kind == "switch":
+            if top_k is not None and top_k != 1:
+                raise InputError(f"--router switch routes top-1; got --top-k {top_k} (allowed: 1)", source="--top-k", field="top_k")
+            k = 1
+        fields["router"] = _router(kind, scoring, num_groups, topk_groups, mean_experts, k or 1)
+    elif num_groups is not None or topk_groups is not None or mean_experts is not None:
+        raise InputError("needs --router group_limited or threshold", source="--groups" if num_groups else "--mean-experts")
+
+    fields.update(
+        ep_size=ep_size,
+        num_tokens=num_tokens,
+        distribution=layers.default,
+        capacity_factor=capacity_factor,
+        placement=placement,
+        num_redundant_experts=num_redundant,
+        num_samples=num_samples,
+        seed=seed,
+    )
+    if model is not None:
+        if num_experts is not None:
+            fields["num_experts"] = num_experts
+        if k is not None:
+            fields["top_k"] = k
+        try:
+            spec = load_spec_from_model(model, **fields)
+        except InputError as exc:
+            raise _named(exc) from None
+    else:
+        fields.update(num_experts=e, top_k=k)
+        from ..load.api import _spec
+
+        spec = _spec(None, fields)
+
+    title = model.name if model is not None else None
+    from .render import load as render
+
+    if layers.layers:
+        result = expert_load_layers(spec, layers, len(layers.layers))
+        if as_json:
+            emit_json(result)
+        else:
+            render.render_layers(result, title)
+        if plot_path is not None:
+            render.plot_load(result.layers[result.worst_layer], plot_path)
+        return
+    result1 = expert_load(spec)
+    if as_json:
+        emit_json(result1)
+    else:
+        render.render_load(result1, title)
+    if plot_path is not None:
+        render.plot_load(result1, plot_path)
+        if not as_json:
+            click.echo(f"wrote {plot_path}", err=True)
