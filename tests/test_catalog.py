@@ -1,0 +1,76 @@
+"""Bundled models: every one loads, equals the import of its config.json, and is found by name or path."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from moesim.catalog import bundled_models, load_model, model_from_toml
+from moesim.errors import InputError
+from moesim.hf_import import load_hf_config
+from moesim.scenario import bundled_scenarios, load_scenario
+
+from conftest import HF_CONFIGS
+
+BUNDLED = sorted(bundled_models())
+
+
+@pytest.mark.parametrize("name", BUNDLED)
+def test_bundled_toml_equals_the_import_of_its_config_json(name):
+    bundled = load_model(name)
+    imported = load_hf_config(HF_CONFIGS / f"{name}.json", name=bundled.name)
+    assert bundled == imported
+
+
+def test_every_real_config_fixture_has_a_bundled_model():
+    configs = {p.stem for p in HF_CONFIGS.glob("*.json") if not p.stem.startswith("bad-")}
+    assert configs == set(BUNDLED)
+
+
+def test_load_model_accepts_a_toml_path_a_config_json_and_a_folder(tmp_path):
+    by_name = load_model("mixtral-8x7b")
+    by_toml = load_model(bundled_models()["mixtral-8x7b"])
+    by_json = load_model(HF_CONFIGS / "mixtral-8x7b.json")
+    folder = tmp_path / "Mixtral-8x7B"
+    folder.mkdir()
+    shutil.copy(HF_CONFIGS / "mixtral-8x7b.json", folder / "config.json")
+    by_dir = load_model(folder)
+    assert by_name == by_toml
+    assert by_dir.name == "Mixtral-8x7B"  # config.json takes its folder's name
+    for m in (by_json, by_dir):
+        assert m.model_copy(update={"name": by_name.name}) == by_name
+
+
+def test_model_name_lookup_is_case_insensitive():
+    assert load_model("DeepSeek-V3") == load_model("deepseek-v3")
+
+
+def test_unknown_model_name_lists_the_known_ones():
+    with pytest.raises(InputError) as exc:
+        load_model("mixtral-9x9b")
+    assert exc.value.field == "model"
+    for name in BUNDLED:
+        assert name in exc.value.message
+
+
+def test_model_toml_without_a_name_takes_the_file_stem(tmp_path):
+    text = bundled_models()["tiny-moe"].read_text().replace('name = "tiny-moe"\n', "")
+    p = tmp_path / "my-toy.toml"
+    p.write_text(text)
+    assert model_from_toml(p).name == "my-toy"
+
+
+def test_model_toml_typo_names_the_file_and_the_key(tmp_path):
+    p = tmp_path / "typo.toml"
+    p.write_text(bundled_models()["tiny-moe"].read_text().replace("top_k", "topk"))
+    with pytest.raises(InputError) as exc:
+        load_model(p)
+    assert exc.value.source == str(p) and "topk" in str(exc.value) and "unknown key" in str(exc.value)
+
+
+@pytest.mark.parametrize("name", sorted(bundled_scenarios()))
+def test_every_bundled_scenario_loads_and_resolves(name):
+    s = load_scenario(name)
+    assert s.resolve_model().num_layers > 0
+    assert s.resolve_hardware().accelerator.memory_bytes > 0
