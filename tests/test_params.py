@@ -303,3 +303,17 @@ def test_gpt_oss_attention_uses_head_dim_64_not_hidden_over_heads():
     h, q, kv = 2880, 64 * 64, 8 * 64
     per_layer = h * q + 2 * h * kv + q * h + (q + 2 * kv) + h + 64  # + qkv biases, o bias, sinks
     assert count_params(m).by_component["attention"] == 36 * per_layer
+
+
+@pytest.mark.parametrize(
+    "name, per_norm",
+    [
+        ("phimoe", 2 * 4096),  # nn.LayerNorm: weight and bias
+        ("dbrx", 6144),  # LayerNorm without bias
+        ("mixtral-8x7b", 4096),  # RMSNorm: weight only
+    ],
+)
+def test_norm_params_per_kind(name, per_norm):
+    m = load_model(name)
+    # two norms per decoder layer and the final norm (q/k norms are part of attention)
+    assert count_params(m).by_component["norms"] == (2 * m.num_layers + 1) * per_norm
