@@ -273,8 +273,11 @@ def _hit_probs_integral(p: np.ndarray, k: int, members: np.ndarray) -> np.ndarra
     t_lo = (1e-16 * math.factorial(k)) ** (1.0 / k)
     t_hi = 40.0 / pos.min()
     # trapezoid on the real line x = log t: the integrand is analytic in a strip around the axis,
-    # so the error falls like exp(-c / h); h = 0.25 gives ~1e-13 (checked against enumeration)
-    n = int(math.ceil((math.log(t_hi) - math.log(t_lo)) / _STEP)) + 1
+    # so the error falls like exp(-c / h); h = min(0.25, 0.8 / sqrt(k)) gives ~1e-11 or better
+    # (checked against enumeration and against sum(pi) = k)
+    # P(N >= k) switches from 0 to 1 over a width ~ 1/sqrt(k) in log t: the step shrinks with k
+    step = min(_STEP, 0.8 / math.sqrt(k))
+    n = int(math.ceil((math.log(t_hi) - math.log(t_lo)) / step)) + 1
     x = np.linspace(math.log(t_lo), math.log(t_hi), n)
     t = np.exp(x)
     w = np.full(n, x[1] - x[0])
@@ -321,8 +324,9 @@ def _inclusion_cached(pbytes: bytes, k: int) -> np.ndarray:
 def inclusion_probs(probs: np.ndarray, top_k: int) -> np.ndarray:
     """``pi_e = P(expert e is among a token's top_k)`` under Plackett-Luce top-k; sums to ``top_k``.
 
-    See the module docstring for the integral. ``pi_e <= min(1, top_k * p_e)``:
-    hot experts saturate at 1 (a token uses an expert at most once).
+    See the module docstring for the integral. ``p_e <= pi_e <= 1``: a token uses
+    an expert at most once, so hot experts saturate below ``top_k * p_e`` and the
+    slots they cannot take raise the cold experts above it.
     """
     p = _check_probs(probs, top_k)
     out = _inclusion_cached(p.tobytes(), int(top_k)).copy()
