@@ -32,7 +32,6 @@ loads that deployments feed it, and the time to move experts when the plan chang
 
 from __future__ import annotations
 
-import heapq
 from functools import lru_cache
 from typing import Literal
 
@@ -102,37 +101,77 @@ def _base(strategy: str, w: np.ndarray, num_ranks: int) -> list[int]:
         return [i // m for i in range(e)]
     if strategy == "round_robin":
         return [i % num_ranks for i in range(e)]
-    return _pack([(float(w[i]), i) for i in range(e)], num_ranks, m, e)[0]
+    return [rs[0] for rs in _pack(w, np.ones(e, dtype=np.int64), num_ranks, m)]
 
 
-def _pack(items: list[tuple[float, int]], num_ranks: int, cap: int, num_experts: int) -> tuple[list[int], list[list[int]]]:
-    """Greedy LPT packing of (weight, expert) items into ranks of ``cap`` slots; no rank holds an expert twice.
+class _State:
+    """Ranks of every expert, experts of every rank, slots used and load per rank during a greedy placement."""
 
-    Returns the home rank per expert and the ranks per expert (in placement order).
-    """
-    heap = [(0.0, r) for r in range(num_ranks)]
-    slots = [0] * num_ranks
-    holds: list[set[int]] = [set() for _ in range(num_ranks)]
-    ranks_of: list[list[int]] = [[] for _ in range(num_experts)]
-    for wt, e in sorted(items, key=lambda x: (-x[0], x[1])):
-        skipped = []
-        while heap:
-            load, r = heapq.heappop(heap)
-            if slots[r] < cap and e not in holds[r]:
-                break
-            skipped.append((load, r))
-        else:  # every free slot is on a rank that already holds e: double up on the least-loaded one
-            load, r = min(s for s in skipped if slots[s[1]] < cap)
-            skipped.remove((load, r))
-        slots[r] += 1
-        holds[r].add(e)
-        ranks_of[e].append(r)
-        if slots[r] < cap:
-            heapq.heappush(heap, (load + wt, r))
-        for s in skipped:
-            if slots[s[1]] < cap:
-                heapq.heappush(heap, s)
-    return [rs[0] for rs in ranks_of], ranks_of
+    def __init__(self, w: np.ndarray, num_ranks: int, cap: int):
+        self.w = w
+        self.cap = cap
+        self.ranks_of: list[list[int]] = [[] for _ in range(w.size)]
+        self.members: list[list[int]] = [[] for _ in range(num_ranks)]
+        self.slots = np.zeros(num_ranks, dtype=np.int64)
+        self.load = np.zeros(num_ranks)
+
+    def add(self, e: int, r: int, share: float) -> None:
+        self.ranks_of[e].append(r)
+        self.members[r].append(e)
+        self.slots[r] += 1
+        self.load[r] += share
+
+    def eligible(self, e: int) -> np.ndarray:
+        ok = self.slots < self.cap
+        ok[self.ranks_of[e]] = False
+        return np.flatnonzero(ok)
+
+    def make_room(self, e: int, move_home: bool) -> int | None:
+        """All free slots are on ranks holding e: move another expert's copy from a rank r that
+        does not hold e to a free rank, and return r (None if no such move exists)."""
+        free = np.flatnonzero(self.slots < self.cap)
+        for f in free:
+            for r in np.argsort(self.load):
+                r = int(r)
+                if r in self.ranks_of[e]:
+                    continue
+                for j in self.members[r]:
+                    if f in self.ranks_of[j]:
+                        continue
+                    pos = self.ranks_of[j].index(r)
+                    if pos == 0 and not move_home:
+                        continue
+                    share = self.w[j] / len(self.ranks_of[j])
+                    self.ranks_of[j][pos] = int(f)
+                    self.members[r].remove(j)
+                    self.members[f].append(j)
+                    self.slots[r] -= 1
+                    self.slots[f] += 1
+                    self.load[r] -= share
+                    self.load[f] += share
+                    return r
+        return None
+
+    def pick(self, e: int, move_home: bool) -> int:
+        cand = self.eligible(e)
+        if cand.size:
+            return int(cand[np.argmin(self.load[cand])])
+        r = self.make_room(e, move_home)
+        if r is not None:
+            return r
+        free = np.flatnonzero(self.slots < self.cap)  # pragma: no cover - no legal move: double up
+        return int(free[np.argmin(self.load[free])])
+
+
+def _pack(w: np.ndarray, cnt: np.ndarray, num_ranks: int, cap: int) -> list[list[int]]:
+    """Greedy LPT packing of ``cnt[e]`` copies of every expert (weight ``w[e] / cnt[e]`` each) into
+    ranks of ``cap`` slots, heaviest first, each on the least-loaded rank that has a free slot
+    and does not hold that expert."""
+    st = _State(w, num_ranks, cap)
+    per = w / cnt
+    for e in sorted((i for i in range(w.size) for _ in range(int(cnt[i]))), key=lambda i: (-per[i], i)):
+        st.add(e, st.pick(e, move_home=True), float(per[e]))
+    return st.ranks_of
 
 
 def _replica_counts(w: np.ndarray, n: int, num_ranks: int) -> np.ndarray:
@@ -149,27 +188,18 @@ def _with_replicas(strategy: str, w: np.ndarray, num_ranks: int, n: int, base: l
     cnt = _replica_counts(w, n, num_ranks)
     cap = -(-(e + n) // num_ranks)
     if strategy == "load_aware":
-        items = [(float(w[i] / cnt[i]), i) for i in range(e) for _ in range(cnt[i])]
-        return _pack(items, num_ranks, cap, e)[1]
+        return _pack(w, cnt, num_ranks, cap)
     # keep home ranks; add replicas (largest per-replica load first) on the least-loaded eligible rank
-    ranks_of = [[base[i]] for i in range(e)]
-    slots = np.bincount(np.asarray(base), minlength=num_ranks)
-    load = np.bincount(np.asarray(base), weights=w, minlength=num_ranks)
-    order = sorted(((float(w[i] / cnt[i]), i) for i in range(e) for _ in range(cnt[i] - 1)), key=lambda x: (-x[0], x[1]))
-    for _, i in order:
-        ok = slots < cap
-        ok[ranks_of[i]] = False
-        cand = np.flatnonzero(ok)
-        if cand.size == 0:  # every free slot is on a rank holding i: double up (a larger share there)
-            cand = np.flatnonzero(slots < cap)
-        old = w[i] / len(ranks_of[i])
-        new = w[i] / (len(ranks_of[i]) + 1)
-        r = int(cand[np.argmin(load[cand])])
-        np.add.at(load, ranks_of[i], new - old)
-        ranks_of[i].append(r)
-        load[r] += new
-        slots[r] += 1
-    return ranks_of
+    st = _State(w, num_ranks, cap)
+    for i in range(e):
+        st.add(i, base[i], float(w[i]))
+    for i in sorted((i for i in range(e) for _ in range(int(cnt[i]) - 1)), key=lambda i: (-w[i] / cnt[i], i)):
+        r = st.pick(i, move_home=False)
+        old, new = w[i] / len(st.ranks_of[i]), w[i] / (len(st.ranks_of[i]) + 1)
+        for h in st.ranks_of[i]:
+            st.load[h] += new - old
+        st.add(i, r, float(new))
+    return st.ranks_of
 
 
 def _max_load(w: np.ndarray, ranks_of: list[list[int]], num_ranks: int) -> float:
