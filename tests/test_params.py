@@ -11,7 +11,11 @@ at the same significant figures, gives exactly the published figure.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+import json
+import re
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import pytest
@@ -97,11 +101,22 @@ class Case:
     custom: Callable[[ModelSpec, ParamCounts], int] | None = None  # instead of side/exclude
     sig_figs: int | None = None  # default: the table's "<key>_sig_figs"
     rounding: str | None = "data"  # "data": the table's rounding; None: not asserted (see comment)
-    note: str = field(default="", compare=False)
+    convention: str = ""  # words for the docs table (generated from side/exclude/extra when empty)
 
     @property
     def id(self) -> str:
         return f"{self.model}:{self.key}"
+
+    def describe(self) -> str:
+        if self.convention:
+            return self.convention
+        words = {"embedding": "input embedding", "lm_head": "LM head", "mtp": "MTP module"}
+        text = "all parameters" if self.side == "total" else "active per token"
+        if self.exclude:
+            text += ", without " + " and ".join(words.get(x, x) for x in self.exclude)
+        if self.extra is not None:
+            text += ", + vision encoder and projector"
+        return text
 
     def predict(self, hf_raw) -> int:
         m = load_model(self.model)
@@ -154,8 +169,10 @@ CASES = [
     # exactly when the 2h -> h projection (eh_proj, 0.10B) is also left out -- our inference of
     # DeepSeek's convention; moesim counts eh_proj, since the checkpoint stores it.
     Case("deepseek-v3", "mtp_unique_params", sig_figs=3,
+         convention="MTP module without its embedding, head and eh_proj",
          custom=lambda m, c: c.by_component["mtp"] - 2 * m.vocab_size * m.hidden_size - _eh_proj(m)),
     Case("deepseek-v3", "mtp_active_params", sig_figs=2,
+         convention="MTP active, without its input embedding and eh_proj",
          custom=lambda m, c: c.active_by_component["mtp"] - m.vocab_size * m.hidden_size - _eh_proj(m)),
     # DeepSeekMoE 16B. https://huggingface.co/deepseek-ai/deepseek-moe-16b-base : "16.4B parameters";
     # arXiv:2401.06066: 2.8B activated, which here includes the input embedding.
@@ -194,19 +211,19 @@ CASES = [
     # unembedding, not the embedding), MLP 114.71B, Attention 0.96B, Embed + Unembed 1.16B.
     Case("gpt-oss-120b", "total"),
     Case("gpt-oss-120b", "active", side="active", exclude=("embedding",)),
-    Case("gpt-oss-120b", "mlp_params", sig_figs=5,
+    Case("gpt-oss-120b", "mlp_params", sig_figs=5, convention="routed experts + router",
          custom=lambda m, c: c.by_component["routed_experts"] + c.by_component["router"]),
-    Case("gpt-oss-120b", "attention_params", sig_figs=2, custom=lambda m, c: c.by_component["attention"]),
-    Case("gpt-oss-120b", "embed_unembed_params", sig_figs=3,
+    Case("gpt-oss-120b", "attention_params", sig_figs=2, convention="attention", custom=lambda m, c: c.by_component["attention"]),
+    Case("gpt-oss-120b", "embed_unembed_params", sig_figs=3, convention="embedding + LM head",
          custom=lambda m, c: c.by_component["embedding"] + c.by_component["lm_head"]),
     # gpt-oss-20b. Same model card, Table 1: Total 20.91B, Active 3.61B, MLP 19.12B, Attention
     # 0.64B, Embed + Unembed 1.16B.
     Case("gpt-oss-20b", "total"),
     Case("gpt-oss-20b", "active", side="active", exclude=("embedding",)),
-    Case("gpt-oss-20b", "mlp_params", sig_figs=4,
+    Case("gpt-oss-20b", "mlp_params", sig_figs=4, convention="routed experts + router",
          custom=lambda m, c: c.by_component["routed_experts"] + c.by_component["router"]),
-    Case("gpt-oss-20b", "attention_params", sig_figs=2, custom=lambda m, c: c.by_component["attention"]),
-    Case("gpt-oss-20b", "embed_unembed_params", sig_figs=3,
+    Case("gpt-oss-20b", "attention_params", sig_figs=2, convention="attention", custom=lambda m, c: c.by_component["attention"]),
+    Case("gpt-oss-20b", "embed_unembed_params", sig_figs=3, convention="embedding + LM head",
          custom=lambda m, c: c.by_component["embedding"] + c.by_component["lm_head"]),
     # Llama 4 Scout. https://ai.meta.com/blog/llama-4-multimodal-intelligence/ and the model card
     # https://huggingface.co/meta-llama/Llama-4-Scout-17B-16E : 17B activated, 109B total. The total
@@ -317,3 +334,44 @@ def test_norm_params_per_kind(name, per_norm):
     m = load_model(name)
     # two norms per decoder layer and the final norm (q/k norms are part of attention)
     assert count_params(m).by_component["norms"] == (2 * m.num_layers + 1) * per_norm
+
+
+# ----------------------------------------------------------------------------- docs/model.md table
+
+DOCS_MODEL = Path(__file__).resolve().parents[1] / "docs" / "model.md"
+TABLE_START, TABLE_END = "<!-- params-table:start -->", "<!-- params-table:end -->"
+
+
+def _raw_config(name: str) -> dict:
+    return json.loads((Path(__file__).resolve().parent / "data" / "hf_configs" / f"{name}.json").read_text())
+
+
+def published_table() -> str:
+    """The markdown table of predicted vs published counts in docs/model.md (generated, never typed)."""
+    with (Path(__file__).resolve().parent / "data" / "published_params.toml").open("rb") as f:
+        data = tomllib.load(f)
+    rows = [
+        "| model | figure | convention | predicted | published | error | rounding | source |",
+        "|---|---|---|---:|---:|---:|---|---|",
+    ]
+    for case in CASES:
+        entry = data[case.model]
+        figure = entry[case.key]
+        predicted = case.predict(_raw_config)
+        rounding = _rounding(case, entry) or "not asserted"
+        url = re.search(r"https?://[^\s\");,]+", entry["source"]).group(0)
+        rows.append(
+            f"| {case.model} | {case.key} | {case.describe()} | {predicted / 1e9:.2f}B | {figure / 1e9:g}B "
+            f"| {predicted / figure - 1:+.2%} | {rounding} | {url} |"
+        )
+    return "\n".join(rows)
+
+
+def test_docs_model_table_is_generated_from_the_code():
+    text = DOCS_MODEL.read_text()
+    body = text.split(TABLE_START, 1)[1].split(TABLE_END, 1)[0].strip()
+    assert body == published_table(), "docs/model.md is stale: regenerate with `python tests/test_params.py`"
+
+
+if __name__ == "__main__":  # print the table for docs/model.md
+    print(published_table())
