@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -11,7 +12,7 @@ from moesim.errors import InputError
 from moesim.hf_import import load_hf_config
 from moesim.scenario import bundled_scenarios, load_scenario
 
-from conftest import HF_CONFIGS
+HF_CONFIGS = Path(__file__).resolve().parent / "data" / "hf_configs"
 
 BUNDLED = sorted(bundled_models())
 

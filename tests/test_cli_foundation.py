@@ -18,7 +18,8 @@ import pytest
 from moesim.catalog import bundled_models
 from moesim.hardware import bundled_hardware
 
-from conftest import HF_CONFIGS, REPO
+REPO = Path(__file__).resolve().parents[1]
+HF_CONFIGS = Path(__file__).resolve().parent / "data" / "hf_configs"
 
 
 def assert_one_line_error(result, *needles: str) -> str:

@@ -5,13 +5,15 @@ Modified configs are written to tmp_path from the fixtures in tests/data/hf_conf
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from moesim.errors import InputError
 from moesim.hf_import import FAMILIES, load_hf_config, spec_from_hf_dict
 from moesim.params import count_params
 
-from conftest import HF_CONFIGS
+HF_CONFIGS = Path(__file__).resolve().parent / "data" / "hf_configs"
 
 REAL = sorted(p.stem for p in HF_CONFIGS.glob("*.json") if not p.stem.startswith("bad-"))
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+REPO = Path(__file__).resolve().parents[1]
 
 HEAVY = ("torch", "networkx", "rich", "pydantic", "numpy", "matplotlib")
 
