@@ -31,7 +31,23 @@ class InputError(ValueError):
         return InputError(self.message, source=self.source or source, field=self.field)
 
 
-def from_validation_error(exc: "object", source: str | None) -> InputError:
+def _strip_tags(loc: tuple, raw: object) -> list:
+    """Drop discriminated-union tags from an error location (``workload.serve.x`` -> ``workload.x``)."""
+    out, node = [], raw
+    for part in loc:
+        if isinstance(node, dict) and isinstance(part, str) and part not in node and node.get("kind") == part:
+            continue
+        out.append(part)
+        if isinstance(node, dict):
+            node = node.get(part)
+        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+            node = node[part]
+        else:
+            node = None
+    return out
+
+
+def from_validation_error(exc: "object", source: str | None, raw: object = None) -> InputError:
     """Turn a pydantic ``ValidationError`` into one :class:`InputError` line per problem.
 
     Only the first problem is kept as the message; the others are appended after
@@ -41,7 +57,7 @@ def from_validation_error(exc: "object", source: str | None) -> InputError:
     lines = []
     first_field = None
     for err in errors:
-        loc = ".".join(str(p) for p in err.get("loc", ()) if not isinstance(p, int) or True)
+        loc = ".".join(str(p) for p in _strip_tags(tuple(err.get("loc", ())), raw))
         msg = err.get("msg", "invalid value")
         if err.get("type") == "extra_forbidden":
             msg = "unknown key (check the spelling; see `moesim schema`)"

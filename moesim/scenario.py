@@ -62,6 +62,21 @@ class RoutingSpec(_Spec):
     seed: int = Field(0, description="Seed of the load model.")
 
 
+class Schedule(_Spec):
+    """What overlaps what (see moesim/step/schedule.py)."""
+
+    overlap_shared_experts: bool = Field(True, description="Shared experts run while the dispatch all-to-all is in flight.")
+    overlap_comm_with_compute: bool = Field(
+        False, description="Two micro-batches interleave so communication hides under computation (DualPipe, two-batch overlap)."
+    )
+    overlap_grad_reduce: bool = Field(True, description="Gradient reduction overlaps the last micro-batch's backward.")
+    overlap_slowdown_frac: float = Field(
+        0.15, ge=0, lt=1,
+        description="Computation slows by this fraction while overlapped communication kernels hold SMs "
+        "(DeepSeek-V3 gives 20 of 132 SMs to communication: 0.15).",
+    )
+
+
 class TrainWorkload(_Spec):
     """One optimizer step of pre-training."""
 
@@ -102,6 +117,7 @@ class Scenario(_Spec):
     layout: Layout = Field(default_factory=Layout)
     workload: Workload
     routing: RoutingSpec = Field(default_factory=RoutingSpec)
+    schedule: Schedule = Field(default_factory=Schedule)
     price_usd_per_gpu_hour: float | None = Field(None, gt=0, description="Overrides the profile's price.")
     workspace_bytes: float = Field(
         2.5e9, ge=0, description="Per-GPU allowance for CUDA context, library workspaces and communication buffers."
@@ -203,7 +219,7 @@ def scenario_from_dict(raw: dict[str, Any], where: str, base_dir: str = ".") -> 
     try:
         return Scenario.model_validate(raw)
     except ValidationError as exc:
-        raise from_validation_error(exc, where) from None
+        raise from_validation_error(exc, where, raw) from None
 
 
 def read_scenario_raw(name_or_path: str | Path | None) -> tuple[dict[str, Any], str, str]:

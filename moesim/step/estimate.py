@@ -1,0 +1,524 @@
+"""The whole estimate: a training step, or prefill and decode of a serving deployment.
+
+Composition (per GPU of the slowest pipeline stage):
+
+* one layer pass = critical path of its operations (:mod:`moesim.step.schedule`),
+  with expert compute and all-to-all paced by the most loaded EP rank
+  (expected value for ``step_s`` / ``tpot_s``, p99 for the ``*_p99_s`` figures);
+* training: backward = 2x the forward computation (dgrad + wgrad; 2.5x for the
+  attention core, FlashAttention-2's ratio) and the same communication again;
+  full recomputation adds one more forward. A 1F1B pipeline with ``m``
+  micro-batches and stage times ``t_j`` takes ``sum_j t_j + (m - 1) max_j t_j``
+  (fill, steady state, drain; equal stages give the ``(pp - 1) / m`` bubble).
+  Gradient reduction (dense parameters over DP, expert parameters over EDP) is
+  exposed only where it outlasts the last micro-batch's backward; the Adam
+  update is a memory-bound pass over the local shard (ZeRO-1+).
+* serving: time to first token = prefill of the batch through every layer;
+  time per output token = one decode step of the batch at the mean context
+  ``prompt + output / 2`` (KV-cache reads included).
+* MFU = model FLOPs per token (6 x active matmul parameters plus attention for
+  training, 2 x for inference, no recomputation, no MTP) x tokens/s over
+  GPUs x dense peak.
+
+References: Narayanan et al., "Efficient Large-Scale Language Model Training on
+GPU Clusters Using Megatron-LM", SC21 (1F1B bubble, MFU); Dao, FlashAttention-2
+(backward/forward ratio); DeepSeek-V3 technical report, arXiv 2412.19437.
+Left out: pipeline schedules other than 1F1B (interleaved, DualPipe's bubble),
+stragglers other than expert load (stage imbalance aside), host overheads,
+prefill/decode interference and continuous batching dynamics.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..dtypes import bytes_per_element
+from ..errors import InputError
+from ..flops import forward_flops_per_token
+from ..hardware import HardwareProfile
+from ..model import ModelSpec
+from ..ops import OpKind
+from ..scenario import Scenario, ServeWorkload, TrainWorkload, load_scenario
+from ..timing import compute_op_time
+from . import bridge
+from .memory import MemoryBreakdown, kv_bytes_per_sequence, layer_activation_bytes, stage_params
+from .ops import (
+    ExpertRankLoad,
+    Op,
+    attention_ops,
+    dense_ffn_ops,
+    dispatch_bytes_per_copy,
+    embedding_op,
+    lm_head_op,
+    moe_ops,
+)
+from .parallel import Parallel
+from .result import CostResult, Estimate, LoadSummary, MemoryResult, OpTiming
+from .schedule import critical_path_s
+
+# ----------------------------------------------------------------------------- checks
+
+
+def check_layout(sc: Scenario, model: ModelSpec, hw: HardwareProfile) -> None:
+    """Raise InputError for layouts that cannot run, naming both numbers."""
+    src = f"scenario {sc.name}"
+    lay = sc.layout
+    cap = hw.max_accelerators
+    if cap is not None and sc.num_gpus > cap:
+        raise InputError(f"num_gpus ({sc.num_gpus}) exceeds the {cap} accelerators profile {hw.name} describes",
+                         source=src, field="num_gpus")
+    if model.attention.num_heads % lay.tp:
+        raise InputError(f"layout.tp ({lay.tp}) must divide the {model.attention.num_heads} attention heads",
+                         source=src, field="layout.tp")
+    if lay.pp > model.num_layers:
+        raise InputError(f"layout.pp ({lay.pp}) exceeds the {model.num_layers} layers", source=src, field="layout.pp")
+    moe = model.moe
+    if moe is None:
+        if lay.ep > 1 or lay.etp > 1:
+            raise InputError(f"layout.ep/etp > 1 but model {model.name} has no experts", source=src, field="layout.ep")
+        return
+    slots = moe.num_experts + sc.routing.redundant_experts
+    if slots % lay.ep:
+        raise InputError(
+            f"layout.ep ({lay.ep}) must divide the {moe.num_experts} experts"
+            + (f" plus {sc.routing.redundant_experts} redundant" if sc.routing.redundant_experts else ""),
+            source=src, field="layout.ep")
+    if moe.expert_ffn_dim % lay.etp:
+        raise InputError(f"layout.etp ({lay.etp}) must divide the expert width {moe.expert_ffn_dim}",
+                         source=src, field="layout.etp")
+    if sc.routing.node_limit is not None:
+        nodes = math.ceil(lay.ep * lay.etp / hw.node.accelerators_per_node)
+        if sc.routing.node_limit > max(nodes, 1) and nodes > 1:
+            raise InputError(f"routing.node_limit ({sc.routing.node_limit}) exceeds the {nodes} nodes of the EP group",
+                             source=src, field="routing.node_limit")
+
+
+# ----------------------------------------------------------------------------- one pass
+
+
+@dataclass(frozen=True)
+class Pass:
+    """Per-layer times of one pass (forward, or backward) and the op details of the forward."""
+
+    moe_s: float
+    moe_p99_s: float
+    dense_s: float
+    by_stage_moe_s: dict[str, float]
+    by_stage_dense_s: dict[str, float]
+    bound: dict[str, str]
+    timings: list[OpTiming]
+    load: LoadSummary | None
+    embedding_s: float
+    lm_head_s: float
+
+
+_NODE = {
+    OpKind.ATTENTION: "attention", OpKind.ROUTER: "router", OpKind.DISPATCH: "dispatch", OpKind.EXPERTS: "experts",
+    OpKind.COMBINE: "combine", OpKind.SHARED_EXPERTS: "shared_experts", OpKind.DENSE_FFN: "dense_ffn",
+}
+
+
+def _node_names(ops: list[Op]) -> list[str]:
+    names, seen_attn = [], False
+    for op in ops:
+        if op.kind == OpKind.TP_COMM:
+            names.append("ffn_tp" if seen_attn and names and names[-1] != "attention" else "attn_tp")
+        else:
+            names.append(_NODE[op.kind])
+            seen_attn = seen_attn or op.kind == OpKind.ATTENTION
+    return names
+
+
+class _Timer:
+    """Times operations on one profile and layout (communication through the comm model)."""
+
+    def __init__(self, sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Parallel, dtype: str):
+        self.sc, self.model, self.hw, self.par, self.dtype = sc, model, hw, par, dtype
+        self.a2a: dict[OpKind, float] = {}
+
+    def op(self, op: Op) -> tuple[float, str]:
+        if op.compute_kind == "comm":
+            if op.collective == "all_to_all":
+                t = self.a2a.get(op.kind, 0.0)
+            else:
+                t = bridge.collective_time_s(self.hw, self.par, op.collective, op.comm_bytes, op.group)
+            return t, "communication"
+        kind = op.compute_kind
+        ot = compute_op_time(self.hw, flops=op.flops, bytes_moved=op.bytes_moved, dtype=op.dtype or self.dtype, kind=kind,
+                             num_kernels=op.num_kernels, flops_for_efficiency=op.flops_for_efficiency)
+        return ot.time_s, ot.bound
+
+
+def layer_pass(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Parallel, *, n: float, keys: float,
+               decode_batch: float = 0.0, context: float = 0.0, weight_dtype: str, kv_dtype: str,
+               compute_dtype: str, backward: bool = False, lm_tokens: float | None = None) -> Pass:
+    """Time of one MoE and one dense layer for ``n`` tokens per DP rank (forward, or backward)."""
+    timer = _Timer(sc, model, hw, par, compute_dtype)
+    wb = bytes_per_element(weight_dtype)
+    ewb = bytes_per_element(model.expert_weight_dtype) if (model.expert_weight_dtype and weight_dtype == model.weight_dtype) else wb
+    attn = attention_ops(model, par, n, keys, decode_batch=decode_batch, context=context, weight_bytes=wb,
+                         kv_bytes=bytes_per_element(kv_dtype))
+    overlap_shared = sc.schedule.overlap_shared_experts
+    comm_overlap = sc.schedule.overlap_comm_with_compute
+    timings: list[OpTiming] = []
+    bound: dict[str, str] = {}
+
+    def run(kind: str, ops: list[Op]) -> tuple[float, dict[str, float], dict[str, float]]:
+        names = _node_names(ops)
+        dur: dict[str, float] = {}
+        details = []
+        for name, op in zip(names, ops):
+            if backward and op.compute_kind != "comm":
+                factor = 2.5 if op.kind == OpKind.ATTENTION else 2.0
+                op = op.scaled(factor)
+            t, b = timer.op(op)
+            dur[name] = dur.get(name, 0.0) + t
+            details.append((name, op, t, b))
+        total, path = critical_path_s(kind, dur, overlap_shared=overlap_shared, comm_overlap=comm_overlap,
+                                      overlap_slowdown_frac=sc.schedule.overlap_slowdown_frac)
+        by_stage: dict[str, float] = {}
+        for name, op, t, b in details:
+            stage = "tp_comm" if name.endswith("_tp") else name
+            on = name in path
+            by_stage[stage] = by_stage.get(stage, 0.0) + (t if on else 0.0)
+            bound[stage] = b
+            if not backward:
+                timings.append(OpTiming(kind=stage, layer=kind, time_s=t, flops=op.flops, bytes_moved=op.bytes_moved,
+                                        comm_bytes=op.comm_bytes, group=op.group, bound=b, on_critical_path=on))
+        return total, by_stage, dur
+
+    load_summary = None
+    moe_s = moe_p99_s = 0.0
+    by_moe: dict[str, float] = {}
+    if model.moe is not None and model.num_moe_layers:
+        n_src = par.moe_tokens(n)
+        mean_load, p99_load, load_summary = bridge.rank_load(sc, model, hw, par, n_src)
+        bpc = dispatch_bytes_per_copy(model, sc.routing.dispatch_dtype)
+        d, c = bridge.a2a_times_s(sc, model, hw, par, n_src, bpc, mean_load)
+        timer.a2a = {OpKind.DISPATCH: d, OpKind.COMBINE: c}
+        moe_ops_mean = attn + moe_ops(model, par, n, mean_load, bytes_per_copy=bpc, weight_bytes=wb, expert_weight_bytes=ewb)
+        moe_s, by_moe, _ = run("moe", moe_ops_mean)
+        saved = list(timings)
+        d, c = bridge.a2a_times_s(sc, model, hw, par, n_src, bpc, p99_load)
+        timer.a2a = {OpKind.DISPATCH: d, OpKind.COMBINE: c}
+        moe_ops_p99 = attn + moe_ops(model, par, n, p99_load, bytes_per_copy=bpc, weight_bytes=wb, expert_weight_bytes=ewb)
+        moe_p99_s, _, _ = run("moe", moe_ops_p99)
+        timings[:] = saved
+    dense_s = 0.0
+    by_dense: dict[str, float] = {}
+    if model.num_dense_layers:
+        dense_s, by_dense, _ = run("dense", attn + dense_ffn_ops(model, par, n, weight_bytes=wb))
+    emb_t, _ = timer.op(embedding_op(model, n))
+    lm = lm_head_op(model, par, n if lm_tokens is None else lm_tokens, weight_bytes=wb)
+    if backward:
+        lm = lm.scaled(2.0)
+    lm_t, lm_b = timer.op(lm)
+    bound["lm_head"] = lm_b
+    if not backward:
+        timings.append(OpTiming(kind="lm_head", layer="model", time_s=lm_t, flops=lm.flops, bytes_moved=lm.bytes_moved,
+                                comm_bytes=0.0, group="", bound=lm_b, on_critical_path=True))
+    return Pass(moe_s, moe_p99_s, dense_s, by_moe, by_dense, bound, timings, load_summary, emb_t, lm_t)
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _stage_layers(model: ModelSpec, par: Parallel, stages: list[list[int]] | None = None) -> list[tuple[int, int, bool, bool]]:
+    """(moe layers, dense layers, first, last) per stage; MTP modules count as MoE layers of the last stage."""
+    moe_idx = set(model.moe_layer_indices)
+    out = []
+    stages = stages if stages is not None else par.layers_per_stage(model)
+    for s, layers in enumerate(stages):
+        n_moe = sum(1 for i in layers if i in moe_idx)
+        out.append((n_moe, len(layers) - n_moe, s == 0, s == len(stages) - 1))
+    return out
+
+
+def _stage_time(p: Pass, n_moe: int, n_dense: int, first: bool, last: bool, mtp: int, *, p99: bool = False) -> float:
+    moe = p.moe_p99_s if p99 else p.moe_s
+    t = (n_moe + (mtp if last else 0)) * moe + n_dense * p.dense_s
+    if first:
+        t += p.embedding_s
+    if last:
+        t += p.lm_head_s * (1 + mtp)
+    return t
+
+
+def _by_stage_total(p: Pass, counts: list[tuple[int, int, bool, bool]], mtp: int) -> dict[str, float]:
+    out: dict[str, float] = {}
+    n_moe = sum(c[0] for c in counts) + mtp
+    n_dense = sum(c[1] for c in counts)
+    for k, v in p.by_stage_moe_s.items():
+        out[k] = out.get(k, 0.0) + v * n_moe
+    for k, v in p.by_stage_dense_s.items():
+        out[k] = out.get(k, 0.0) + v * n_dense
+    out["embedding"] = p.embedding_s
+    out["lm_head"] = p.lm_head_s * (1 + mtp)
+    return out
+
+
+def _price(sc: Scenario, hw: HardwareProfile) -> float | None:
+    if sc.price_usd_per_gpu_hour is not None:
+        return sc.price_usd_per_gpu_hour
+    return hw.price.usd_per_accelerator_hour if hw.price else None
+
+
+def _cost(sc: Scenario, hw: HardwareProfile, tokens_per_s: float, run_tokens: float | None) -> CostResult:
+    price = _price(sc, hw)
+    gpu_h_per_m = sc.num_gpus / 3600.0 / tokens_per_s * 1e6 if tokens_per_s > 0 else math.inf
+    run_h = run_usd = run_days = None
+    if run_tokens:
+        run_s = run_tokens / tokens_per_s
+        run_h = run_s * sc.num_gpus / 3600.0
+        run_days = run_s / 86400.0
+        run_usd = run_h * price if price else None
+    return CostResult(usd_per_gpu_hour=price, gpu_hours_per_million_tokens=gpu_h_per_m,
+                      usd_per_million_tokens=gpu_h_per_m * price if price else None,
+                      run_tokens=run_tokens, run_gpu_hours=run_h, run_usd=run_usd, run_days=run_days)
+
+
+def _memory_result(m: MemoryBreakdown) -> MemoryResult:
+    return MemoryResult(by_category_bytes=m.by_category_bytes, total_bytes=m.total_bytes, capacity_bytes=m.capacity_bytes,
+                        headroom_bytes=m.headroom_bytes, fits=m.fits, stage=m.stage)
+
+
+def _layout_dict(sc: Scenario, par: Parallel) -> dict[str, int | bool]:
+    return {"tp": par.tp, "pp": par.pp, "dp": par.dp, "ep": par.ep, "etp": par.etp, "edp": par.edp,
+            "zero_stage": par.zero_stage, "sequence_parallel": par.sequence_parallel}
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def _train(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Parallel) -> Estimate:
+    w: TrainWorkload = sc.workload  # type: ignore[assignment]
+    n = w.micro_batch_size * w.seq_len
+    keys = (w.seq_len + 1) / 2
+    dt = w.compute_dtype
+    kw = dict(n=n, keys=keys, weight_dtype="bf16", kv_dtype="bf16", compute_dtype=dt)
+    fwd = layer_pass(sc, model, hw, par, **kw)
+    bwd = layer_pass(sc, model, hw, par, backward=True, **kw)
+    mtp = model.mtp.num_modules
+    recompute = 1.0 if w.recompute == "full" else 0.0
+    moe_idx = set(model.moe_layer_indices)
+    per_layer = [((fwd.moe_s if i in moe_idx else fwd.dense_s) * (1 + recompute) + (bwd.moe_s if i in moe_idx else bwd.dense_s))
+                 for i in range(model.num_layers)]
+    stages = par.balanced_stages(per_layer, first_extra=fwd.embedding_s + bwd.embedding_s,
+                                 last_extra=(fwd.lm_head_s + bwd.lm_head_s) * (1 + mtp)
+                                 + mtp * ((fwd.moe_s) * (1 + recompute) + bwd.moe_s))
+    counts = _stage_layers(model, par, stages)
+    m = w.global_batch_size // (par.dp * w.micro_batch_size)
+    p2p = bridge.p2p_time_s(hw, par, 2.0 * n * model.hidden_size / (par.tp if par.sequence_parallel else 1)) if par.pp > 1 else 0.0
+
+    def stage_times(p99: bool) -> list[float]:
+        out = []
+        for n_moe, n_dense, first, last in counts:
+            f = _stage_time(fwd, n_moe, n_dense, first, last, mtp, p99=p99)
+            b = _stage_time(bwd, n_moe, n_dense, first, last, mtp, p99=p99)
+            out.append(f * (1 + recompute) + b + 2 * p2p)
+        return out
+
+    def bwd_time(idx: int) -> float:
+        n_moe, n_dense, first, last = counts[idx]
+        return _stage_time(bwd, n_moe, n_dense, first, last, mtp)
+
+    t_mean, t_p99 = stage_times(False), stage_times(True)
+    pipe_mean = sum(t_mean) + (m - 1) * max(t_mean)
+    pipe_p99 = sum(t_p99) + (m - 1) * max(t_p99)
+
+    # parameters, gradient reduction and optimizer on the stage with the most parameters
+    sp = [stage_params(model, par, layers, s == 0, s == len(stages) - 1) for s, layers in enumerate(stages)]
+    if mtp:
+        last = sp[-1]
+        extra = stage_params(model, par, [model.moe_layer_indices[-1]] * mtp if model.moe else [0] * mtp, False, False)
+        sp[-1] = type(last)(dense=last.dense + extra.dense + 2 * model.hidden_size ** 2 * mtp / par.tp,
+                            expert=last.expert + extra.expert)
+    big = max(range(len(sp)), key=lambda i: sp[i].dense + sp[i].expert)
+    grad_bytes = 4.0 if w.master_weights_fp32 else 2.0
+    t_grad = bridge.grad_sync_time_s(hw, par, sp[big].dense * grad_bytes, sp[big].expert * grad_bytes)
+    exposed_grad = max(0.0, t_grad - bwd_time(big)) if sc.schedule.overlap_grad_reduce else t_grad
+    shard_d = par.dp if par.zero_stage >= 1 else 1
+    shard_e = par.edp if par.zero_stage >= 1 else 1
+    local = sp[big].dense / shard_d + sp[big].expert / shard_e
+    opt_bytes = local * (30.0 if w.master_weights_fp32 else 14.0)
+    t_opt = compute_op_time(hw, flops=0.0, bytes_moved=opt_bytes, kind="elementwise", num_kernels=4).time_s
+    step = pipe_mean + exposed_grad + t_opt
+    step_p99 = pipe_p99 + exposed_grad + t_opt
+
+    tokens = w.global_batch_size * w.seq_len
+    tps = tokens / step
+    ff = forward_flops_per_token(model, keys)
+    model_flops = 3.0 * ff.total_flops
+    mfu = tps * model_flops / (sc.num_gpus * hw.accelerator.peak_for(dt))
+    mfu_bf16 = tps * model_flops / (sc.num_gpus * hw.accelerator.peak_for("bf16"))
+
+    # time by stage over the step: per-layer critical-path shares x layers x micro-batches (steady state)
+    by_stage = {}
+    for p, mult in ((fwd, 1 + recompute), (bwd, 1.0)):
+        for k, v in _by_stage_total(p, counts, mtp).items():
+            by_stage[k] = by_stage.get(k, 0.0) + v * mult * m / par.pp
+    by_stage["pipeline_bubble"] = pipe_mean - sum(by_stage.values()) if par.pp > 1 else 0.0
+    by_stage["grad_sync_exposed"] = exposed_grad
+    by_stage["optimizer"] = t_opt
+    bound = dict(fwd.bound) | {"grad_sync_exposed": "communication", "optimizer": "memory", "pipeline_bubble": "latency"}
+
+    mem = train_memory(sc, model, hw, par, fwd.load, n, m, sp, stages)
+    notes = []
+    if par.pp > 1:
+        notes.append(f"1F1B pipeline: {m} micro-batches over {par.pp} stages, bubble {by_stage['pipeline_bubble']:.3g} s")
+    return Estimate(
+        scenario=sc.name, model=model.name, hardware=hw.name, num_gpus=sc.num_gpus, workload="train", phase="train",
+        layout=_layout_dict(sc, par), fits=mem.fits, memory_per_gpu_bytes=mem.total_bytes, memory=_memory_result(mem),
+        tokens_per_s=tps, tokens_per_s_per_gpu=tps / sc.num_gpus, mfu_frac=mfu, mfu_bf16_frac=mfu_bf16,
+        model_flops_per_token=model_flops, step_s=step, step_p99_s=step_p99, time_by_stage_s=by_stage,
+        bound_by_stage=bound, ops=fwd.timings, load=fwd.load, cost=_cost(sc, hw, tps, w.total_tokens), notes=notes,
+    )
+
+
+def train_memory(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Parallel, load: LoadSummary | None,
+                 n: float, m: int, sp, stages: list[list[int]]) -> MemoryBreakdown:
+    w: TrainWorkload = sc.workload  # type: ignore[assignment]
+    moe_idx = set(model.moe_layer_indices)
+    copies = load.copies_max_rank_mean if load else 0.0
+    if load and sc.routing.capacity_factor is not None:
+        copies = max(copies, load.copies_mean_per_rank * sc.routing.capacity_factor)
+    best: MemoryBreakdown | None = None
+    for s, layers in enumerate(stages):
+        p = sp[s]
+        z3d = par.dp if par.zero_stage >= 3 else 1
+        z3e = par.edp if par.zero_stage >= 3 else 1
+        weights = 2.0 * (p.dense / z3d + p.expert / z3e)
+        gb = 4.0 if w.master_weights_fp32 else 2.0
+        z2d = par.dp if par.zero_stage >= 2 else 1
+        z2e = par.edp if par.zero_stage >= 2 else 1
+        grads = gb * (p.dense / z2d + p.expert / z2e)
+        ob = 12.0 if w.master_weights_fp32 else 4.0
+        z1d = par.dp if par.zero_stage >= 1 else 1
+        z1e = par.edp if par.zero_stage >= 1 else 1
+        optim = ob * (p.dense / z1d + p.expert / z1e)
+        ab = 1.0 if w.compute_dtype == "fp8" else 2.0
+        per_mb = sum(layer_activation_bytes(model, par, n, w.seq_len, w.recompute, copies, i in moe_idx, ab) for i in layers)
+        if w.recompute == "full" and layers:
+            per_mb += layer_activation_bytes(model, par, n, w.seq_len, "selective", copies, layers[-1] in moe_idx, ab)
+        in_flight = min(par.pp - s, m)
+        acts = per_mb * in_flight
+        if s == len(stages) - 1:
+            acts += 4.0 * n * model.vocab_size / par.tp  # fp32 logits
+        buffers = 0.0
+        if model.moe is not None:
+            bpc = dispatch_bytes_per_copy(model, sc.routing.dispatch_dtype)
+            buffers = copies * (bpc + 2.0 * model.hidden_size)
+        cat = {"weights": weights, "gradients": grads, "optimizer": optim, "activations": acts,
+               "dispatch_buffers": buffers, "workspace": sc.workspace_bytes}
+        mb = MemoryBreakdown(cat, hw.accelerator.memory_bytes, stage=s)
+        if best is None or mb.total_bytes > best.total_bytes:
+            best = mb
+    assert best is not None
+    return best
+
+
+# ----------------------------------------------------------------------------- serving
+
+
+def _serve(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Parallel) -> Estimate:
+    w: ServeWorkload = sc.workload  # type: ignore[assignment]
+    wdt = w.weight_dtype or model.weight_dtype
+    dt = w.compute_dtype
+    b = w.batch_size
+    counts = _stage_layers(model, par)
+    n_moe = sum(c[0] for c in counts)
+    n_dense = sum(c[1] for c in counts)
+    p2p_prefill = bridge.p2p_time_s(hw, par, 2.0 * b * w.prompt_tokens * model.hidden_size) if par.pp > 1 else 0.0
+    p2p_decode = bridge.p2p_time_s(hw, par, 2.0 * b * model.hidden_size) if par.pp > 1 else 0.0
+
+    def total(p: Pass, p99: bool = False) -> float:
+        moe = p.moe_p99_s if p99 else p.moe_s
+        return n_moe * moe + n_dense * p.dense_s + p.embedding_s + p.lm_head_s
+
+    ttft = tpot = tpot_p99 = None
+    prefill = decode = None
+    if w.phase in ("both", "prefill"):
+        prefill = layer_pass(sc, model, hw, par, n=b * w.prompt_tokens, keys=(w.prompt_tokens + 1) / 2,
+                             weight_dtype=wdt, kv_dtype=w.kv_dtype, compute_dtype=dt, lm_tokens=b)
+        ttft = total(prefill) + (par.pp - 1) * p2p_prefill
+    ctx = w.prompt_tokens + w.output_tokens / 2
+    if w.phase in ("both", "decode"):
+        decode = layer_pass(sc, model, hw, par, n=b, keys=ctx, decode_batch=b, context=ctx, weight_dtype=wdt,
+                            kv_dtype=w.kv_dtype, compute_dtype=dt)
+        tpot = total(decode) + (par.pp - 1) * p2p_decode
+        tpot_p99 = total(decode, p99=True) + (par.pp - 1) * p2p_decode
+    main = decode if decode is not None else prefill
+    assert main is not None
+    if w.phase == "prefill":
+        tps = par.dp * b * w.prompt_tokens / ttft  # type: ignore[operator]
+        flops_tok = 2.0 / 2.0 * forward_flops_per_token(model, (w.prompt_tokens + 1) / 2).total_flops
+    else:
+        tps = par.dp * b / tpot  # type: ignore[operator]
+        flops_tok = forward_flops_per_token(model, ctx).total_flops
+    mfu = tps * flops_tok / (sc.num_gpus * hw.accelerator.peak_for(dt))
+    mfu_bf16 = tps * flops_tok / (sc.num_gpus * hw.accelerator.peak_for("bf16"))
+    by_stage = _by_stage_total(main, counts, 0)
+    mem, max_batch = serve_memory(sc, model, hw, par, main.load)
+    return Estimate(
+        scenario=sc.name, model=model.name, hardware=hw.name, num_gpus=sc.num_gpus, workload="serve", phase=w.phase,
+        layout=_layout_dict(sc, par), fits=mem.fits, memory_per_gpu_bytes=mem.total_bytes, memory=_memory_result(mem),
+        tokens_per_s=tps, tokens_per_s_per_gpu=tps / sc.num_gpus, mfu_frac=mfu, mfu_bf16_frac=mfu_bf16,
+        model_flops_per_token=flops_tok, ttft_s=ttft, tpot_s=tpot, tpot_p99_s=tpot_p99, max_batch_size=max_batch,
+        time_by_stage_s=by_stage, bound_by_stage=main.bound, ops=main.timings, load=main.load,
+        cost=_cost(sc, hw, tps, None),
+        notes=[f"{par.dp} replica(s) x batch {b}; decode at mean context {ctx:g} tokens"] if tpot else [],
+    )
+
+
+def serve_memory(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Parallel,
+                 load: LoadSummary | None) -> tuple[MemoryBreakdown, int]:
+    """Memory per GPU of the largest stage and the largest batch per replica that fits."""
+    w: ServeWorkload = sc.workload  # type: ignore[assignment]
+    wdt = w.weight_dtype or model.weight_dtype
+    wb = bytes_per_element(wdt)
+    ewb = bytes_per_element(model.expert_weight_dtype) if (model.expert_weight_dtype and wdt == model.weight_dtype) else wb
+    stages = par.layers_per_stage(model)
+    context = w.prompt_tokens + w.output_tokens
+    h = model.hidden_size
+    best: tuple[MemoryBreakdown, int] | None = None
+    for s, layers in enumerate(stages):
+        p = stage_params(model, par, layers, s == 0, s == len(stages) - 1)
+        weights = p.dense * wb + p.expert * ewb
+        kv_seq = kv_bytes_per_sequence(model, par, layers, context, w.kv_dtype)
+        kv = w.batch_size * kv_seq
+        tokens = w.batch_size * (w.prompt_tokens if w.phase != "decode" else 1)
+        f_local = (model.moe.expert_ffn_dim / par.etp if model.moe else model.dense_ffn_dim / par.tp)
+        k = model.moe.top_k if model.moe else 1
+        act_per_token = 2.0 * (4 * h + k * (2 * h + 3 * f_local) * par.etp / par.tp)
+        acts = tokens * act_per_token + 4.0 * w.batch_size * model.vocab_size / par.tp
+        cat = {"weights": weights, "kv_cache": kv, "activations": acts, "workspace": sc.workspace_bytes}
+        mb = MemoryBreakdown(cat, hw.accelerator.memory_bytes, stage=s)
+        per_seq = kv_seq + (w.prompt_tokens if w.phase != "decode" else 1) * act_per_token + 4.0 * model.vocab_size / par.tp
+        free = hw.accelerator.memory_bytes - weights - sc.workspace_bytes
+        max_b = max(0, int(free // per_seq)) if per_seq > 0 else 0
+        if best is None or mb.total_bytes > best[0].total_bytes:
+            best = (mb, max_b if best is None else min(best[1], max_b))
+        else:
+            best = (best[0], min(best[1], max_b))
+    assert best is not None
+    return best
+
+
+# ----------------------------------------------------------------------------- entry point
+
+
+def estimate_resolved(sc: Scenario, model: ModelSpec, hw: HardwareProfile) -> Estimate:
+    """Estimate a scenario whose model and hardware are already loaded (pure; used by plan / sweep)."""
+    check_layout(sc, model, hw)
+    par = Parallel.of(sc, hw.node.accelerators_per_node)
+    if isinstance(sc.workload, TrainWorkload):
+        return _train(sc, model, hw, par)
+    return _serve(sc, model, hw, par)
+
+
+def estimate(scenario: Scenario | str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Estimate:
+    """Estimate a scenario (an object, a bundled name, or a TOML path; None = the default scenario)."""
+    sc = scenario if isinstance(scenario, Scenario) else load_scenario(scenario, overrides)
+    return estimate_resolved(sc, sc.resolve_model(), sc.resolve_hardware())

@@ -1,0 +1,150 @@
+"""Memory per GPU for a training step or an inference deployment.
+
+Per GPU, for the pipeline stage that needs the most:
+
+* weights: non-expert parameters of the stage / tp, routed-expert parameters
+  / (ep * etp); ZeRO-3 / FSDP further divides them by dp (experts by edp).
+* gradients (training): same count x 4 bytes (fp32 main grads, Megatron's
+  default with mixed precision) or 2 without fp32 masters; ZeRO-2+ shards them.
+* optimizer (training): Adam with fp32 master weights, m and v: 12 bytes per
+  parameter (4 without masters: bf16 m and v); ZeRO-1+ shards them.
+* activations (training), per layer per micro-batch of ``n`` tokens, ``a``
+  bytes per element (2, or 1 for FP8 training): attention
+  ``a*n*(2h + qkv + out)`` (qkv = q, k, v widths for GQA; for MLA the latents,
+  plus the per-head q, k, v without recomputation); with ``recompute = "none"``
+  the ``5*H*s*n`` bytes of scores and masks of Korthikanti et al. 2022 are
+  added (selective recomputation and flash attention keep none); dense FFN
+  ``a*n*(h + (m-1)*F)`` (``m*F`` without recomputation of the activation
+  function), MoE ``a*c*(2h + (m-1)*F/etp)`` for ``c`` routed copies on the most
+  loaded rank (top-k copies of each token, or the padded capacity) plus router
+  logits ``4*n*E``; ``h``-sized terms are divided by tp with sequence
+  parallelism, the others by tp. ``recompute = "full"`` keeps only each layer's input ``a*n*h`` plus one
+  layer's working set. 1F1B keeps ``min(pp, micro-batches)`` micro-batches in
+  flight on the first stage.
+* dispatch buffers: the receive buffers of dispatch and combine for the
+  most-loaded rank's copies.
+* KV cache (inference): ``batch x context x kv bytes per token per layer x
+  layers of the stage / kv_shard`` (sliding windows applied).
+* workspace: the scenario's stated allowance (CUDA context, cuBLAS/NCCL buffers).
+
+Reference: Korthikanti et al., "Reducing Activation Recomputation in Large
+Transformer Models", arXiv 2205.05198 (activation bytes per layer);
+Rajbhandari et al., "ZeRO", arXiv 1910.02054 (16 bytes/param for mixed-precision
+Adam). Left out: allocator fragmentation, temporary buffers of fused kernels,
+pipeline send/recv buffers, CUDA graphs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..dtypes import bytes_per_element
+from ..model import MLAAttention, ModelSpec
+from ..params import attention_params, expert_params, ffn_params, norm_params, router_params, shared_expert_params
+from .parallel import Parallel
+
+ACT = 2.0
+
+
+@dataclass(frozen=True)
+class MemoryBreakdown:
+    """Bytes per GPU by category, for the stage that needs the most."""
+
+    by_category_bytes: dict[str, float]
+    capacity_bytes: float
+    stage: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def total_bytes(self) -> float:
+        return sum(self.by_category_bytes.values())
+
+    @property
+    def fits(self) -> bool:
+        return self.total_bytes <= self.capacity_bytes
+
+    @property
+    def headroom_bytes(self) -> float:
+        return self.capacity_bytes - self.total_bytes
+
+
+@dataclass(frozen=True)
+class StageParams:
+    """Parameters held by one GPU of a pipeline stage, before ZeRO-3 sharding."""
+
+    dense: float
+    expert: float
+
+
+def stage_params(model: ModelSpec, par: Parallel, layers: list[int], first: bool, last: bool) -> StageParams:
+    moe_idx = set(model.moe_layer_indices)
+    dense = 0.0
+    expert = 0.0
+    attn = attention_params(model) + 2 * norm_params(model)
+    for i in layers:
+        dense += attn / par.tp
+        if i in moe_idx:
+            dense += router_params(model) + shared_expert_params(model) / par.tp
+            expert += model.moe.num_experts * expert_params(model) / (par.ep * par.etp)  # type: ignore[union-attr]
+        else:
+            dense += ffn_params(model, model.dense_ffn_dim, model.ffn_bias) / par.tp
+    V, h = model.vocab_size, model.hidden_size
+    if first:
+        dense += V * h / par.tp
+    if last:
+        dense += (0 if model.tie_embeddings and par.pp == 1 else V * h) / par.tp + norm_params(model)
+    return StageParams(dense=dense, expert=expert)
+
+
+def layer_activation_bytes(model: ModelSpec, par: Parallel, n: float, seq_len: float, recompute: str,
+                           moe_copies: float, is_moe: bool, act_bytes: float = ACT) -> float:
+    """Activation bytes one layer keeps for backward, ``n`` tokens per DP rank (see module docstring).
+
+    ``act_bytes`` is the element size of cached linear-layer inputs: 2 (bf16), or 1
+    for FP8 training, which caches them in FP8 (DeepSeek-V3 report, section 3.3.3).
+    """
+    h = model.hidden_size
+    a = model.attention
+    sp = par.tp if par.sequence_parallel else 1
+    if recompute == "full":
+        return ACT * n * h / sp
+    if isinstance(a, MLAAttention):
+        # selective recomputation keeps the compressed latents and recomputes the up-projections
+        # (DeepSeek-V3 section 3.2.3); without it the per-head q, k, v are kept too
+        lat = (a.q_lora_rank or 0) + a.kv_lora_rank + a.qk_rope_head_dim
+        heads = a.num_heads * (2 * a.qk_head_dim + a.v_head_dim) / par.tp
+        qkv = lat + (heads if recompute == "none" else 0.0)
+        out = a.num_heads * a.v_head_dim / par.tp
+    else:
+        qkv = (a.q_dim + 2 * a.kv_dim) / par.tp
+        out = a.q_dim / par.tp
+    attn = act_bytes * n * (2 * h / sp + qkv + out)
+    if recompute == "none":
+        attn += 5.0 * a.num_heads * seq_len * n / par.tp
+    m = model.ffn_matrices
+    # gated FFN keeps its input and the gate/up outputs; selective recomputation redoes the activation function
+    inter = m if recompute == "none" else m - 1
+    if is_moe:
+        moe = model.moe
+        assert moe is not None
+        F = moe.expert_ffn_dim / par.etp
+        ffn = act_bytes * moe_copies * (2 * h + inter * F) + 4.0 * par.moe_tokens(n) * moe.num_experts
+        if moe.num_shared_experts:
+            ffn += act_bytes * n * inter * moe.num_shared_experts * moe.shared_expert_ffn_dim / par.tp
+    else:
+        ffn = act_bytes * n * (h / sp + inter * model.dense_ffn_dim / par.tp)
+    return attn + ffn
+
+
+def kv_bytes_per_sequence(model: ModelSpec, par: Parallel, layers: list[int], context: int, kv_dtype: str) -> float:
+    """KV-cache bytes one sequence of ``context`` tokens needs on one GPU of the stage."""
+    from ..memory import kv_elements_per_token_per_layer
+
+    a = model.attention
+    per = kv_elements_per_token_per_layer(model) * bytes_per_element(kv_dtype)
+    per /= par.kv_shard(a.num_kv_heads, isinstance(a, MLAAttention))
+    total = 0.0
+    for i in layers:
+        tokens = min(context, a.sliding_window) if (a.sliding_window and model.is_sliding(i)) else context
+        total += per * tokens
+    return total

@@ -1,0 +1,122 @@
+"""A scenario's parallel layout, reduced to the per-GPU shares the cost model needs."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from ..model import ModelSpec
+from ..scenario import Scenario
+
+
+@dataclass(frozen=True)
+class Parallel:
+    """Group sizes of one layout (Megatron MoE parallel folding).
+
+    Dense parts run on ``tp x pp x dp`` GPUs. Within a stage, experts run on
+    ``etp x ep x edp`` = ``tp x dp`` GPUs. Tokens that enter an MoE layer on one
+    EP rank: ``n_src = n * etp / tp`` for ``n`` tokens per DP rank (with TP > ETP
+    the TP group's tokens are split before dispatch, as with sequence parallelism).
+    """
+
+    num_gpus: int
+    tp: int
+    pp: int
+    dp: int
+    ep: int
+    etp: int
+    edp: int
+    zero_stage: int
+    sequence_parallel: bool
+    gpus_per_node: int
+
+    @classmethod
+    def of(cls, sc: Scenario, gpus_per_node: int) -> "Parallel":
+        lay = sc.layout
+        return cls(sc.num_gpus, lay.tp, lay.pp, sc.dp, lay.ep, lay.etp, sc.edp, lay.zero_stage,
+                   lay.sequence_parallel, gpus_per_node)
+
+    def moe_tokens(self, n_tokens: float) -> float:
+        """Tokens entering the MoE layer on one EP rank for ``n_tokens`` per DP rank."""
+        return n_tokens * self.etp / self.tp
+
+    def layers_per_stage(self, model: ModelSpec) -> list[list[int]]:
+        """Layer indices of each pipeline stage (the first ``L mod pp`` stages take one extra)."""
+        return self.layers_per_stage_even(model.num_layers)
+
+    def balanced_stages(self, costs: list[float], first_extra: float = 0.0, last_extra: float = 0.0) -> list[list[int]]:
+        """Contiguous layer ranges per stage that minimise the slowest stage's cost.
+
+        Frameworks let users give the first and last stages fewer layers to carry
+        the embedding and the LM head (Megatron's
+        ``--decoder-first/last-pipeline-num-layers``); this picks the split a
+        careful user would: binary search on the stage budget with a greedy fill
+        (exact for contiguous partitions).
+        """
+        pp, L = self.pp, len(costs)
+        if pp == 1:
+            return [list(range(L))]
+
+        def split(budget: float) -> list[list[int]] | None:
+            out: list[list[int]] = []
+            i = 0
+            for s in range(pp):
+                extra = (first_extra if s == 0 else 0.0) + (last_extra if s == pp - 1 else 0.0)
+                left = pp - s - 1
+                cur: list[int] = []
+                load = extra
+                while i < L - left and (not cur or load + costs[i] <= budget):
+                    load += costs[i]
+                    cur.append(i)
+                    i += 1
+                if not cur or load > budget * (1 + 1e-12):
+                    return None
+                out.append(cur)
+            return out if i == L else None
+
+        lo = max(max(costs), (sum(costs) + first_extra + last_extra) / pp)
+        hi = sum(costs) + first_extra + last_extra
+        best = split(hi)
+        if best is None:
+            return self.layers_per_stage_even(L)
+        for _ in range(40):
+            mid = (lo + hi) / 2
+            got = split(mid)
+            if got is None:
+                lo = mid
+            else:
+                hi, best = mid, got
+        return best
+
+    def layers_per_stage_even(self, L: int) -> list[list[int]]:
+        base, extra = divmod(L, self.pp)
+        out, start = [], 0
+        for s in range(self.pp):
+            n = base + (1 if s < extra else 0)
+            out.append(list(range(start, start + n)))
+            start += n
+        return out
+
+    def ranks_per_node_in_group(self, group_size: int, stride: int) -> int:
+        """GPUs of one group (``group_size`` ranks spaced ``stride`` apart) that share a node."""
+        per_node = max(1, self.gpus_per_node // stride)
+        return max(1, min(group_size, per_node))
+
+    @property
+    def ep_stride(self) -> int:
+        """Rank distance between EP peers (Megatron order tp-ep-dp-pp: EP ranks are ``etp`` apart)."""
+        return self.etp
+
+    @property
+    def dp_stride(self) -> int:
+        return self.tp
+
+    def kv_shard(self, num_kv_heads: int, mla: bool) -> int:
+        """How many ways TP splits the KV cache: heads split up to the number of KV heads; MLA's latent is not split."""
+        if mla:
+            return 1
+        return max(1, min(self.tp, num_kv_heads))
+
+    @property
+    def nodes(self) -> int:
+        return math.ceil(self.num_gpus / self.gpus_per_node)

@@ -1,0 +1,78 @@
+"""Overlap as a dependency graph: the critical path of one layer.
+
+Each layer kind has a fixed dependency template (a networkx DiGraph built once
+and cached with its topological order); evaluating a candidate is then a
+longest-path pass over that order with the operations' durations, so large
+searches do not rebuild graphs.
+
+Templates (node names are stage names; ``*_tp`` are tensor-parallel collectives):
+
+* MoE layer: attention -> attn_tp -> router -> dispatch -> experts -> combine -> ffn_tp,
+  and, when shared experts overlap the all-to-all, router -> shared_experts -> experts
+  (the shared experts run while tokens are in flight, Megatron's
+  ``--moe-shared-expert-overlap``); otherwise shared_experts follows combine.
+* Dense layer: attention -> attn_tp -> dense_ffn -> ffn_tp.
+
+With ``comm_overlap`` (two micro-batches interleaved, as DeepSeek's DualPipe in
+training and two-batch overlap in serving), the communication of one
+micro-batch hides under the computation of the other, so a layer costs
+``max(sum of compute / (1 - s), sum of communication)`` per micro-batch, where
+``s`` is the share of SMs the communication kernels take from computation.
+Left out: contention for memory bandwidth between the two.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+
+import networkx as nx
+
+MOE_NODES = ("attention", "attn_tp", "router", "dispatch", "experts", "combine", "shared_experts", "ffn_tp")
+DENSE_NODES = ("attention", "attn_tp", "dense_ffn", "ffn_tp")
+COMM_NODES = frozenset({"attn_tp", "dispatch", "combine", "ffn_tp"})
+
+
+@cache
+def template(kind: str, overlap_shared: bool) -> tuple[tuple[str, ...], tuple[tuple[str, ...], ...]]:
+    """(topological order, predecessors of each node) of a layer template."""
+    g = nx.DiGraph()
+    if kind == "moe":
+        nx.add_path(g, ["attention", "attn_tp", "router", "dispatch", "experts", "combine", "ffn_tp"])
+        if overlap_shared:
+            g.add_edges_from([("router", "shared_experts"), ("shared_experts", "experts")])
+        else:
+            g.add_edges_from([("combine", "shared_experts"), ("shared_experts", "ffn_tp")])
+    else:
+        nx.add_path(g, list(DENSE_NODES))
+    order = tuple(nx.topological_sort(g))
+    preds = tuple(tuple(g.predecessors(n)) for n in order)
+    return order, preds
+
+
+def critical_path_s(kind: str, durations: dict[str, float], *, overlap_shared: bool = True,
+                    comm_overlap: bool = False, overlap_slowdown_frac: float = 0.0) -> tuple[float, list[str]]:
+    """Time of one layer and the nodes on its critical path.
+
+    With ``comm_overlap`` the computation runs ``1 / (1 - overlap_slowdown_frac)``
+    times slower, since the communication kernels it hides hold some of the SMs.
+    """
+    if comm_overlap:
+        comm = sum(v for k, v in durations.items() if k in COMM_NODES)
+        comp = sum(v for k, v in durations.items() if k not in COMM_NODES) / (1.0 - overlap_slowdown_frac)
+        return max(comm, comp), sorted(k for k in durations if (k in COMM_NODES) == (comm >= comp))
+    order, preds = template(kind, overlap_shared)
+    finish: dict[str, float] = {}
+    via: dict[str, str | None] = {}
+    for node, ps in zip(order, preds):
+        start, arg = 0.0, None
+        for p in ps:
+            if finish[p] > start:
+                start, arg = finish[p], p
+        finish[node] = start + durations.get(node, 0.0)
+        via[node] = arg
+    end = max(finish, key=finish.__getitem__)
+    path, cur = [], end
+    while cur is not None:
+        path.append(cur)
+        cur = via[cur]
+    return finish[end], path[::-1]

@@ -1,0 +1,177 @@
+"""Invariants and hand checks of the step model (moesim/step)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from moesim.catalog import load_model
+from moesim.flops import forward_flops_per_token
+from moesim.scenario import load_scenario, scenario_from_dict
+from moesim.step.estimate import estimate, estimate_resolved
+from moesim.errors import InputError
+
+
+def _serve(**over):
+    raw = {
+        "name": "t", "model": "mixtral-8x7b", "hardware": "h100-sxm", "num_gpus": 8,
+        "layout": {"tp": 1, "ep": 8},
+        "workload": {"kind": "serve", "batch_size": 32, "prompt_tokens": 1024, "output_tokens": 128},
+    }
+    for k, v in over.items():
+        if isinstance(v, dict):
+            raw[k] = {**raw.get(k, {}), **v}
+        else:
+            raw[k] = v
+    return scenario_from_dict(raw, "test")
+
+
+def _train(**over):
+    raw = {
+        "name": "t", "model": "mixtral-8x7b", "hardware": "h100-sxm", "num_gpus": 16,
+        "layout": {"tp": 2, "ep": 8},
+        "workload": {"kind": "train", "seq_len": 4096, "global_batch_size": 64, "micro_batch_size": 1},
+    }
+    for k, v in over.items():
+        raw[k] = {**raw.get(k, {}), **v} if isinstance(v, dict) else v
+    return scenario_from_dict(raw, "test")
+
+
+def test_every_bundled_scenario_estimates():
+    from moesim.scenario import bundled_scenarios
+
+    for name in bundled_scenarios():
+        est = estimate(name)
+        assert est.tokens_per_s > 0 and math.isfinite(est.tokens_per_s), name
+        assert 0 < est.mfu_frac < 1, name
+        assert est.memory_per_gpu_bytes > 0, name
+
+
+def test_ep1_has_no_all_to_all():
+    est = estimate(_serve(layout={"tp": 1, "ep": 1}, num_gpus=1, hardware="h200"))
+    a2a = [o for o in est.ops if o.group == "ep"]
+    assert len(a2a) == 2 and all(o.time_s == 0.0 for o in a2a)
+    with_ep = estimate(_serve(layout={"tp": 1, "ep": 8}, num_gpus=8, hardware="h200"))
+    assert all(o.time_s > 0.0 for o in with_ep.ops if o.group == "ep")
+
+
+def test_ep_inside_one_node_beats_nothing_but_costs_all_to_all_time():
+    est = estimate(_serve())
+    assert est.time_by_stage_s["dispatch"] > 0
+
+
+@pytest.mark.parametrize("make", [_serve, _train])
+def test_more_skew_never_speeds_up_a_step(make):
+    times = []
+    for dist in ("uniform", "zipf:0.5", "zipf:1.0", "zipf:1.5"):
+        est = estimate(make(routing={"distribution": dist}))
+        times.append(est.step_s if est.step_s is not None else est.tpot_s)
+    assert all(b >= a * (1 - 1e-9) for a, b in zip(times, times[1:])), times
+
+
+def test_doubling_batch_never_lowers_memory():
+    for b in (1, 4, 16, 64):
+        m1 = estimate(_serve(workload={"batch_size": b})).memory_per_gpu_bytes
+        m2 = estimate(_serve(workload={"batch_size": 2 * b})).memory_per_gpu_bytes
+        assert m2 >= m1
+    for gb in (16, 32):
+        m1 = estimate(_train(workload={"micro_batch_size": 1, "global_batch_size": gb})).memory_per_gpu_bytes
+        m2 = estimate(_train(workload={"micro_batch_size": 2, "global_batch_size": gb})).memory_per_gpu_bytes
+        assert m2 > m1
+
+
+
+def test_one_expert_top1_moe_costs_what_the_dense_ffn_costs(tmp_path):
+    head = 'num_layers = 4\nhidden_size = 1024\nvocab_size = 32000\n[attention]\nkind = "gqa"\nnum_heads = 8\nnum_kv_heads = 8\nhead_dim = 128\n'
+    (tmp_path / "moe.toml").write_text('name = "moe1"\n' + head + "[moe]\nnum_experts = 1\ntop_k = 1\nexpert_ffn_dim = 4096\n")
+    (tmp_path / "dense.toml").write_text('name = "dense"\ndense_ffn_dim = 4096\n' + head + '[moe_layers]\nkind = "explicit"\nlayers = []\n')
+    moe, dense = load_model(tmp_path / "moe.toml"), load_model(tmp_path / "dense.toml")
+    f_moe = forward_flops_per_token(moe).by_component
+    f_dense = forward_flops_per_token(dense).by_component
+    assert f_moe["routed_experts"] == f_dense["dense_ffn"]
+    base = {"hardware": "h100-sxm", "num_gpus": 1, "workload": {"kind": "serve", "batch_size": 8, "prompt_tokens": 512, "output_tokens": 64}}
+    e_moe = estimate(scenario_from_dict({**base, "model": str(tmp_path / "moe.toml")}, "t"))
+    e_dense = estimate(scenario_from_dict({**base, "model": str(tmp_path / "dense.toml")}, "t"))
+    t_moe = e_moe.time_by_stage_s["experts"]
+    t_dense = e_dense.time_by_stage_s["dense_ffn"]
+    assert t_moe == pytest.approx(t_dense, rel=0.02)
+    assert e_moe.memory.by_category_bytes["weights"] == pytest.approx(e_dense.memory.by_category_bytes["weights"], rel=1e-3)
+
+
+def test_decode_at_batch_one_reads_only_the_experts_it_touches():
+    est = estimate(_serve(workload={"batch_size": 1}, layout={"tp": 1, "ep": 1}, num_gpus=1, hardware="h200"))
+    experts = next(o for o in est.ops if o.kind == "experts")
+    m = load_model("mixtral-8x7b")
+    from moesim.params import expert_params
+
+    one_expert = expert_params(m) * 2.0
+    # one token, top-2: two experts' weights, not eight
+    assert experts.bytes_moved == pytest.approx(2 * one_expert, rel=0.01)
+    assert est.load.experts_touched_per_rank == pytest.approx(2.0)
+
+
+def test_training_flops_are_three_times_forward():
+    sc = _train()
+    est = estimate(sc)
+    m = sc.resolve_model()
+    fwd = forward_flops_per_token(m, (4096 + 1) / 2).total_flops
+    assert est.model_flops_per_token == pytest.approx(3 * fwd)
+
+
+def test_full_recompute_costs_more_time_and_less_memory():
+    sel = estimate(_train(workload={"recompute": "selective"}))
+    full = estimate(_train(workload={"recompute": "full"}))
+    assert full.step_s > sel.step_s
+    assert full.memory.by_category_bytes["activations"] < sel.memory.by_category_bytes["activations"]
+
+
+def test_pipeline_bubble_shrinks_with_more_microbatches():
+    def bubble(gbs):
+        est = estimate(_train(num_gpus=16, layout={"tp": 1, "pp": 4, "ep": 4}, workload={"global_batch_size": gbs}))
+        return est.time_by_stage_s["pipeline_bubble"] / est.step_s
+
+    assert bubble(64) < bubble(16)
+
+
+def test_zero_stages_shard_optimizer_then_gradients_then_weights():
+    mem = {z: estimate(_train(layout={"zero_stage": z})).memory.by_category_bytes for z in (0, 1, 2, 3)}
+    assert mem[1]["optimizer"] < mem[0]["optimizer"]
+    assert mem[2]["gradients"] < mem[1]["gradients"]
+    assert mem[3]["weights"] < mem[2]["weights"]
+
+
+def test_impossible_layouts_are_input_errors():
+    with pytest.raises(InputError, match="layout.ep"):
+        estimate(_serve(layout={"ep": 3}, num_gpus=3))
+    with pytest.raises(InputError, match="num_gpus"):
+        estimate(_serve(num_gpus=16384, layout={"ep": 8}))
+    with pytest.raises(InputError, match="tp"):
+        estimate(_serve(layout={"tp": 3, "ep": 1}, num_gpus=3))
+
+
+def test_set_overrides_and_unknown_fields():
+    sc = load_scenario("mixtral-8x7b-serve-h100", ["workload.batch_size=3", "routing.distribution=zipf:1.2"])
+    assert sc.workload.batch_size == 3 and sc.routing.distribution == "zipf:1.2"
+    with pytest.raises(InputError, match="workload.batchsize"):
+        load_scenario("mixtral-8x7b-serve-h100", ["workload.batchsize=3"])
+
+
+def test_model_not_fitting_is_reported_not_raised():
+    est = estimate(_serve(num_gpus=1, layout={"tp": 1, "ep": 1}, model="deepseek-v3"))
+    assert est.fits is False
+    assert est.memory.total_bytes > est.memory.capacity_bytes
+
+
+def test_doubling_link_bandwidth_never_slows_a_step(tmp_path):
+    from moesim.hardware import load_hardware
+    from moesim.scenario import Scenario
+
+    sc = _serve(num_gpus=16, layout={"tp": 1, "ep": 16}, model="qwen3-30b-a3b")
+    base = estimate(sc)
+    hw = load_hardware("h100-sxm")
+    fast = hw.model_copy(update={"scale_out": hw.scale_out.model_copy(
+        update={"bandwidth_per_nic_bytes_per_s": 2 * hw.scale_out.bandwidth_per_nic_bytes_per_s})})
+    est = estimate_resolved(sc, sc.resolve_model(), fast)
+    assert est.tpot_s <= base.tpot_s
+    assert est.time_by_stage_s["dispatch"] < base.time_by_stage_s["dispatch"]
