@@ -401,7 +401,7 @@ def spec_from_hf_dict(raw: dict[str, Any], where: str, name: str | None = None) 
     try:
         return ModelSpec.model_validate(fields)
     except ValidationError as exc:
-        raise from_validation_error(exc, where) from None
+        raise from_validation_error(exc, where, fields) from None
 
 
 def load_hf_config(path: str | Path, name: str | None = None) -> ModelSpec:
