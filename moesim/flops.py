@@ -46,13 +46,9 @@ def attention_score_flops(model: ModelSpec, keys_attended: float) -> float:
     """QK^T and AV FLOPs of one token over all layers, attending to ``keys_attended`` keys."""
     a = model.attention
     per_key = 2.0 * a.num_heads * (a.qk_head_dim + a.v_head_dim)
-    total = 0.0
-    for i in range(model.num_layers):
-        keys = keys_attended
-        if model.is_sliding(i) and a.sliding_window is not None:
-            keys = min(keys, float(a.sliding_window))
-        total += per_key * keys
-    return total
+    n_slide = model.num_sliding_layers
+    windowed = min(keys_attended, float(a.sliding_window)) if a.sliding_window is not None else keys_attended
+    return per_key * ((model.num_layers - n_slide) * keys_attended + n_slide * windowed)
 
 
 def forward_flops_per_token(model: ModelSpec, keys_attended: float = 0.0) -> ForwardFlops:

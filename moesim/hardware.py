@@ -13,8 +13,11 @@ Peak FLOP/s are **dense** (never the 2:4-sparsity figure).
 
 from __future__ import annotations
 
+import bisect
 import json
+import math
 import tomllib
+from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -57,11 +60,23 @@ class Curve(_Frozen):
             raise ValueError(f"curve sizes must be strictly increasing, got {xs}")
         return self
 
+    @cached_property
+    def _log_xy(self) -> tuple[list[float], list[float]]:
+        return [math.log(p[0]) for p in self.points], [p[1] for p in self.points]
+
     def __call__(self, size: float | np.ndarray) -> float | np.ndarray:
-        xs = np.log([p[0] for p in self.points])
-        ys = np.array([p[1] for p in self.points])
-        s = np.log(np.maximum(np.asarray(size, dtype=float), 1e-30))
-        out = np.interp(s, xs, ys)
+        xs, ys = self._log_xy
+        if isinstance(size, (int, float)):  # scalar fast path (the step model's hot loop)
+            s = math.log(max(float(size), 1e-30))
+            if s <= xs[0]:
+                return ys[0]
+            if s >= xs[-1]:
+                return ys[-1]
+            i = bisect.bisect_right(xs, s)
+            t = (s - xs[i - 1]) / (xs[i] - xs[i - 1])
+            return ys[i - 1] + t * (ys[i] - ys[i - 1])
+        s_arr = np.log(np.maximum(np.asarray(size, dtype=float), 1e-30))
+        out = np.interp(s_arr, xs, ys)
         return float(out) if np.ndim(out) == 0 else out
 
     @classmethod

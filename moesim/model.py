@@ -18,6 +18,7 @@ union so that each family's rule is written once:
 
 from __future__ import annotations
 
+from functools import cached_property
 from typing import Annotated, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -250,11 +251,16 @@ class ModelSpec(_Spec):
             )
         return self
 
-    @property
-    def moe_layer_indices(self) -> list[int]:
+    @cached_property
+    def moe_layer_indices(self) -> tuple[int, ...]:
         if self.moe is None:
-            return []
-        return [i for i in range(self.num_layers) if self.moe_layers.is_moe(i)]
+            return ()
+        return tuple(i for i in range(self.num_layers) if self.moe_layers.is_moe(i))
+
+    @cached_property
+    def num_sliding_layers(self) -> int:
+        """Layers that use the sliding window."""
+        return sum(1 for i in range(self.num_layers) if self.is_sliding(i))
 
     @property
     def num_moe_layers(self) -> int:

@@ -185,8 +185,9 @@ def layer_pass(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Paralle
             by_stage[stage] = by_stage.get(stage, 0.0) + (t if on else 0.0)
             bound[stage] = b
             if not backward:
-                timings.append(OpTiming(kind=stage, layer=kind, time_s=t, flops=op.flops, bytes_moved=op.bytes_moved,
-                                        comm_bytes=op.comm_bytes, group=op.group, bound=b, on_critical_path=on))
+                timings.append(OpTiming.model_construct(
+                    kind=stage, layer=kind, time_s=t, flops=op.flops, bytes_moved=op.bytes_moved,
+                    comm_bytes=op.comm_bytes, group=op.group, bound=b, on_critical_path=on))
         return total, by_stage, dur
 
     load_summary = None
@@ -384,6 +385,9 @@ def train_memory(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Paral
     copies = load.copies_max_rank_mean if load else 0.0
     if load and sc.routing.capacity_factor is not None:
         copies = max(copies, load.copies_mean_per_rank * sc.routing.capacity_factor)
+    ab = 1.0 if w.compute_dtype == "fp8" else 2.0
+    act_moe = layer_activation_bytes(model, par, n, w.seq_len, w.recompute, copies, True, ab) if moe_idx else 0.0
+    act_dense = layer_activation_bytes(model, par, n, w.seq_len, w.recompute, copies, False, ab)
     best: MemoryBreakdown | None = None
     for s, layers in enumerate(stages):
         p = sp[s]
@@ -398,8 +402,8 @@ def train_memory(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Paral
         z1d = par.dp if par.zero_stage >= 1 else 1
         z1e = par.edp if par.zero_stage >= 1 else 1
         optim = ob * (p.dense / z1d + p.expert / z1e)
-        ab = 1.0 if w.compute_dtype == "fp8" else 2.0
-        per_mb = sum(layer_activation_bytes(model, par, n, w.seq_len, w.recompute, copies, i in moe_idx, ab) for i in layers)
+        n_moe = sum(1 for i in layers if i in moe_idx)
+        per_mb = n_moe * act_moe + (len(layers) - n_moe) * act_dense
         if w.recompute == "full" and layers:
             per_mb += layer_activation_bytes(model, par, n, w.seq_len, "selective", copies, layers[-1] in moe_idx, ab)
         in_flight = min(par.pp - s, m)

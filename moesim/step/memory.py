@@ -78,16 +78,15 @@ class StageParams:
 
 def stage_params(model: ModelSpec, par: Parallel, layers: list[int], first: bool, last: bool) -> StageParams:
     moe_idx = set(model.moe_layer_indices)
-    dense = 0.0
+    n_moe = sum(1 for i in layers if i in moe_idx)
+    n_dense = len(layers) - n_moe
+    dense = len(layers) * (attention_params(model) + 2 * norm_params(model)) / par.tp
     expert = 0.0
-    attn = attention_params(model) + 2 * norm_params(model)
-    for i in layers:
-        dense += attn / par.tp
-        if i in moe_idx:
-            dense += router_params(model) + shared_expert_params(model) / par.tp
-            expert += model.moe.num_experts * expert_params(model) / (par.ep * par.etp)  # type: ignore[union-attr]
-        else:
-            dense += ffn_params(model, model.dense_ffn_dim, model.ffn_bias) / par.tp
+    if n_moe:
+        dense += n_moe * (router_params(model) + shared_expert_params(model) / par.tp)
+        expert = n_moe * model.moe.num_experts * expert_params(model) / (par.ep * par.etp)  # type: ignore[union-attr]
+    if n_dense:
+        dense += n_dense * ffn_params(model, model.dense_ffn_dim, model.ffn_bias) / par.tp
     V, h = model.vocab_size, model.hidden_size
     if first:
         dense += V * h / par.tp

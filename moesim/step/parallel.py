@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import math
 from dataclasses import dataclass
 
@@ -56,37 +57,42 @@ class Parallel:
         pp, L = self.pp, len(costs)
         if pp == 1:
             return [list(range(L))]
+        prefix = [0.0]
+        for c in costs:
+            prefix.append(prefix[-1] + c)
 
-        def split(budget: float) -> list[list[int]] | None:
-            out: list[list[int]] = []
-            i = 0
+        def split(budget: float) -> list[int] | None:
+            """Stage end indices of a greedy fill under ``budget``, or None if it cannot fit."""
+            ends, i = [], 0
             for s in range(pp):
                 extra = (first_extra if s == 0 else 0.0) + (last_extra if s == pp - 1 else 0.0)
-                left = pp - s - 1
-                cur: list[int] = []
-                load = extra
-                while i < L - left and (not cur or load + costs[i] <= budget):
-                    load += costs[i]
-                    cur.append(i)
-                    i += 1
-                if not cur or load > budget * (1 + 1e-12):
+                hi = L - (pp - s - 1)  # leave one layer for each later stage
+                j = bisect.bisect_right(prefix, prefix[i] + budget - extra, i + 1, hi + 1) - 1
+                if s == pp - 1:
+                    j = L
+                if j <= i or prefix[j] - prefix[i] + extra > budget * (1 + 1e-12):
                     return None
-                out.append(cur)
-            return out if i == L else None
+                ends.append(j)
+                i = j
+            return ends
 
-        lo = max(max(costs), (sum(costs) + first_extra + last_extra) / pp)
-        hi = sum(costs) + first_extra + last_extra
+        total = prefix[-1] + first_extra + last_extra
+        lo, hi = max(max(costs), total / pp), total
         best = split(hi)
         if best is None:
             return self.layers_per_stage_even(L)
-        for _ in range(40):
+        while hi - lo > 1e-3 * lo:
             mid = (lo + hi) / 2
             got = split(mid)
             if got is None:
                 lo = mid
             else:
                 hi, best = mid, got
-        return best
+        out, start = [], 0
+        for end in best:
+            out.append(list(range(start, end)))
+            start = end
+        return out
 
     def layers_per_stage_even(self, L: int) -> list[list[int]]:
         base, extra = divmod(L, self.pp)
