@@ -103,6 +103,10 @@ class _Cfg:
 
 
 def _dtype(c: _Cfg) -> str:
+    """Storage dtype of the published weights: an fp8 ``quantization_config`` (DeepSeek-V3) wins over torch_dtype."""
+    q = c.raw.get("quantization_config")
+    if isinstance(q, dict) and q.get("quant_method") == "fp8":
+        return "fp8"
     t = str(c.opt("torch_dtype", c.opt("dtype", "bfloat16")))
     return {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}.get(t, "bf16")
 
