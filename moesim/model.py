@@ -252,10 +252,11 @@ class ModelSpec(_Spec):
         return self
 
     @cached_property
-    def moe_layer_indices(self) -> tuple[int, ...]:
+    def moe_layer_indices(self) -> list[int]:
+        """0-based indices of the MoE layers (computed once per spec; do not mutate)."""
         if self.moe is None:
-            return ()
-        return tuple(i for i in range(self.num_layers) if self.moe_layers.is_moe(i))
+            return []
+        return [i for i in range(self.num_layers) if self.moe_layers.is_moe(i)]
 
     @cached_property
     def num_sliding_layers(self) -> int:
