@@ -90,7 +90,7 @@ class LoadSpec(_Model):
         None, ge=0, allow_inf_nan=False, description="Bytes of one token copy in a dispatch buffer, bytes (padding memory)."
     )
     num_samples: int = Field(256, ge=1, description="Monte Carlo samples (steps), count.")
-    seed: int = Field(0, description="Seed of the Monte Carlo (numpy PCG64).")
+    seed: int = Field(0, ge=0, description="Seed of the Monte Carlo (numpy PCG64), >= 0.")
 
     @model_validator(mode="after")
     def _check(self) -> "LoadSpec":

@@ -78,7 +78,7 @@ class Zipf(_Spec):
 
     kind: Literal["zipf"] = "zipf"
     exponent: float = Field(ge=0, allow_inf_nan=False, description="Zipf exponent s, dimensionless (0 = uniform).")
-    seed: int | None = Field(None, description="Seed of the permutation of popularity ranks; None = expert 0 hottest.")
+    seed: int | None = Field(None, ge=0, description="Seed of the permutation of popularity ranks, >= 0; None = expert 0 hottest.")
 
 
 class Dirichlet(_Spec):
@@ -86,7 +86,7 @@ class Dirichlet(_Spec):
 
     kind: Literal["dirichlet"] = "dirichlet"
     concentration: float = Field(gt=0, allow_inf_nan=False, description="Symmetric concentration alpha, dimensionless.")
-    seed: int = Field(0, description="Seed of the draw (numpy PCG64).")
+    seed: int = Field(0, ge=0, description="Seed of the draw (numpy PCG64), >= 0.")
 
 
 class Histogram(_Spec):

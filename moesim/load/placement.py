@@ -32,7 +32,7 @@ loads that deployments feed it, and the time to move experts when the plan chang
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from typing import Literal
 
 import numpy as np
@@ -67,8 +67,15 @@ class Placement(BaseModel):
         """Home rank of every expert, int64 [E]."""
         return np.array([r[0] for r in self.expert_ranks], dtype=np.int64)
 
+    @cached_property
+    def _pairs_cached(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        return self._pairs_build()
+
     def _pairs(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """(expert, rank, share, is_replica) for every physical expert."""
+        """(expert, rank, share, is_replica) for every physical expert (computed once; do not modify)."""
+        return self._pairs_cached
+
+    def _pairs_build(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         ex = np.fromiter((e for e, rs in enumerate(self.expert_ranks) for _ in rs), dtype=np.int64)
         rk = np.fromiter((r for rs in self.expert_ranks for r in rs), dtype=np.int64)
         n = np.fromiter((len(rs) for rs in self.expert_ranks), dtype=np.int64)

@@ -5,18 +5,27 @@ Symbols: T tokens per step, k experts per token, E experts, S samples,
 one step.
 
 **Top-k (count level).** Each token takes k distinct experts, so ``c_e`` is
-exactly ``Binomial(T, pi_e)`` and ``sum_e c_e = T k``; the per-token choices are
+exactly ``Binomial(T, pi_e)``, ``sum_e c_e = T k``, and the per-token choices are
 negatively correlated across experts. Rather than draw T x E per-token keys, a
-sample draws ``c_e ~ Binomial(T, pi_e)`` independently and then conditions on the
-total: the shortfall ``d = T k - sum_e c_e`` is added (or removed) as a
-multinomial of ``|d|`` units with weights ``v_e = pi_e (1 - pi_e)`` (the
-Gaussian conditional mean ``E[c_e | sum] = T pi_e + d v_e / sum v``), never
-pushing a count above T or below 0. Marginals are exact up to that conditioning;
-the per-rank variance for uniform routing is ``(E - 1)/E`` times the exact
-per-token value (versus ``(E - 1)/(E - k)`` times for a plain
-``Multinomial(T k, pi / k)``, which also lets a count exceed T). Omitted: the
-higher-order correlations of Plackett-Luce (tests check p99 of the max-loaded
-rank against the exact per-token simulation, :func:`per_token_counts`).
+sample builds counts with the right first two moments and the exact total:
+
+1. deviations ``y_e = c_e - T pi_e`` of independent binomials (variance
+   ``v_e = T pi_e (1 - pi_e)``);
+2. projected onto ``sum y = 0`` with weights ``v`` (Gaussian conditioning on the
+   total: covariance ``diag(v) - v v^T / V``, ``V = sum v``);
+3. plus independent ``N(0, v_e^2 / V)`` noise projected with weights ``v^2``,
+   which restores each marginal variance to ``v_e`` (up to ``v_e^4 / (V sum v^2)``)
+   and leaves off-diagonal covariances ``-v_e v_f / V (1 + O(1/E))``: Hajek's
+   approximation for fixed-size sampling designs, exact to ``O(1/E^2)`` for
+   uniform routing (where the truth is ``-v / (E - 1)``);
+4. rounded by systematic sampling (unbiased, row total exactly ``T k``); a
+   count pushed outside ``[0, T]`` is clipped and its excess moved to experts
+   with room.
+
+A plain ``Multinomial(T k, pi / k)`` would overstate the per-rank variance by
+``(E - 1)/(E - k)`` for uniform routing and let a count exceed T. Omitted: the
+exact second- and higher-order structure of Plackett-Luce; tests compare the
+max-loaded rank against the exact per-token simulation, :func:`per_token_counts`.
 
 **Top-1** is exactly ``Multinomial(T, p)``. **Threshold** routing takes experts
 independently, so ``c_e ~ Binomial(T, q_e)`` independently is exact.
@@ -75,23 +84,42 @@ def sample_topk_counts(pi: np.ndarray, num_tokens: int, top_k: int, num_samples:
         return rng.multinomial(t, p, size=num_samples).astype(np.int64)
     if top_k >= e:
         return np.full((num_samples, e), t, dtype=np.int64)
-    c = binomials(t, pi, num_samples, rng)
     total = t * int(top_k)
+    v = t * pi * (1.0 - pi)
+    vsum = float(v.sum())
+    if vsum <= 0:  # every expert always or never chosen: no randomness
+        return np.broadcast_to(np.rint(t * pi).astype(np.int64), (num_samples, e)).copy()
+    c = binomials(t, pi, num_samples, rng)
+    mean = t * pi
+    y = c - mean
+    y -= y.sum(axis=1, keepdims=True) * (v / vsum)  # condition on the total
+    v2 = v * v
+    eta = rng.standard_normal((num_samples, e)) * (v / np.sqrt(vsum))
+    eta -= eta.sum(axis=1, keepdims=True) * (v2 / v2.sum())  # restore the marginal variances, zero sum
+    x = np.clip(mean + y + eta, 0.0, float(t))
+    # unbiased systematic rounding that keeps every row total at T k
+    fl = np.floor(x)
+    frac = x - fl
+    cum = np.cumsum(frac, axis=1)
+    need = np.clip(total - fl.sum(axis=1), 0, None)
+    scale = np.where(cum[:, -1] > 0, need / np.where(cum[:, -1] > 0, cum[:, -1], 1.0), 0.0)
+    cum *= scale[:, None]
+    u = rng.random((num_samples, 1))
+    hits = np.maximum(0.0, np.ceil(cum - u))
+    extra = np.diff(hits, axis=1, prepend=0.0)
+    c = np.clip(fl + extra, 0, t).astype(np.int64)
     d = total - c.sum(axis=1)
-    v = pi * (1.0 - pi)
-    for sign in (1, -1):
+    for sign in (1, -1):  # rare: clipping moved a few units; give them to experts with room
         rows = np.flatnonzero(d * sign > 0)
-        for _ in range(64):  # each pass fixes almost everything; a few rows may need another
+        for _ in range(64):
             if rows.size == 0:
                 break
             room = (t - c[rows]) if sign > 0 else c[rows]
-            w = np.where(room > 0, v, 0.0)
+            w = np.where(room > 0, v + 1e-300, 0.0)
             wsum = w.sum(axis=1, keepdims=True)
-            fallback = (room > 0).astype(float)
-            w = np.where(wsum > 0, w, fallback)
+            w = np.where(wsum > 0, w, (room > 0).astype(float))
             w = w / w.sum(axis=1, keepdims=True)
-            move = rng.multinomial(np.abs(d[rows]), w)
-            move = np.minimum(move, room)
+            move = np.minimum(rng.multinomial(np.abs(d[rows]), w), room)
             c[rows] += sign * move
             d[rows] -= sign * move.sum(axis=1)
             rows = rows[d[rows] * sign > 0]
