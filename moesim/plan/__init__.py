@@ -1,1 +1,1 @@
-"""plan"""
+"""Capacity planning: plan (search), sweep (grid) and compare (two scenarios)."""
