@@ -403,12 +403,13 @@ def group_limited_inclusion(
     top_k: int,
     router: GroupLimited,
     *,
-    num_tokens: int = 32768,
+    num_tokens: int | None = None,
     seed: int = 0,
 ) -> np.ndarray:
     """Inclusion probabilities under group-limited routing, from a seeded per-token simulation (cached).
 
-    Standard error of each entry ``sqrt(pi (1 - pi) / num_tokens)``. When
+    ``num_tokens`` defaults to 32768, fewer for many experts (tokens x experts
+    near 2^24, at least 4096). Standard error of each entry ``sqrt(pi (1 - pi) / num_tokens)``. When
     ``topk_groups == num_groups`` the limit is inactive and the exact
     :func:`inclusion_probs` is returned.
     """
@@ -417,8 +418,9 @@ def group_limited_inclusion(
         return inclusion_probs(p, top_k)
     if is_uniform(p):
         return np.full(p.size, top_k / p.size)  # symmetric: every expert alike
+    n = int(num_tokens) if num_tokens is not None else int(min(32768, max(4096, (1 << 24) // p.size)))
     return _group_limited_cached(
-        p.tobytes(), int(top_k), router.num_groups, router.topk_groups, router.group_score, num_tokens, seed
+        p.tobytes(), int(top_k), router.num_groups, router.topk_groups, router.group_score, n, seed
     ).copy()
 
 

@@ -99,6 +99,11 @@ class TrafficMatrix:
         }
 
 
+def _sim_tokens(num_experts: int) -> int:
+    """Tokens for a per-token simulation: 32768, fewer for many experts (tokens x experts ~ 2^24, at least 4096)."""
+    return int(min(32768, max(4096, (1 << 24) // max(num_experts, 1))))
+
+
 def _rows(row: np.ndarray, num_rows: int) -> np.ndarray:
     return np.broadcast_to(row, (num_rows, row.size)).copy()
 
@@ -136,7 +141,7 @@ def dispatch_traffic(
     ranks_per_node: int,
     node_limit: int | None = None,
     dedup_per_rank: bool = True,
-    sim_tokens: int = 32768,
+    sim_tokens: int | None = None,
     seed: int = 0,
 ) -> TrafficMatrix:
     """Expected dispatch bytes between every pair of ranks, and from every rank to every node.
@@ -145,7 +150,9 @@ def dispatch_traffic(
     least one of its experts (DeepEP); ``False``: one copy per (token, expert)
     (Megatron's all-to-all dispatcher). ``node_bytes`` always counts one copy
     per (token, destination node). Combine traffic is :meth:`TrafficMatrix.transpose`.
-    ``sim_tokens`` and ``seed`` only matter for node-limited non-uniform routing.
+    ``sim_tokens`` (default: 32768, fewer for many experts so that tokens x experts
+    stays near 2^24) and ``seed`` only matter for node-limited non-uniform routing;
+    the simulated probabilities have standard error ``sqrt(P (1 - P) / sim_tokens)``.
     See the module docstring for the formulas.
     """
     if num_ranks < 1:
@@ -203,8 +210,9 @@ def dispatch_traffic(
             node_hit = sel * (1.0 - _miss_uniform(pool, np.array([en]), k)[0])
             node_row = np.full(num_nodes, node_hit)
         else:
+            n_sim = int(sim_tokens) if sim_tokens is not None else _sim_tokens(e)
             copies, hit_r, hit_n = _node_limited_sim(
-                p.tobytes(), k, e2r.tobytes(), num_ranks, rpn, int(node_limit), int(sim_tokens), int(seed)
+                p.tobytes(), k, e2r.tobytes(), num_ranks, rpn, int(node_limit), n_sim, int(seed)
             )
             row = hit_r if dedup_per_rank else copies
             node_row = hit_n
