@@ -83,7 +83,7 @@ class TopK(_Spec):
     """Token-choice top-k: each token takes its k highest-scoring experts."""
 
     kind: Literal["top_k"] = "top_k"
-    scoring: Literal["softmax", "sigmoid"] = Field("softmax", description="Score function; does not change which experts win.")
+    scoring: Literal["softmax", "sigmoid"] = Field("softmax", description="Score function (no unit); does not change which experts win.")
 
 
 class Switch(_Spec):
@@ -96,8 +96,8 @@ class GroupLimited(_Spec):
     """Group- (node-) limited top-k: experts split into contiguous groups; a token uses at most ``topk_groups`` groups."""
 
     kind: Literal["group_limited"] = "group_limited"
-    num_groups: int = Field(ge=1, description="Contiguous expert groups (DeepSeek-V3: 8, one per node).")
-    topk_groups: int = Field(ge=1, description="Groups a token may use (DeepSeek-V3: 4).")
+    num_groups: int = Field(ge=1, description="Contiguous expert groups, count (DeepSeek-V3: 8, one per node).")
+    topk_groups: int = Field(ge=1, description="Groups a token may use, count (DeepSeek-V3: 4).")
     group_score: Literal["top_sum", "max"] = Field(
         "top_sum", description="Group score: sum of the top k/topk_groups scores (V3) or the max (V2)."
     )
