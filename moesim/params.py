@@ -146,7 +146,20 @@ def _layer(model: ModelSpec, is_moe: bool) -> tuple[dict[str, int], dict[str, in
 
 
 def count_params(model: ModelSpec) -> ParamCounts:
-    """Total and active-per-token parameters of ``model`` by component (see module docstring)."""
+    """Total and active-per-token parameters of ``model`` by component (see module docstring).
+
+    Computed once per spec object and kept with it (specs are frozen); treat the
+    result as read-only.
+    """
+    cached = model.__dict__.get("_param_counts")
+    if cached is not None:
+        return cached
+    counts = _count_params(model)
+    model.__dict__["_param_counts"] = counts
+    return counts
+
+
+def _count_params(model: ModelSpec) -> ParamCounts:
     tot = dict.fromkeys(COMPONENTS, 0)
     act = dict.fromkeys(COMPONENTS, 0)
     V, h = model.vocab_size, model.hidden_size

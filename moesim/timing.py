@@ -97,3 +97,32 @@ def compute_time_array(
             0.0,
         )
     return np.maximum(compute, memory) + num_kernels * eff.kernel_overhead_s
+
+
+def op_time_s(
+    profile: HardwareProfile,
+    flops: float | np.ndarray,
+    bytes_moved: float | np.ndarray,
+    dtype: str = "bf16",
+    kind: ComputeKind = "matmul",
+    num_kernels: int = 1,
+    flops_for_efficiency: float | np.ndarray | None = None,
+) -> float | np.ndarray:
+    """``time_s`` of :func:`compute_op_time` for scalars or numpy arrays of sizes (no bound, no record)."""
+    eff = profile.efficiency
+    flops = np.asarray(flops, dtype=float)
+    bytes_moved = np.asarray(bytes_moved, dtype=float)
+    peak = profile.accelerator.peak_for(dtype)
+    size = flops if flops_for_efficiency is None else np.asarray(flops_for_efficiency, dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if kind == "elementwise":
+            compute = flops / peak
+        else:
+            curve = eff.grouped if kind == "grouped_matmul" else eff.matmul_frac
+            compute = np.where(flops > 0, flops / (peak * curve(np.maximum(size, 1e-30))), 0.0)
+        memory = np.where(
+            bytes_moved > 0,
+            bytes_moved / (profile.accelerator.memory_bandwidth_bytes_per_s * eff.memory_frac(np.maximum(bytes_moved, 1e-30))),
+            0.0,
+        )
+    return np.maximum(compute, memory) + num_kernels * eff.kernel_overhead_s

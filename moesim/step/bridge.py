@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from functools import lru_cache
 
+import numpy as np
+
 from ..comm.api import collective_time_s as _collective_s
 from ..comm.api import time_ep_all_to_all
 from ..comm.placement import GroupSpec
@@ -44,6 +46,18 @@ def router_key(model: ModelSpec, sc: Scenario) -> tuple:
     if r.num_groups > 1 and r.topk_groups < r.num_groups:
         return ("group_limited", r.num_groups, r.topk_groups, r.scoring)
     return ("top_k", r.scoring)
+
+
+def rank_load_array(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Parallel,
+                    n_src: np.ndarray) -> ExpertRankLoad:
+    """The expected straggler for each of several token counts (fields become arrays)."""
+    loads = [rank_load(sc, model, hw, par, float(x))[0] for x in np.asarray(n_src).ravel()]
+    return ExpertRankLoad(
+        copies=np.array([x.copies for x in loads]),
+        experts_touched=np.array([x.experts_touched for x in loads]),
+        local_experts=loads[0].local_experts,
+        noise_ratio=np.array([x.noise_ratio for x in loads]),
+    )
 
 
 def rank_load(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Parallel,
@@ -114,8 +128,13 @@ def group_spec(par: Parallel, group: str) -> GroupSpec:
     return GroupSpec(size=size, ranks_per_node=per_node)
 
 
-def collective_time_s(hw: HardwareProfile, par: Parallel, collective: str, size_bytes: float, group: str) -> float:
-    """Time of a collective of ``size_bytes`` (nccl-tests' S) over one of the layout's groups."""
+def collective_time_s(hw: HardwareProfile, par: Parallel, collective: str, size_bytes, group: str):
+    """Time of a collective of ``size_bytes`` (nccl-tests' S) over one of the layout's groups.
+
+    ``size_bytes`` may be a numpy array (one value per candidate); the result then is too.
+    """
+    if np.ndim(size_bytes) > 0:
+        return np.array([collective_time_s(hw, par, collective, float(x), group) for x in np.asarray(size_bytes).ravel()])
     g = group_spec(par, group)
     if g.num_ranks <= 1 or size_bytes <= 0:
         return 0.0
@@ -148,6 +167,12 @@ def a2a_times_s(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Parall
     rank's expected load), so the straggler rank sets the bandwidth term; the
     latency terms are not scaled.
     """
+    if np.ndim(n_src) > 0:
+        noise = np.broadcast_to(load.noise_ratio, np.shape(n_src))
+        pairs = [a2a_times_s(sc, model, hw, par, float(x), bytes_per_copy,
+                             ExpertRankLoad(0.0, 0.0, load.local_experts, float(r)))
+                 for x, r in zip(np.asarray(n_src).ravel(), noise.ravel())]
+        return np.array([d for d, _ in pairs]), np.array([c for _, c in pairs])
     if par.ep <= 1 or n_src <= 0:
         return 0.0, 0.0
     moe = model.moe
@@ -178,7 +203,5 @@ def _a2a_cached(hw: _Ref, num_experts: int, top_k: int, ep: int, g: GroupSpec, n
 
 
 @lru_cache(maxsize=256)
-def _contiguous(num_experts: int, ep: int):
-    import numpy as np
-
+def _contiguous(num_experts: int, ep: int) -> np.ndarray:
     return np.arange(num_experts) // (num_experts // ep)

@@ -34,6 +34,8 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from ..dtypes import bytes_per_element
 from ..errors import InputError
 from ..flops import forward_flops_per_token
@@ -41,7 +43,7 @@ from ..hardware import HardwareProfile
 from ..model import ModelSpec
 from ..ops import OpKind
 from ..scenario import Scenario, ServeWorkload, TrainWorkload, load_scenario
-from ..timing import compute_op_time
+from ..timing import compute_op_time, op_time_s
 from . import bridge
 from .memory import MemoryBreakdown, kv_bytes_per_sequence, layer_activation_bytes, stage_params
 from .ops import (
@@ -56,7 +58,7 @@ from .ops import (
 )
 from .parallel import Parallel
 from .result import CostResult, Estimate, LoadSummary, MemoryResult, OpTiming
-from .schedule import critical_path_s
+from .schedule import critical_path_s, critical_path_time
 
 # ----------------------------------------------------------------------------- checks
 
@@ -138,6 +140,15 @@ class _Timer:
         self.sc, self.model, self.hw, self.par, self.dtype = sc, model, hw, par, dtype
         self.a2a: dict[OpKind, float] = {}
 
+    def time_only(self, op: Op):
+        """Time of ``op`` for scalar or array sizes (fast path: no bound)."""
+        if op.compute_kind == "comm":
+            if op.collective == "all_to_all":
+                return self.a2a.get(op.kind, 0.0)
+            return bridge.collective_time_s(self.hw, self.par, op.collective, op.comm_bytes, op.group)
+        return op_time_s(self.hw, op.flops, op.bytes_moved, op.dtype or self.dtype, op.compute_kind, op.num_kernels,
+                         op.flops_for_efficiency)
+
     def op(self, op: Op) -> tuple[float, str]:
         if op.compute_kind == "comm":
             if op.collective == "all_to_all":
@@ -151,10 +162,14 @@ class _Timer:
         return ot.time_s, ot.bound
 
 
-def layer_pass(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Parallel, *, n: float, keys: float,
-               decode_batch: float = 0.0, context: float = 0.0, weight_dtype: str, kv_dtype: str,
-               compute_dtype: str, backward: bool = False, lm_tokens: float | None = None) -> Pass:
-    """Time of one MoE and one dense layer for ``n`` tokens per DP rank (forward, or backward)."""
+def layer_pass(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Parallel, *, n, keys: float,
+               decode_batch=0.0, context: float = 0.0, weight_dtype: str, kv_dtype: str,
+               compute_dtype: str, backward: bool = False, lm_tokens=None, detail: bool = True) -> Pass:
+    """Time of one MoE and one dense layer for ``n`` tokens per DP rank (forward, or backward).
+
+    With ``detail=False`` (searches) ``n`` may be a numpy array of token counts: the
+    times come back as arrays, without per-operation records, bounds or the p99 pass.
+    """
     timer = _Timer(sc, model, hw, par, compute_dtype)
     wb = bytes_per_element(weight_dtype)
     ewb = bytes_per_element(model.expert_weight_dtype) if (model.expert_weight_dtype and weight_dtype == model.weight_dtype) else wb
@@ -165,7 +180,19 @@ def layer_pass(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Paralle
     timings: list[OpTiming] = []
     bound: dict[str, str] = {}
 
-    def run(kind: str, ops: list[Op]) -> tuple[float, dict[str, float], dict[str, float]]:
+    def run_fast(kind: str, ops: list[Op]):
+        dur: dict = {}
+        for name, op in zip(_node_names(ops), ops):
+            if backward and op.compute_kind != "comm":
+                op = op.scaled(2.5 if op.kind == OpKind.ATTENTION else 2.0)
+            dur[name] = dur.get(name, 0.0) + timer.time_only(op)
+        total = critical_path_time(kind, dur, overlap_shared=overlap_shared, comm_overlap=comm_overlap,
+                                   overlap_slowdown_frac=sc.schedule.overlap_slowdown_frac)
+        return total, {}, dur
+
+    def run(kind: str, ops: list[Op], record: bool = True) -> tuple[float, dict[str, float], dict[str, float]]:
+        if not detail:
+            return run_fast(kind, ops)
         names = _node_names(ops)
         dur: dict[str, float] = {}
         details = []
@@ -184,7 +211,7 @@ def layer_pass(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Paralle
             on = name in path
             by_stage[stage] = by_stage.get(stage, 0.0) + (t if on else 0.0)
             bound[stage] = b
-            if not backward:
+            if record and not backward:
                 timings.append(OpTiming.model_construct(
                     kind=stage, layer=kind, time_s=t, flops=op.flops, bytes_moved=op.bytes_moved,
                     comm_bytes=op.comm_bytes, group=op.group, bound=b, on_critical_path=on))
@@ -195,26 +222,31 @@ def layer_pass(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Paralle
     by_moe: dict[str, float] = {}
     if model.moe is not None and model.num_moe_layers:
         n_src = par.moe_tokens(n)
-        mean_load, p99_load, load_summary = bridge.rank_load(sc, model, hw, par, n_src)
         bpc = dispatch_bytes_per_copy(model, sc.routing.dispatch_dtype)
+        if detail:
+            mean_load, p99_load, load_summary = bridge.rank_load(sc, model, hw, par, n_src)
+        else:
+            mean_load = bridge.rank_load_array(sc, model, hw, par, np.atleast_1d(n_src))
         d, c = bridge.a2a_times_s(sc, model, hw, par, n_src, bpc, mean_load)
         timer.a2a = {OpKind.DISPATCH: d, OpKind.COMBINE: c}
         moe_ops_mean = attn + moe_ops(model, par, n, mean_load, bytes_per_copy=bpc, weight_bytes=wb, expert_weight_bytes=ewb)
         moe_s, by_moe, _ = run("moe", moe_ops_mean)
-        saved = list(timings)
+    if detail and model.moe is not None and model.num_moe_layers:
         d, c = bridge.a2a_times_s(sc, model, hw, par, n_src, bpc, p99_load)
         timer.a2a = {OpKind.DISPATCH: d, OpKind.COMBINE: c}
         moe_ops_p99 = attn + moe_ops(model, par, n, p99_load, bytes_per_copy=bpc, weight_bytes=wb, expert_weight_bytes=ewb)
-        moe_p99_s, _, _ = run("moe", moe_ops_p99)
-        timings[:] = saved
+        moe_p99_s, _, _ = run("moe", moe_ops_p99, record=False)
     dense_s = 0.0
     by_dense: dict[str, float] = {}
     if model.num_dense_layers:
         dense_s, by_dense, _ = run("dense", attn + dense_ffn_ops(model, par, n, weight_bytes=wb))
-    emb_t, _ = timer.op(embedding_op(model, n))
     lm = lm_head_op(model, par, n if lm_tokens is None else lm_tokens, weight_bytes=wb)
     if backward:
         lm = lm.scaled(2.0)
+    if not detail:
+        return Pass(moe_s, moe_s, dense_s, {}, {}, {}, [], None, timer.time_only(embedding_op(model, n)),
+                    timer.time_only(lm))
+    emb_t, _ = timer.op(embedding_op(model, n))
     lm_t, lm_b = timer.op(lm)
     bound["lm_head"] = lm_b
     if not backward:
@@ -426,59 +458,82 @@ def train_memory(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Paral
 # ----------------------------------------------------------------------------- serving
 
 
-def _serve(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Parallel) -> Estimate:
+@dataclass(frozen=True)
+class _ServeTimes:
+    prefill: Pass | None
+    decode: Pass | None
+    ttft_s: object
+    tpot_s: object
+    tpot_p99_s: object
+    tokens_per_s: object
+    flops_per_token: float
+    counts: list[tuple[int, int, bool, bool]]
+
+
+def _serve_times(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Parallel, b, detail: bool) -> _ServeTimes:
+    """Prefill and decode times for ``b`` sequences per replica (a number, or an array when ``detail`` is off)."""
     w: ServeWorkload = sc.workload  # type: ignore[assignment]
     wdt = w.weight_dtype or model.weight_dtype
     dt = w.compute_dtype
-    b = w.batch_size
     counts = _stage_layers(model, par)
     n_moe = sum(c[0] for c in counts)
     n_dense = sum(c[1] for c in counts)
-    p2p_prefill = bridge.p2p_time_s(hw, par, 2.0 * b * w.prompt_tokens * model.hidden_size) if par.pp > 1 else 0.0
-    p2p_decode = bridge.p2p_time_s(hw, par, 2.0 * b * model.hidden_size) if par.pp > 1 else 0.0
+    h = model.hidden_size
 
-    def total(p: Pass, p99: bool = False) -> float:
+    def total(p: Pass, p99: bool = False):
         moe = p.moe_p99_s if p99 else p.moe_s
         return n_moe * moe + n_dense * p.dense_s + p.embedding_s + p.lm_head_s
+
+    def p2p(nbytes):
+        return (par.pp - 1) * bridge.p2p_time_s(hw, par, nbytes) if par.pp > 1 else 0.0
 
     ttft = tpot = tpot_p99 = None
     prefill = decode = None
     if w.phase in ("both", "prefill"):
         prefill = layer_pass(sc, model, hw, par, n=b * w.prompt_tokens, keys=(w.prompt_tokens + 1) / 2,
-                             weight_dtype=wdt, kv_dtype=w.kv_dtype, compute_dtype=dt, lm_tokens=b)
-        ttft = total(prefill) + (par.pp - 1) * p2p_prefill
+                             weight_dtype=wdt, kv_dtype=w.kv_dtype, compute_dtype=dt, lm_tokens=b, detail=detail)
+        ttft = total(prefill) + p2p(2.0 * b * w.prompt_tokens * h)
     ctx = w.prompt_tokens + w.output_tokens / 2
     if w.phase in ("both", "decode"):
         decode = layer_pass(sc, model, hw, par, n=b, keys=ctx, decode_batch=b, context=ctx, weight_dtype=wdt,
-                            kv_dtype=w.kv_dtype, compute_dtype=dt)
-        tpot = total(decode) + (par.pp - 1) * p2p_decode
-        tpot_p99 = total(decode, p99=True) + (par.pp - 1) * p2p_decode
-    main = decode if decode is not None else prefill
-    assert main is not None
+                            kv_dtype=w.kv_dtype, compute_dtype=dt, detail=detail)
+        tpot = total(decode) + p2p(2.0 * b * h)
+        tpot_p99 = total(decode, p99=True) + p2p(2.0 * b * h)
     if w.phase == "prefill":
         tps = par.dp * b * w.prompt_tokens / ttft  # type: ignore[operator]
-        flops_tok = 2.0 / 2.0 * forward_flops_per_token(model, (w.prompt_tokens + 1) / 2).total_flops
+        flops_tok = forward_flops_per_token(model, (w.prompt_tokens + 1) / 2).total_flops
     else:
         tps = par.dp * b / tpot  # type: ignore[operator]
         flops_tok = forward_flops_per_token(model, ctx).total_flops
+    return _ServeTimes(prefill, decode, ttft, tpot, tpot_p99, tps, flops_tok, counts)
+
+
+def _serve(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Parallel) -> Estimate:
+    w: ServeWorkload = sc.workload  # type: ignore[assignment]
+    b = w.batch_size
+    st = _serve_times(sc, model, hw, par, b, detail=True)
+    main = st.decode if st.decode is not None else st.prefill
+    assert main is not None
+    tps, flops_tok = st.tokens_per_s, st.flops_per_token
+    dt = w.compute_dtype
     mfu = tps * flops_tok / (sc.num_gpus * hw.accelerator.peak_for(dt))
     mfu_bf16 = tps * flops_tok / (sc.num_gpus * hw.accelerator.peak_for("bf16"))
-    by_stage = _by_stage_total(main, counts, 0)
-    mem, max_batch = serve_memory(sc, model, hw, par, main.load)
+    by_stage = _by_stage_total(main, st.counts, 0)
+    mem, max_batch = serve_memory(sc, model, hw, par)
+    ctx = w.prompt_tokens + w.output_tokens / 2
     return Estimate(
         scenario=sc.name, model=model.name, hardware=hw.name, num_gpus=sc.num_gpus, workload="serve", phase=w.phase,
         layout=_layout_dict(sc, par), fits=mem.fits, memory_per_gpu_bytes=mem.total_bytes, memory=_memory_result(mem),
         tokens_per_s=tps, tokens_per_s_per_gpu=tps / sc.num_gpus, mfu_frac=mfu, mfu_bf16_frac=mfu_bf16,
-        model_flops_per_token=flops_tok, ttft_s=ttft, tpot_s=tpot, tpot_p99_s=tpot_p99, max_batch_size=max_batch,
-        time_by_stage_s=by_stage, bound_by_stage=main.bound, ops=main.timings, load=main.load,
-        cost=_cost(sc, hw, tps, None),
-        notes=[f"{par.dp} replica(s) x batch {b}; decode at mean context {ctx:g} tokens"] if tpot else [],
+        model_flops_per_token=flops_tok, ttft_s=st.ttft_s, tpot_s=st.tpot_s, tpot_p99_s=st.tpot_p99_s,
+        max_batch_size=max_batch, time_by_stage_s=by_stage, bound_by_stage=main.bound, ops=main.timings,
+        load=main.load, cost=_cost(sc, hw, tps, None),
+        notes=[f"{par.dp} replica(s) x batch {b}; decode at mean context {ctx:g} tokens"] if st.tpot_s else [],
     )
 
 
-def serve_memory(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Parallel,
-                 load: LoadSummary | None) -> tuple[MemoryBreakdown, int]:
-    """Memory per GPU of the largest stage and the largest batch per replica that fits."""
+def _serve_stage_memory(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Parallel, batch):
+    """Per stage: (bytes by category, bytes per extra sequence, weights) for ``batch`` sequences per replica."""
     w: ServeWorkload = sc.workload  # type: ignore[assignment]
     wdt = w.weight_dtype or model.weight_dtype
     wb = bytes_per_element(wdt)
@@ -486,28 +541,60 @@ def serve_memory(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Paral
     stages = par.layers_per_stage(model)
     context = w.prompt_tokens + w.output_tokens
     h = model.hidden_size
-    best: tuple[MemoryBreakdown, int] | None = None
+    f_local = (model.moe.expert_ffn_dim / par.etp if model.moe else model.dense_ffn_dim / par.tp)
+    k = model.moe.top_k if model.moe else 1
+    act_per_token = 2.0 * (4 * h + k * (2 * h + 3 * f_local) * par.etp / par.tp)
+    tokens_per_seq = w.prompt_tokens if w.phase != "decode" else 1
+    out = []
     for s, layers in enumerate(stages):
         p = stage_params(model, par, layers, s == 0, s == len(stages) - 1)
         weights = p.dense * wb + p.expert * ewb
         kv_seq = kv_bytes_per_sequence(model, par, layers, context, w.kv_dtype)
-        kv = w.batch_size * kv_seq
-        tokens = w.batch_size * (w.prompt_tokens if w.phase != "decode" else 1)
-        f_local = (model.moe.expert_ffn_dim / par.etp if model.moe else model.dense_ffn_dim / par.tp)
-        k = model.moe.top_k if model.moe else 1
-        act_per_token = 2.0 * (4 * h + k * (2 * h + 3 * f_local) * par.etp / par.tp)
-        acts = tokens * act_per_token + 4.0 * w.batch_size * model.vocab_size / par.tp
-        cat = {"weights": weights, "kv_cache": kv, "activations": acts, "workspace": sc.workspace_bytes}
-        mb = MemoryBreakdown(cat, hw.accelerator.memory_bytes, stage=s)
-        per_seq = kv_seq + (w.prompt_tokens if w.phase != "decode" else 1) * act_per_token + 4.0 * model.vocab_size / par.tp
-        free = hw.accelerator.memory_bytes - weights - sc.workspace_bytes
-        max_b = max(0, int(free // per_seq)) if per_seq > 0 else 0
-        if best is None or mb.total_bytes > best[0].total_bytes:
-            best = (mb, max_b if best is None else min(best[1], max_b))
-        else:
-            best = (best[0], min(best[1], max_b))
-    assert best is not None
-    return best
+        per_seq = kv_seq + tokens_per_seq * act_per_token + 4.0 * model.vocab_size / par.tp
+        cat = {"weights": weights, "kv_cache": batch * kv_seq,
+               "activations": batch * (per_seq - kv_seq), "workspace": sc.workspace_bytes}
+        out.append((cat, per_seq, weights))
+    return out
+
+
+def serve_memory(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Parallel) -> tuple[MemoryBreakdown, int]:
+    """Memory per GPU of the largest stage and the largest batch per replica that fits."""
+    w: ServeWorkload = sc.workload  # type: ignore[assignment]
+    cap = hw.accelerator.memory_bytes
+    best: MemoryBreakdown | None = None
+    max_b: int | None = None
+    for s, (cat, per_seq, weights) in enumerate(_serve_stage_memory(sc, model, hw, par, w.batch_size)):
+        mb = MemoryBreakdown(cat, cap, stage=s)
+        fit_b = max(0, int((cap - weights - sc.workspace_bytes) // per_seq)) if per_seq > 0 else 0
+        max_b = fit_b if max_b is None else min(max_b, fit_b)
+        if best is None or mb.total_bytes > best.total_bytes:
+            best = mb
+    assert best is not None and max_b is not None
+    return best, max_b
+
+
+def serve_curve(sc: Scenario, model: ModelSpec, hw: HardwareProfile, batches) -> dict[str, np.ndarray]:
+    """Key serving figures for several batch sizes per replica at once (the fast path of searches).
+
+    Same model as :func:`estimate_resolved` (expected straggler, no p99, no
+    per-operation records); every value is an array over ``batches``.
+    """
+    check_layout(sc, model, hw)
+    par = Parallel.of(sc, hw.node.accelerators_per_node)
+    b = np.asarray(batches, dtype=float)
+    st = _serve_times(sc, model, hw, par, b, detail=False)
+    stages = _serve_stage_memory(sc, model, hw, par, b)
+    mem = np.max([sum(cat.values()) for cat, _, _ in stages], axis=0)
+    nan = np.full_like(b, np.nan)
+    return {
+        "batch_size": b,
+        "ttft_s": st.ttft_s if st.ttft_s is not None else nan,
+        "tpot_s": st.tpot_s if st.tpot_s is not None else nan,
+        "tokens_per_s": st.tokens_per_s,
+        "memory_per_gpu_bytes": mem,
+        "fits": mem <= hw.accelerator.memory_bytes,
+        "mfu_frac": st.tokens_per_s * st.flops_per_token / (sc.num_gpus * hw.accelerator.peak_for(sc.workload.compute_dtype)),
+    }
 
 
 # ----------------------------------------------------------------------------- entry point

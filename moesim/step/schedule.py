@@ -76,3 +76,25 @@ def critical_path_s(kind: str, durations: dict[str, float], *, overlap_shared: b
         path.append(cur)
         cur = via[cur]
     return finish[end], path[::-1]
+
+
+def critical_path_time(kind: str, durations: dict, *, overlap_shared: bool = True, comm_overlap: bool = False,
+                       overlap_slowdown_frac: float = 0.0):
+    """Time of the critical path only; durations may be numpy arrays (one value per candidate)."""
+    import numpy as np
+
+    if comm_overlap:
+        comm = sum(v for k, v in durations.items() if k in COMM_NODES)
+        comp = sum(v for k, v in durations.items() if k not in COMM_NODES) / (1.0 - overlap_slowdown_frac)
+        return np.maximum(comm, comp)
+    order, preds = template(kind, overlap_shared)
+    finish: dict = {}
+    for node, ps in zip(order, preds):
+        start = 0.0
+        for p in ps:
+            start = np.maximum(start, finish[p])
+        finish[node] = start + durations.get(node, 0.0)
+    out = 0.0
+    for v in finish.values():
+        out = np.maximum(out, v)
+    return out
