@@ -262,13 +262,6 @@ class Topology:
     def has_network(self) -> bool:
         return self.nics_per_node > 0
 
-    def leaf_group(self, node: np.ndarray | int) -> np.ndarray | int:
-        """Leaf group (set of nodes whose NICs share leaves) of routing node(s) ``node``."""
-        assert self.layout is not None
-        return np.asarray(node) // self.layout.nodes_per_leaf_group if isinstance(node, np.ndarray) else (
-            node // self.layout.nodes_per_leaf_group
-        )
-
     def link_name(self, e: int) -> str:
         """Human name of link ``e``, e.g. ``'gpu 3 -> nvswitch 0'``."""
         u, v = self.edges[e]

@@ -134,3 +134,17 @@ def test_pcie_links_are_not_a_bottleneck() -> None:
     assert np.all(np.isinf(topo.capacity_bytes_per_s[pcie]))
     assert np.all(topo.inv_rate_s_per_byte[pcie] == 0.0)
     assert math.isinf(topo.rate_bytes_per_s[pcie][0])
+
+
+def test_a_domain_spanning_several_nodes_routes_as_one_node_with_their_nics_pooled() -> None:
+    from moesim.comm import api
+
+    rack = load_hardware("gb200-nvl72")
+    trays = variant("gb200-nvl72", node={"accelerators_per_node": 4},
+                    scale_out={"nics_per_node": 4, "max_nodes": 128 * 18})
+    a, b = build_topology(rack, 2), build_topology(trays, 2)
+    assert (a.node_size, a.nics_per_node, a.num_leaves) == (b.node_size, b.nics_per_node, b.num_leaves) == (72, 72, 8)
+    T = np.random.default_rng(1).random((144, 144))
+    la = api.route_traffic(rack, T, api.GroupSpec(size=144, ranks_per_node=72))
+    lb = api.route_traffic(trays, T, api.GroupSpec(size=144, ranks_per_node=72))
+    assert np.allclose(la.load_bytes, lb.load_bytes)
