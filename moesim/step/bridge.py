@@ -3,6 +3,9 @@
 Kept in one module so the step model's arithmetic does not know how those
 models are called, and so their results can be cached across the thousands of
 candidates a plan evaluates (the same EP size, tokens and distribution recur).
+Caches are keyed by plain tuples; a hardware profile (which holds dicts and so
+is not hashable) is keyed by identity and kept alive in :data:`_PROFILES` while
+its entries live.
 """
 
 from __future__ import annotations
@@ -15,16 +18,26 @@ from ..comm.api import collective_time_s as _collective_s
 from ..comm.api import time_ep_all_to_all
 from ..comm.placement import GroupSpec
 from ..hardware import HardwareProfile
-from ..load.distributions import expert_probs
-from ..load.traffic import dispatch_traffic
 from ..load.api import LoadSpec, expert_load
-from ..load.distributions import parse_distribution
+from ..load.distributions import expert_probs, parse_distribution
 from ..load.routing import GroupLimited, TopK
+from ..load.traffic import dispatch_traffic
 from ..model import ModelSpec
 from ..scenario import Scenario
 from .ops import ExpertRankLoad
 from .parallel import Parallel
 from .result import LoadSummary
+
+_PROFILES: dict[int, HardwareProfile] = {}
+
+
+def _hw_key(hw: HardwareProfile) -> int:
+    key = id(hw)
+    _PROFILES.setdefault(key, hw)
+    return key
+
+
+# ----------------------------------------------------------------------------- expert load
 
 
 @lru_cache(maxsize=4096)
@@ -40,7 +53,7 @@ def _load(num_experts: int, top_k: int, ep: int, num_tokens: int, distribution: 
                                 placement=placement, num_redundant_experts=redundant, num_samples=samples, seed=seed))
 
 
-def router_key(model: ModelSpec, sc: Scenario) -> tuple:
+def router_key(model: ModelSpec) -> tuple:
     """The load model's router for this model: group-limited when the model limits groups (DeepSeek-V3)."""
     r = model.moe.router  # type: ignore[union-attr]
     if r.num_groups > 1 and r.topk_groups < r.num_groups:
@@ -48,10 +61,53 @@ def router_key(model: ModelSpec, sc: Scenario) -> tuple:
     return ("top_k", r.scoring)
 
 
+@lru_cache(maxsize=65536)
+def _rank_load_core(num_experts: int, top_k: int, ep: int, tokens: int, distribution: str, rkey: tuple,
+                    capacity_factor: float | None, placement: str, redundant: int, samples: int, seed: int):
+    """(mean straggler, p99 straggler, the load result) for one EP group and token count."""
+    res = _load(num_experts, top_k, ep, tokens, distribution, rkey, capacity_factor, placement, redundant, samples, seed)
+    local = (num_experts + redundant) / ep
+    if res.capacity is not None:
+        copies_mean = copies_p99 = float(res.capacity.slots_per_rank)
+    else:
+        copies_mean, copies_p99 = res.max_rank.mean_tokens, res.max_rank.p99_tokens
+    touched = res.decode.max_rank_expected_distinct
+    hottest = max(res.max_rank.hottest_expected_tokens, 1e-12)
+    mean = ExpertRankLoad(copies=copies_mean, experts_touched=touched, local_experts=local,
+                          noise_ratio=max(1.0, res.max_rank.mean_tokens / hottest))
+    p99 = ExpertRankLoad(copies=copies_p99, experts_touched=min(local, touched), local_experts=local,
+                         noise_ratio=max(1.0, res.max_rank.p99_tokens / hottest))
+    return mean, p99, res
+
+
+def _core(sc: Scenario, model: ModelSpec, par: Parallel, n_src: float):
+    moe = model.moe
+    assert moe is not None
+    rt = sc.routing
+    tokens = max(1, int(round(n_src * par.ep)))
+    return _rank_load_core(moe.num_experts, moe.top_k, par.ep, tokens, rt.distribution, router_key(model),
+                           rt.capacity_factor, rt.placement, rt.redundant_experts, rt.samples, rt.seed)
+
+
+def rank_load(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Parallel,
+              n_src: float) -> tuple[ExpertRankLoad, ExpertRankLoad, LoadSummary]:
+    """(expected straggler, p99 straggler, summary) for ``n_src`` tokens entering each EP rank."""
+    mean, p99, res = _core(sc, model, par, n_src)
+    summary = LoadSummary(
+        distribution=sc.routing.distribution, ep_size=par.ep, tokens_per_rank=n_src,
+        copies_mean_per_rank=res.imbalance.mean_tokens_per_rank, copies_max_rank_mean=res.max_rank.mean_tokens,
+        copies_max_rank_p99=res.max_rank.p99_tokens, max_over_mean_ratio=res.imbalance.max_over_mean_ratio,
+        coefficient_of_variation=res.imbalance.cv_ratio,
+        dropped_frac=res.capacity.dropped_frac if res.capacity is not None else 0.0,
+        experts_touched_per_rank=mean.experts_touched, local_experts=mean.local_experts,
+    )
+    return mean, p99, summary
+
+
 def rank_load_array(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Parallel,
                     n_src: np.ndarray) -> ExpertRankLoad:
     """The expected straggler for each of several token counts (fields become arrays)."""
-    loads = [rank_load(sc, model, hw, par, float(x))[0] for x in np.asarray(n_src).ravel()]
+    loads = [_core(sc, model, par, float(x))[0] for x in np.asarray(n_src).ravel()]
     return ExpertRankLoad(
         copies=np.array([x.copies for x in loads]),
         experts_touched=np.array([x.experts_touched for x in loads]),
@@ -60,59 +116,12 @@ def rank_load_array(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Pa
     )
 
 
-def rank_load(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Parallel,
-              n_src: float) -> tuple[ExpertRankLoad, ExpertRankLoad, LoadSummary]:
-    """(expected straggler, p99 straggler, summary) for ``n_src`` tokens entering each EP rank."""
-    moe = model.moe
-    assert moe is not None
-    rt = sc.routing
-    tokens = max(1, int(round(n_src * par.ep)))
-    res = _load(moe.num_experts, moe.top_k, par.ep, tokens, rt.distribution, router_key(model, sc),
-                rt.capacity_factor, rt.placement, rt.redundant_experts, rt.samples, rt.seed)
-    local = (moe.num_experts + rt.redundant_experts) / par.ep
-    if res.capacity is not None:
-        copies_mean = copies_p99 = float(res.capacity.slots_per_rank)
-        dropped = res.capacity.dropped_frac
-    else:
-        copies_mean = res.max_rank.mean_tokens
-        copies_p99 = res.max_rank.p99_tokens
-        dropped = 0.0
-    touched = res.decode.max_rank_expected_distinct
-    hottest = max(res.max_rank.hottest_expected_tokens, 1e-12)
-    mean = ExpertRankLoad(copies=copies_mean, experts_touched=touched, local_experts=local,
-                          noise_ratio=max(1.0, res.max_rank.mean_tokens / hottest))
-    p99 = ExpertRankLoad(copies=copies_p99, experts_touched=min(local, touched), local_experts=local,
-                         noise_ratio=max(1.0, res.max_rank.p99_tokens / hottest))
-    summary = LoadSummary(
-        distribution=rt.distribution, ep_size=par.ep, tokens_per_rank=n_src,
-        copies_mean_per_rank=res.imbalance.mean_tokens_per_rank, copies_max_rank_mean=res.max_rank.mean_tokens,
-        copies_max_rank_p99=res.max_rank.p99_tokens, max_over_mean_ratio=res.imbalance.max_over_mean_ratio,
-        coefficient_of_variation=res.imbalance.cv_ratio, dropped_frac=dropped, experts_touched_per_rank=touched,
-        local_experts=local,
-    )
-    return mean, p99, summary
-
-
 # ----------------------------------------------------------------------------- communication
 
 
-class _Ref:
-    """Hash a profile by identity (profiles hold dicts, so they are not hashable); keeps it alive while cached."""
-
-    __slots__ = ("obj",)
-
-    def __init__(self, obj: object):
-        self.obj = obj
-
-    def __hash__(self) -> int:
-        return id(self.obj)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, _Ref) and other.obj is self.obj
-
-
-def group_spec(par: Parallel, group: str) -> GroupSpec:
-    """Place a communication group on nodes (Megatron rank order tp - ep - dp - pp)."""
+@lru_cache(maxsize=4096)
+def _group(par: Parallel, group: str) -> tuple[int, int]:
+    """(size, ranks per node) of one of the layout's groups (Megatron rank order tp - ep - dp - pp)."""
     gpn = par.gpus_per_node
     size, stride = {
         "tp": (par.tp, 1),
@@ -125,7 +134,18 @@ def group_spec(par: Parallel, group: str) -> GroupSpec:
     per_node = max(1, min(size, gpn // stride)) if stride <= gpn else 1
     while size % per_node:
         per_node -= 1
+    return size, per_node
+
+
+def group_spec(par: Parallel, group: str) -> GroupSpec:
+    """Place a communication group on nodes (Megatron rank order tp - ep - dp - pp)."""
+    size, per_node = _group(par, group)
     return GroupSpec(size=size, ranks_per_node=per_node)
+
+
+@lru_cache(maxsize=262144)
+def _collective_cached(hw: int, collective: str, size_bytes: float, size: int, per_node: int) -> float:
+    return _collective_s(_PROFILES[hw], collective, size_bytes, GroupSpec(size=size, ranks_per_node=per_node))
 
 
 def collective_time_s(hw: HardwareProfile, par: Parallel, collective: str, size_bytes, group: str):
@@ -133,20 +153,19 @@ def collective_time_s(hw: HardwareProfile, par: Parallel, collective: str, size_
 
     ``size_bytes`` may be a numpy array (one value per candidate); the result then is too.
     """
+    size, per_node = _group(par, group)
+    if size <= 1:
+        return np.zeros(np.shape(size_bytes)) if np.ndim(size_bytes) else 0.0
+    key = _hw_key(hw)
     if np.ndim(size_bytes) > 0:
-        return np.array([collective_time_s(hw, par, collective, float(x), group) for x in np.asarray(size_bytes).ravel()])
-    g = group_spec(par, group)
-    if g.num_ranks <= 1 or size_bytes <= 0:
+        return np.array([_collective_cached(key, collective, float(x), size, per_node) if x > 0 else 0.0
+                         for x in np.asarray(size_bytes).ravel()])
+    if size_bytes <= 0:
         return 0.0
-    return _collective_cached(_Ref(hw), collective, float(size_bytes), g)
+    return _collective_cached(key, collective, float(size_bytes), size, per_node)
 
 
-@lru_cache(maxsize=65536)
-def _collective_cached(hw: _Ref, collective: str, size_bytes: float, g: GroupSpec) -> float:
-    return _collective_s(hw.obj, collective, size_bytes, g)
-
-
-def p2p_time_s(hw: HardwareProfile, par: Parallel, size_bytes: float) -> float:
+def p2p_time_s(hw: HardwareProfile, par: Parallel, size_bytes):
     """One pipeline send/receive of ``size_bytes`` between neighbouring stages."""
     return collective_time_s(hw, par, "sendrecv", size_bytes, "pp")
 
@@ -158,46 +177,50 @@ def grad_sync_time_s(hw: HardwareProfile, par: Parallel, dense_bytes: float, exp
             + collective_time_s(hw, par, "all_reduce", expert_bytes, "edp"))
 
 
-def a2a_times_s(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Parallel, n_src: float,
-                bytes_per_copy: float, load: ExpertRankLoad) -> tuple[float, float]:
+def a2a_times_s(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Parallel, n_src,
+                bytes_per_copy: float, load: ExpertRankLoad):
     """(dispatch, combine) seconds of one MoE layer for ``n_src`` tokens per EP rank.
 
     The expected traffic matrix (routing skew included) has its bytes scaled by
     the load's sampling-noise ratio (realised max-rank load over the hottest
     rank's expected load), so the straggler rank sets the bandwidth term; the
-    latency terms are not scaled.
+    latency terms are not scaled. ``n_src`` may be an array (with ``load``'s
+    fields arrays of the same shape).
     """
-    if np.ndim(n_src) > 0:
-        noise = np.broadcast_to(load.noise_ratio, np.shape(n_src))
-        pairs = [a2a_times_s(sc, model, hw, par, float(x), bytes_per_copy,
-                             ExpertRankLoad(0.0, 0.0, load.local_experts, float(r)))
-                 for x, r in zip(np.asarray(n_src).ravel(), noise.ravel())]
-        return np.array([d for d, _ in pairs]), np.array([c for _, c in pairs])
-    if par.ep <= 1 or n_src <= 0:
-        return 0.0, 0.0
+    if par.ep <= 1:
+        return (np.zeros(np.shape(n_src)), np.zeros(np.shape(n_src))) if np.ndim(n_src) else (0.0, 0.0)
     moe = model.moe
     assert moe is not None
     rt = sc.routing
-    g = group_spec(par, "ep")
+    size, per_node = _group(par, "ep")
     combine_scale = 2.0 * model.hidden_size / bytes_per_copy
-    return _a2a_cached(_Ref(hw), moe.num_experts, moe.top_k, par.ep, g, float(n_src), float(bytes_per_copy),
-                       rt.distribution, rt.node_limit, rt.algorithm, combine_scale, round(load.noise_ratio, 6))
+    key = (_hw_key(hw), moe.num_experts, moe.top_k, size, per_node, float(bytes_per_copy), rt.distribution,
+           rt.node_limit, rt.algorithm, combine_scale)
+    if np.ndim(n_src) > 0:
+        noise = np.broadcast_to(load.noise_ratio, np.shape(n_src))
+        pairs = [_a2a_cached(*key, float(x), round(float(r), 6)) if x > 0 else (0.0, 0.0)
+                 for x, r in zip(np.asarray(n_src).ravel(), noise.ravel())]
+        return np.array([d for d, _ in pairs]), np.array([c for _, c in pairs])
+    if n_src <= 0:
+        return 0.0, 0.0
+    return _a2a_cached(*key, float(n_src), round(float(load.noise_ratio), 6))
 
 
-@lru_cache(maxsize=16384)
-def _a2a_cached(hw: _Ref, num_experts: int, top_k: int, ep: int, g: GroupSpec, n_src: float, bpc: float,
-                distribution: str, node_limit: int | None, algorithm: str, combine_scale: float,
+@lru_cache(maxsize=65536)
+def _a2a_cached(hw: int, num_experts: int, top_k: int, ep: int, per_node: int, bpc: float, distribution: str,
+                node_limit: int | None, algorithm: str, combine_scale: float, n_src: float,
                 noise: float) -> tuple[float, float]:
     probs = expert_probs(parse_distribution(distribution, source="routing.distribution"), num_experts)
     expert_to_rank = _contiguous(num_experts, ep)
-    rpn = int(g.ranks_per_node or ep)
-    nodes = ep // rpn
+    nodes = ep // per_node
     limit = node_limit if (node_limit is not None and node_limit < nodes) else None
     traffic = dispatch_traffic(num_ranks=ep, tokens_per_rank=n_src, top_k=top_k, probs=probs,
-                               expert_to_rank=expert_to_rank, bytes_per_token=bpc, ranks_per_node=rpn,
+                               expert_to_rank=expert_to_rank, bytes_per_token=bpc, ranks_per_node=per_node,
                                node_limit=limit, dedup_per_rank=algorithm == "hierarchical")
-    d = time_ep_all_to_all(hw.obj, traffic, phase="dispatch", algorithm=algorithm, group=g, bytes_scale=noise).time_s
-    c = time_ep_all_to_all(hw.obj, traffic, phase="combine", algorithm=algorithm, group=g,
+    g = GroupSpec(size=ep, ranks_per_node=per_node)
+    profile = _PROFILES[hw]
+    d = time_ep_all_to_all(profile, traffic, phase="dispatch", algorithm=algorithm, group=g, bytes_scale=noise).time_s
+    c = time_ep_all_to_all(profile, traffic, phase="combine", algorithm=algorithm, group=g,
                            bytes_scale=combine_scale * noise).time_s
     return d, c
 

@@ -1,0 +1,336 @@
+"""``moesim plan``: search hardware x cluster size x parallel layout x batch under constraints.
+
+The search space for a scenario's model and workload:
+
+* hardware: the given profiles (default: every shipped GPU profile);
+* cluster sizes: powers of two and whole multiples of a node, up to ``max_gpus``
+  and the profile's cluster limit;
+* layouts: TP in {1, 2, 4, 8} dividing the heads and within one node, PP from
+  {1, 2, 4, 8, 16} (serving: {1, 2, 4}), DP = GPUs / (TP x PP), EP a divisor of
+  the experts with EP x ETP dividing TP x DP, ETP in {1, TP}, ZeRO stage 1 or 3
+  (training);
+* batch: serving batch sizes per replica (powers of two up to 1024), evaluated
+  together with numpy (:func:`moesim.step.estimate.serve_curve`); training
+  micro-batch sizes {1, 2, 4} at the scenario's global batch.
+
+Every candidate is checked against the constraints in a fixed order (memory,
+TTFT, TPOT, throughput, budget) and counted under the first one it fails, so
+the report says which constraint emptied the space. Candidates whose weights
+alone cannot fit are rejected before they are timed (counted under memory).
+The frontier is the set of feasible candidates that no other candidate beats
+on both cost per million tokens and throughput (training, and serving by cost)
+or on both latency and throughput (serving by latency).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..errors import InputError
+from ..hardware import HardwareProfile, bundled_hardware, load_hardware
+from ..model import ModelSpec
+from ..params import count_params
+from ..scenario import Layout, Scenario, ServeWorkload, TrainWorkload, load_scenario
+from ..step.estimate import check_layout, estimate_resolved, serve_curve
+
+Objective = Literal["cost", "throughput", "latency"]
+REJECTIONS = ("memory", "max_ttft_s", "max_tpot_s", "min_tokens_per_s", "max_usd_per_hour", "no_price", "invalid")
+SERVE_BATCHES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+
+class Constraints(BaseModel):
+    """Limits a candidate must meet (None = no limit)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    max_gpus: int = Field(512, gt=0, description="Largest cluster to consider, accelerators.")
+    max_ttft_s: float | None = Field(None, gt=0, description="Time to first token limit, seconds.")
+    max_tpot_s: float | None = Field(None, gt=0, description="Time per output token limit, seconds.")
+    min_tokens_per_s: float | None = Field(None, gt=0, description="Throughput floor, tokens/s.")
+    max_usd_per_hour: float | None = Field(None, gt=0, description="Budget: price of the whole cluster per hour, USD.")
+
+
+class PlanResult(BaseModel):
+    """What ``moesim plan`` prints; records are flat dicts of the key figures."""
+
+    model_config = ConfigDict(frozen=True)
+    scenario: str
+    objective: str
+    workload: str
+    constraints: Constraints
+    hardware: list[str]
+    num_candidates: int = Field(description="Candidates evaluated (hardware x GPUs x layout x batch).")
+    num_feasible: int
+    rejected: dict[str, int] = Field(description="Candidates rejected, by the first constraint they failed.")
+    best: list[dict[str, Any]] = Field(description="The best few feasible candidates by the objective.")
+    frontier: list[dict[str, Any]] = Field(description="Pareto frontier of the feasible candidates.")
+    elapsed_s: float
+    candidates_per_s: float
+
+    def records(self) -> list[dict[str, Any]]:
+        return [dict(r) for r in self.best]
+
+    def to_dataframe(self):
+        from .records import to_dataframe
+
+        return to_dataframe(self.best)
+
+
+# ----------------------------------------------------------------------------- the space
+
+
+def _pow2_upto(n: int) -> list[int]:
+    out, x = [], 1
+    while x <= n:
+        out.append(x)
+        x *= 2
+    return out
+
+
+def cluster_sizes(hw: HardwareProfile, max_gpus: int) -> list[int]:
+    """Powers of two up to one node, then whole nodes in powers of two, within the limits."""
+    gpn = hw.node.accelerators_per_node
+    cap = min(max_gpus, hw.max_accelerators or max_gpus)
+    sizes = {s for s in _pow2_upto(min(gpn, cap))}
+    nodes = 1
+    while nodes * gpn <= cap:
+        sizes.add(nodes * gpn)
+        nodes *= 2
+    sizes |= {s for s in _pow2_upto(cap) if s % gpn == 0}
+    return sorted(sizes)
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def layouts(model: ModelSpec, hw: HardwareProfile, num_gpus: int, training: bool) -> list[Layout]:
+    """Valid layouts of ``num_gpus`` for ``model`` (see module docstring)."""
+    gpn = hw.node.accelerators_per_node
+    heads = model.attention.num_heads
+    out = []
+    moe = model.moe
+    for tp in (1, 2, 4, 8):
+        if tp > num_gpus or tp > gpn or heads % tp:
+            continue
+        for pp in ((1, 2, 4, 8, 16) if training else (1, 2, 4)):
+            if num_gpus % (tp * pp) or pp > model.num_layers:
+                continue
+            dp = num_gpus // (tp * pp)
+            stage = tp * dp
+            eps = [1] if moe is None else [e for e in _divisors(moe.num_experts) if stage % e == 0]
+            for ep in eps:
+                etps = [1] if moe is None else sorted({1, tp})
+                for etp in etps:
+                    if moe is not None and (moe.expert_ffn_dim % etp or stage % (ep * etp)):
+                        continue
+                    for zero in ((1, 3) if training else (0,)):
+                        out.append(Layout(tp=tp, pp=pp, ep=ep, etp=etp, zero_stage=zero,
+                                          sequence_parallel=training and tp > 1))
+    return out
+
+
+def _weights_fit(model: ModelSpec, hw: HardwareProfile, lay: Layout, num_gpus: int, training: bool,
+                 weight_bytes: float) -> bool:
+    """Cheap lower bound: do the weights alone (plus optimizer states in training) fit one GPU?"""
+    c = count_params(model)
+    expert = c.by_component["routed_experts"]
+    dense = c.total - expert
+    dp = num_gpus // (lay.tp * lay.pp)
+    per_gpu = dense / (lay.tp * lay.pp) + expert / (lay.pp * lay.ep * lay.etp)
+    if training:
+        shard = dp if lay.zero_stage >= 1 else 1
+        per_gpu_bytes = per_gpu * (2 + 4) + per_gpu * 12 / max(1, shard // max(1, lay.ep // lay.tp))
+        if lay.zero_stage >= 3:
+            per_gpu_bytes = per_gpu * 18 / shard
+    else:
+        per_gpu_bytes = per_gpu * weight_bytes
+    return per_gpu_bytes <= hw.accelerator.memory_bytes
+
+
+# ----------------------------------------------------------------------------- search
+
+
+@dataclass
+class _Acc:
+    feasible: list[dict[str, Any]] = field(default_factory=list)
+    rejected: dict[str, int] = field(default_factory=lambda: dict.fromkeys(REJECTIONS, 0))
+    count: int = 0
+
+
+def _check_objective(objective: str, training: bool) -> None:
+    if objective not in ("cost", "throughput", "latency"):
+        raise InputError(f"unknown objective {objective!r}; allowed: cost, throughput, latency", source="--objective")
+    if objective == "latency" and training:
+        raise InputError("objective 'latency' applies to serving workloads (TTFT/TPOT); for training use cost or "
+                         "throughput", source="--objective")
+
+
+def _serve_candidates(sc: Scenario, model: ModelSpec, hw: HardwareProfile, lay: Layout, n: int, price: float | None,
+                      cons: Constraints, acc: _Acc) -> None:
+    w: ServeWorkload = sc.workload  # type: ignore[assignment]
+    cand = sc.model_copy(update={"hardware": hw.name, "num_gpus": n, "layout": lay})
+    batches = np.array(SERVE_BATCHES, dtype=float)
+    acc.count += len(batches)
+    try:
+        check_layout(cand, model, hw)
+        cur = serve_curve(cand, model, hw, batches)
+    except InputError:
+        acc.rejected["invalid"] += len(batches)
+        return
+    dp = n // (lay.tp * lay.pp)
+    for i, b in enumerate(SERVE_BATCHES):
+        reason = None
+        ttft, tpot, tps = float(cur["ttft_s"][i]), float(cur["tpot_s"][i]), float(cur["tokens_per_s"][i])
+        if not cur["fits"][i]:
+            reason = "memory"
+        elif cons.max_ttft_s is not None and w.phase != "decode" and ttft > cons.max_ttft_s:
+            reason = "max_ttft_s"
+        elif cons.max_tpot_s is not None and w.phase != "prefill" and tpot > cons.max_tpot_s:
+            reason = "max_tpot_s"
+        elif cons.min_tokens_per_s is not None and tps < cons.min_tokens_per_s:
+            reason = "min_tokens_per_s"
+        elif cons.max_usd_per_hour is not None and (price is None or price * n > cons.max_usd_per_hour):
+            reason = "max_usd_per_hour"
+        if reason:
+            acc.rejected[reason] += 1
+            continue
+        usd_h = price * n if price else None
+        acc.feasible.append({
+            "hardware": hw.name, "num_gpus": n, "tp": lay.tp, "pp": lay.pp, "dp": dp, "ep": lay.ep, "etp": lay.etp,
+            "zero_stage": lay.zero_stage, "batch_size": b, "fits": True,
+            "memory_per_gpu_bytes": float(cur["memory_per_gpu_bytes"][i]), "step_s": None,
+            "ttft_s": None if math.isnan(ttft) else ttft, "tpot_s": None if math.isnan(tpot) else tpot,
+            "tokens_per_s": tps, "tokens_per_s_per_gpu": tps / n, "mfu_frac": float(cur["mfu_frac"][i]),
+            "usd_per_hour": usd_h, "usd_per_million_tokens": usd_h / 3600.0 / tps * 1e6 if usd_h else None,
+            "gpu_hours_per_million_tokens": n / 3600.0 / tps * 1e6,
+        })
+
+
+def _train_candidates(sc: Scenario, model: ModelSpec, hw: HardwareProfile, lay: Layout, n: int, price: float | None,
+                      cons: Constraints, acc: _Acc) -> None:
+    from .records import record
+
+    w: TrainWorkload = sc.workload  # type: ignore[assignment]
+    dp = n // (lay.tp * lay.pp)
+    for mbs in (1, 2, 4):
+        if w.global_batch_size % (dp * mbs):
+            continue
+        acc.count += 1
+        cand = sc.model_copy(update={"hardware": hw.name, "num_gpus": n, "layout": lay,
+                                     "workload": w.model_copy(update={"micro_batch_size": mbs})})
+        try:
+            est = estimate_resolved(cand, model, hw)
+        except InputError:
+            acc.rejected["invalid"] += 1
+            continue
+        reason = None
+        if not est.fits:
+            reason = "memory"
+        elif cons.min_tokens_per_s is not None and est.tokens_per_s < cons.min_tokens_per_s:
+            reason = "min_tokens_per_s"
+        elif cons.max_usd_per_hour is not None and (price is None or price * n > cons.max_usd_per_hour):
+            reason = "max_usd_per_hour"
+        if reason:
+            acc.rejected[reason] += 1
+            continue
+        acc.feasible.append(record(est, batch_size=mbs))
+
+
+def _key(objective: str, training: bool, phase: str) -> Callable[[dict[str, Any]], float]:
+    if objective == "cost":
+        return lambda r: r["usd_per_million_tokens"] if r["usd_per_million_tokens"] is not None else math.inf
+    if objective == "throughput":
+        return lambda r: -r["tokens_per_s"]
+    lat = "ttft_s" if phase == "prefill" else "tpot_s"
+    return lambda r: r[lat]
+
+
+def pareto(records: list[dict[str, Any]], x: str, y: str, *, x_low: bool = True, y_low: bool = False) -> list[dict[str, Any]]:
+    """Records that no other record beats on both ``x`` and ``y`` (sorted by ``x``)."""
+    pts = [r for r in records if r.get(x) is not None and r.get(y) is not None]
+    sx = 1.0 if x_low else -1.0
+    sy = 1.0 if y_low else -1.0
+    pts.sort(key=lambda r: (sx * r[x], sy * r[y]))
+    out, best_y = [], math.inf
+    for r in pts:
+        if sy * r[y] < best_y:
+            out.append(r)
+            best_y = sy * r[y]
+    return out
+
+
+def plan(scenario: Scenario | str | None = None, *, hardware: list[str] | None = None,
+         constraints: Constraints | None = None, objective: Objective = "cost", top: int = 5,
+         overrides: tuple[str, ...] = (), progress: Callable[[int, int], None] | None = None) -> PlanResult:
+    """Search hardware x GPUs x layout x batch for ``scenario``'s model and workload (see module docstring)."""
+    sc = scenario if isinstance(scenario, Scenario) else load_scenario(scenario, overrides)
+    cons = constraints or Constraints()
+    training = isinstance(sc.workload, TrainWorkload)
+    _check_objective(objective, training)
+    model = sc.resolve_model()
+    names = hardware or [n for n in bundled_hardware() if n != "local-cpu"]
+    profiles = [load_hardware(n) for n in names]
+    phase = "train" if training else sc.workload.phase  # type: ignore[union-attr]
+    wdt = getattr(sc.workload, "weight_dtype", None) or model.weight_dtype
+    from ..dtypes import bytes_per_element
+
+    wb = bytes_per_element(wdt)
+    jobs = []
+    for hw in profiles:
+        price = sc.price_usd_per_gpu_hour or (hw.price.usd_per_accelerator_hour if hw.price else None)
+        for n in cluster_sizes(hw, cons.max_gpus):
+            for lay in layouts(model, hw, n, training):
+                jobs.append((hw, n, lay, price))
+    acc = _Acc()
+    t0 = time.perf_counter()
+    per_job = 3 if training else len(SERVE_BATCHES)
+    for i, (hw, n, lay, price) in enumerate(jobs):
+        if progress is not None and i % 64 == 0:
+            progress(i, len(jobs))
+        if not _weights_fit(model, hw, lay, n, training, wb):
+            acc.count += per_job
+            acc.rejected["memory"] += per_job
+            continue
+        if objective == "cost" and price is None:
+            acc.count += per_job
+            acc.rejected["no_price"] += per_job
+            continue
+        (_train_candidates if training else _serve_candidates)(sc, model, hw, lay, n, price, cons, acc)
+    if progress is not None:
+        progress(len(jobs), len(jobs))
+    elapsed = time.perf_counter() - t0
+    key = _key(objective, training, phase)
+    best = sorted(acc.feasible, key=key)[:top]
+    if objective == "latency":
+        lat = "ttft_s" if phase == "prefill" else "tpot_s"
+        front = pareto(acc.feasible, lat, "tokens_per_s", x_low=True, y_low=False)
+    else:
+        front = pareto(acc.feasible, "usd_per_million_tokens", "tokens_per_s", x_low=True, y_low=False)
+    return PlanResult(
+        scenario=sc.name, objective=objective, workload=phase, constraints=cons, hardware=[p.name for p in profiles],
+        num_candidates=acc.count, num_feasible=len(acc.feasible), rejected={k: v for k, v in acc.rejected.items() if v},
+        best=best, frontier=front, elapsed_s=elapsed, candidates_per_s=acc.count / elapsed if elapsed > 0 else math.inf,
+    )
+
+
+def empty_reason(result: PlanResult) -> str:
+    """One line naming the constraint that emptied the search space."""
+    if not result.rejected:
+        return "no candidate was generated (check --max-gpus and the hardware list)"
+    name, count = max(result.rejected.items(), key=lambda kv: kv[1])
+    hint = {
+        "memory": "nothing fits in memory: raise --max-gpus or use bigger-memory hardware",
+        "max_ttft_s": "no candidate meets --max-ttft-s",
+        "max_tpot_s": "no candidate meets --max-tpot-s",
+        "min_tokens_per_s": "no candidate reaches --min-tokens-per-s",
+        "max_usd_per_hour": "no candidate fits the --max-usd-per-hour budget",
+        "no_price": "no hardware profile has a price: use --objective throughput or give a price",
+        "invalid": "no valid layout",
+    }[name]
+    return f"no feasible candidate out of {result.num_candidates}: {hint} ({count} rejected by {name})"
