@@ -1,0 +1,331 @@
+"""Sweep: evaluate one scenario over a grid (cartesian product) of field values.
+
+A grid is a list of axes, each a dotted scenario field (as ``--set`` spells it:
+``layout.ep``, ``routing.distribution``, ``hardware``, ``workload.batch_size``)
+with a list of values. Points are the cartesian product of the axes in the
+order given, the last axis varying fastest (``itertools.product``), so
+``vary={"a": [1, 2], "b": [x, y]}`` evaluates ``(1, x), (1, y), (2, x), (2, y)``.
+
+Every point is the base scenario (plus ``overrides``) with that point's values
+applied, validated as a :class:`~moesim.scenario.Scenario` and estimated with
+:func:`~moesim.step.estimate.estimate_resolved`. Model and hardware are loaded
+once per distinct reference. A point whose combination cannot run (EP not
+dividing the experts, GPUs not a multiple of TP x PP, more GPUs than the
+profile describes) becomes a row with an ``error`` (one line) instead of
+stopping the sweep. Problems with the grid itself (an unknown field, a value
+of the wrong type or outside its range, an unknown profile or distribution,
+an empty value list) raise :class:`~moesim.errors.InputError` before any point
+is estimated.
+
+Pure: no files, no printing; ``progress`` is an optional callback.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ..errors import InputError, from_validation_error
+from ..hardware import HardwareProfile
+from ..model import ModelSpec
+from ..scenario import (
+    Scenario,
+    ServeWorkload,
+    TrainWorkload,
+    apply_overrides,
+    parse_set,
+    read_scenario_raw,
+    scenario_from_dict,
+)
+from ..step.estimate import estimate_resolved
+from ..step.result import Estimate
+from .records import RECORD_FIELDS, record, to_dataframe
+
+#: source named by errors in the grid (the CLI renames it to its flag)
+VARY = "vary"
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class SweepAxis(_Spec):
+    """One dimension of the grid."""
+
+    field: str = Field(description="Dotted scenario field, as --set spells it (e.g. layout.ep).")
+    values: list[Any] = Field(min_length=1, description="Values in grid order (TOML types: int, float, str, bool).")
+
+
+class SweepPoint(_Spec):
+    """One grid point: its values and either the estimate or the reason it cannot run."""
+
+    index: int = Field(ge=0, description="Position in grid order (last axis fastest).")
+    values: dict[str, Any] = Field(description="Varied field -> value at this point.")
+    record: dict[str, Any] | None = Field(description="Key figures (moesim.plan.records.record), units in the names; None on error.")
+    estimate: Estimate | None = Field(description="The full estimate; None on error.")
+    error: str | None = Field(description="One-line reason this point cannot run; None when it ran.")
+
+
+class SweepResult(_Spec):
+    """All points of a sweep, in grid order."""
+
+    scenario: str = Field(description="Name of the base scenario.")
+    grid: list[SweepAxis] = Field(description="The axes, in the order given.")
+    points: list[SweepPoint] = Field(description="One per grid point, in grid order.")
+
+    @property
+    def num_points(self) -> int:
+        return len(self.points)
+
+    @property
+    def num_errors(self) -> int:
+        return sum(1 for p in self.points if p.error is not None)
+
+    @property
+    def fields(self) -> list[str]:
+        """The varied fields, in grid order."""
+        return [a.field for a in self.grid]
+
+    def columns(self) -> list[str]:
+        """Record keys in order: varied fields, then the key figures not already varied, then ``error``."""
+        varied = self.fields
+        return varied + [f for f in RECORD_FIELDS if f not in varied] + ["error"]
+
+    def records(self) -> list[dict[str, Any]]:
+        """One plain dict per point (varied values first, then the key figures, then ``error``)."""
+        cols = self.columns()
+        out = []
+        for p in self.points:
+            row = dict.fromkeys(cols)
+            if p.record is not None:
+                row.update({k: v for k, v in p.record.items() if k in row})
+            row.update(p.values)  # the grid coordinate wins over a resolved figure of the same name
+            row["error"] = p.error
+            out.append(row)
+        return out
+
+    def to_dataframe(self):  # noqa: ANN201 - pandas is optional
+        """A pandas DataFrame of :meth:`records` (needs pandas)."""
+        return to_dataframe(self.records())
+
+
+# ----------------------------------------------------------------------------- grid parsing
+
+
+def split_values(text: str) -> list[str]:
+    """Split ``v1,v2,...`` on commas outside brackets and quotes (so TOML arrays and strings stay whole)."""
+    items, depth, quote, cur = [], 0, "", []
+    for ch in text:
+        if quote:
+            if ch == quote:
+                quote = ""
+        elif ch in "\"'":
+            quote = ch
+        elif ch in "[{":
+            depth += 1
+        elif ch in "]}":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            items.append("".join(cur))
+            cur = []
+            continue
+        cur.append(ch)
+    items.append("".join(cur))
+    return [i.strip() for i in items]
+
+
+def parse_vary(specs: Sequence[str], *, source: str = "--vary") -> dict[str, list[Any]]:
+    """Parse ``FIELD=V1,V2,...`` specs into ``{field: [values]}``; values are parsed like ``--set`` values.
+
+    Values are TOML literals (``8``, ``1.25``, ``true``, ``"text"``) or else bare
+    strings (``zipf:1.2``, ``h100-sxm``).
+    """
+    out: dict[str, list[Any]] = {}
+    for spec in specs:
+        field, eq, text = spec.partition("=")
+        field = field.strip()
+        if not eq or not field or any(not part.strip() for part in field.split(".")):
+            raise InputError(f"expected FIELD=V1,V2,... (e.g. layout.ep=8,16,32), got {spec!r}", source=source)
+        if field in out:
+            raise InputError("field given twice; list all its values in one --vary", source=source, field=field)
+        items = split_values(text)
+        if not text.strip() or any(not i for i in items):
+            raise InputError(f"empty value in {text!r}; give one or more comma-separated values (e.g. {field}=8,16)",
+                             source=source, field=field)
+        out[field] = [parse_set([f"{field}={i}"])[0][1] for i in items]
+    return out
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def _allowed_keys(path: list[str], raw: Mapping[str, Any]) -> list[str] | None:
+    """Keys allowed in the table that holds ``path[-1]`` (None when that table is not a scenario model)."""
+    cls: type[BaseModel] = Scenario
+    node: Any = raw
+    for key in path[:-1]:
+        info = cls.model_fields.get(key)
+        if info is None:
+            return None
+        node = node.get(key) if isinstance(node, Mapping) else None
+        if key == "workload":
+            kind = node.get("kind") if isinstance(node, Mapping) else None
+            cls = TrainWorkload if kind == "train" else ServeWorkload
+            continue
+        ann = info.annotation
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return None
+        cls = ann
+    return [k for k in cls.model_fields if k != "base_dir"]
+
+
+def _check_value(raw: dict[str, Any], field: str, value: Any, source: str) -> None:
+    """Raise InputError if ``field = value`` is wrong on its own (unknown key, type, range).
+
+    Cross-field rules (layout vs GPU count, EP vs experts) are left to the grid
+    point: pydantic runs the scenario's after-validator only when every field
+    is valid, so a validation error with a field location is a field problem.
+    """
+    path = field.split(".")
+    try:
+        new = apply_overrides(raw, [(path, value)])
+    except InputError as exc:
+        raise InputError(exc.message, source=source, field=field) from None
+    try:
+        Scenario.model_validate(new)
+    except ValidationError as exc:
+        err = from_validation_error(exc, source, new)
+        if not err.field:
+            return
+        msg = err.message
+        if msg.startswith("unknown key"):
+            allowed = _allowed_keys(path, raw)
+            if allowed:
+                msg = f"{msg}; allowed here: {', '.join(allowed)}"
+        elif err.field == field:
+            msg = f"{msg} (got {value!r})"
+        raise InputError(msg, source=source, field=err.field) from None
+    if path == ["routing", "distribution"]:
+        from ..load.distributions import parse_distribution
+
+        try:
+            parse_distribution(str(value), source=source)
+        except InputError as exc:
+            raise InputError(exc.message, source=exc.source, field=field) from None
+
+
+class _Resolver:
+    """Model and hardware loaded once per (reference, folder)."""
+
+    def __init__(self) -> None:
+        self.models: dict[tuple[str, str], ModelSpec] = {}
+        self.hardware: dict[tuple[str, str], HardwareProfile] = {}
+
+    def model(self, sc: Scenario) -> ModelSpec:
+        key = (sc.model, sc.base_dir)
+        if key not in self.models:
+            self.models[key] = sc.resolve_model()
+        return self.models[key]
+
+    def hw(self, sc: Scenario) -> HardwareProfile:
+        key = (sc.hardware, sc.base_dir)
+        if key not in self.hardware:
+            self.hardware[key] = sc.resolve_hardware()
+        return self.hardware[key]
+
+
+def _preload(raw: dict[str, Any], base: str, vary: Mapping[str, list[Any]], res: _Resolver, source: str) -> None:
+    """Load every model and hardware profile the grid names, so an unknown one fails before the sweep."""
+    for field in ("model", "hardware"):
+        refs = vary.get(field, [raw.get(field)])
+        for ref in refs:
+            if not isinstance(ref, str):
+                continue
+            # resolve exactly as a scenario does (paths relative to its folder), without validating the rest
+            probe = Scenario.model_construct(model=ref, hardware=ref, base_dir=str(raw.get("base_dir", base)))
+            try:
+                res.model(probe) if field == "model" else res.hw(probe)
+            except InputError as exc:
+                if field in vary:
+                    raise InputError(exc.message if exc.field in (None, field) else f"{exc.field}: {exc.message}",
+                                     source=source if exc.source in (None, ref) else exc.source, field=field) from None
+                raise
+
+
+# ----------------------------------------------------------------------------- the sweep
+
+
+def _base_raw(scenario: Scenario | str | Path | None, overrides: Sequence[str]) -> tuple[dict[str, Any], str, str]:
+    if isinstance(scenario, Scenario):
+        raw = scenario.model_dump(mode="python")
+        where, base = f"scenario {scenario.name}", scenario.base_dir
+    else:
+        raw, where, base = read_scenario_raw(scenario)
+    if overrides:
+        raw = apply_overrides(raw, parse_set(tuple(overrides)))
+        where = f"{where} (with --set)"
+    raw.setdefault("base_dir", base)
+    return raw, where, base
+
+
+def _batch(sc: Scenario) -> int:
+    w = sc.workload
+    return w.global_batch_size if isinstance(w, TrainWorkload) else w.batch_size
+
+
+def _one_line(exc: InputError) -> str:
+    return f"{exc.field}: {exc.message}" if exc.field else exc.message
+
+
+def sweep(
+    scenario: Scenario | str | Path | None,
+    vary: Mapping[str, Sequence[Any]],
+    overrides: Sequence[str] = (),
+    *,
+    progress: Callable[[int, int], None] | None = None,
+) -> SweepResult:
+    """Estimate ``scenario`` at every point of the grid ``vary`` (field -> values; last field fastest).
+
+    ``scenario`` is a :class:`Scenario`, a bundled name or a TOML path;
+    ``overrides`` are ``field=value`` strings applied to the base first (as
+    ``--set``). Values in ``vary`` are used as given (Python values; use
+    :func:`parse_vary` for text). ``progress(done, total)`` is called after
+    each point. Raises :class:`InputError` for a bad grid; points that cannot
+    run become rows with ``error`` set.
+    """
+    if not vary:
+        raise InputError("give at least one field to vary (e.g. layout.ep=8,16,32)", source=VARY)
+    axes = []
+    for field, values in vary.items():
+        values = list(values) if not isinstance(values, (str, bytes)) else [values]
+        if not values:
+            raise InputError("empty value list; give one or more values", source=VARY, field=field)
+        axes.append(SweepAxis(field=field, values=values))
+    raw, where, base = _base_raw(scenario, overrides)
+    for ax in axes:
+        for v in ax.values:
+            _check_value(raw, ax.field, v, VARY)
+    res = _Resolver()
+    _preload(raw, base, {a.field: a.values for a in axes}, res, VARY)
+
+    paths = [a.field.split(".") for a in axes]
+    combos = list(itertools.product(*(a.values for a in axes)))
+    points = []
+    for idx, combo in enumerate(combos):
+        values = {a.field: v for a, v in zip(axes, combo)}
+        rec = est = err = None
+        try:
+            sc = scenario_from_dict(apply_overrides(raw, list(zip(paths, combo))), f"{where} (grid point {idx})", base)
+            est = estimate_resolved(sc, res.model(sc), res.hw(sc))
+            rec = record(est, _batch(sc))
+        except InputError as exc:
+            err = _one_line(exc)
+        points.append(SweepPoint(index=idx, values=values, record=rec, estimate=est, error=err))
+        if progress is not None:
+            progress(idx + 1, len(combos))
+    name = str(raw.get("name", "scenario"))
+    return SweepResult(scenario=name, grid=axes, points=points)
