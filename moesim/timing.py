@@ -108,21 +108,19 @@ def op_time_s(
     num_kernels: int = 1,
     flops_for_efficiency: float | np.ndarray | None = None,
 ) -> float | np.ndarray:
-    """``time_s`` of :func:`compute_op_time` for scalars or numpy arrays of sizes (no bound, no record)."""
+    """``time_s`` of :func:`compute_op_time` for scalars or numpy arrays of sizes (no bound, no record).
+
+    Zero FLOPs or bytes give a zero term (``0 / x``), so no masking is needed.
+    """
     eff = profile.efficiency
-    flops = np.asarray(flops, dtype=float)
-    bytes_moved = np.asarray(bytes_moved, dtype=float)
     peak = profile.accelerator.peak_for(dtype)
-    size = flops if flops_for_efficiency is None else np.asarray(flops_for_efficiency, dtype=float)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        if kind == "elementwise":
-            compute = flops / peak
-        else:
-            curve = eff.grouped if kind == "grouped_matmul" else eff.matmul_frac
-            compute = np.where(flops > 0, flops / (peak * curve(np.maximum(size, 1e-30))), 0.0)
-        memory = np.where(
-            bytes_moved > 0,
-            bytes_moved / (profile.accelerator.memory_bandwidth_bytes_per_s * eff.memory_frac(np.maximum(bytes_moved, 1e-30))),
-            0.0,
-        )
+    flops = np.asarray(flops, dtype=float)
+    if kind == "elementwise":
+        compute = flops / peak
+    else:
+        curve = eff.grouped if kind == "grouped_matmul" else eff.matmul_frac
+        size = flops if flops_for_efficiency is None else np.asarray(flops_for_efficiency, dtype=float)
+        compute = flops / (peak * curve(np.maximum(size, 1e-30)))
+    b = np.asarray(bytes_moved, dtype=float)
+    memory = b / (profile.accelerator.memory_bandwidth_bytes_per_s * eff.memory_frac(np.maximum(b, 1e-30)))
     return np.maximum(compute, memory) + num_kernels * eff.kernel_overhead_s

@@ -47,3 +47,20 @@ def to_dataframe(records: list[dict[str, Any]]):
 
         raise InputError("pandas is not installed; `pip install pandas` to get DataFrames (records() works without it)")
     return pd.DataFrame.from_records(records)
+
+
+def write_csv(path, records: list[dict[str, Any]]) -> None:
+    """Write ``records`` as CSV atomically (columns: RECORD_FIELDS, then any others)."""
+    import csv
+    import io
+    from pathlib import Path
+
+    from ..io import atomic_write_text
+
+    cols = list(RECORD_FIELDS) + sorted({k for r in records for k in r} - set(RECORD_FIELDS))
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore")
+    w.writeheader()
+    for r in records:
+        w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in cols})
+    atomic_write_text(Path(path), buf.getvalue())

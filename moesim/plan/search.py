@@ -9,7 +9,7 @@ The search space for a scenario's model and workload:
   {1, 2, 4, 8, 16} (serving: {1, 2, 4}), DP = GPUs / (TP x PP), EP a divisor of
   the experts with EP x ETP dividing TP x DP, ETP in {1, TP}, ZeRO stage 1 or 3
   (training);
-* batch: serving batch sizes per replica (powers of two up to 1024), evaluated
+* batch: serving batch sizes per replica (1, 2, 3, 4, 6, 8, ... 768, 1024), evaluated
   together with numpy (:func:`moesim.step.estimate.serve_curve`); training
   micro-batch sizes {1, 2, 4} at the scenario's global batch.
 
@@ -17,9 +17,10 @@ Every candidate is checked against the constraints in a fixed order (memory,
 TTFT, TPOT, throughput, budget) and counted under the first one it fails, so
 the report says which constraint emptied the space. Candidates whose weights
 alone cannot fit are rejected before they are timed (counted under memory).
-The frontier is the set of feasible candidates that no other candidate beats
-on both cost per million tokens and throughput (training, and serving by cost)
-or on both latency and throughput (serving by latency).
+The frontier is the set of feasible candidates that no other candidate beats on
+both axes: cost per million tokens and throughput for training; latency (TPOT,
+or TTFT for a prefill deployment) and throughput per GPU for serving, the
+throughput-interactivity trade-off of a deployment.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from ..step.estimate import check_layout, estimate_resolved, serve_curve
 
 Objective = Literal["cost", "throughput", "latency"]
 REJECTIONS = ("memory", "max_ttft_s", "max_tpot_s", "min_tokens_per_s", "max_usd_per_hour", "no_price", "invalid")
-SERVE_BATCHES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+SERVE_BATCHES = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
 
 
 class Constraints(BaseModel):
@@ -64,13 +65,14 @@ class PlanResult(BaseModel):
     workload: str
     constraints: Constraints
     hardware: list[str]
-    num_candidates: int = Field(description="Candidates evaluated (hardware x GPUs x layout x batch).")
+    num_candidates: int = Field(description="Candidates considered (hardware x GPUs x layout x batch).")
+    num_timed: int = Field(description="Candidates timed by the step model (the rest failed a cheap memory bound).")
     num_feasible: int
     rejected: dict[str, int] = Field(description="Candidates rejected, by the first constraint they failed.")
     best: list[dict[str, Any]] = Field(description="The best few feasible candidates by the objective.")
     frontier: list[dict[str, Any]] = Field(description="Pareto frontier of the feasible candidates.")
     elapsed_s: float
-    candidates_per_s: float
+    candidates_per_s: float = Field(description="Timed candidates per second of search.")
 
     def records(self) -> list[dict[str, Any]]:
         return [dict(r) for r in self.best]
@@ -161,6 +163,7 @@ class _Acc:
     feasible: list[dict[str, Any]] = field(default_factory=list)
     rejected: dict[str, int] = field(default_factory=lambda: dict.fromkeys(REJECTIONS, 0))
     count: int = 0
+    timed: int = 0
 
 
 def _check_objective(objective: str, training: bool) -> None:
@@ -177,6 +180,7 @@ def _serve_candidates(sc: Scenario, model: ModelSpec, hw: HardwareProfile, lay: 
     cand = sc.model_copy(update={"hardware": hw.name, "num_gpus": n, "layout": lay})
     batches = np.array(SERVE_BATCHES, dtype=float)
     acc.count += len(batches)
+    acc.timed += len(batches)
     try:
         check_layout(cand, model, hw)
         cur = serve_curve(cand, model, hw, batches)
@@ -222,6 +226,7 @@ def _train_candidates(sc: Scenario, model: ModelSpec, hw: HardwareProfile, lay: 
         if w.global_batch_size % (dp * mbs):
             continue
         acc.count += 1
+        acc.timed += 1
         cand = sc.model_copy(update={"hardware": hw.name, "num_gpus": n, "layout": lay,
                                      "workload": w.model_copy(update={"micro_batch_size": mbs})})
         try:
@@ -251,6 +256,14 @@ def _key(objective: str, training: bool, phase: str) -> Callable[[dict[str, Any]
     return lambda r: r[lat]
 
 
+def frontier_axes(training: bool, phase: str) -> tuple[str, str]:
+    """(x, y) of the Pareto frontier: training trades cost for throughput; serving trades latency
+    (TPOT, or TTFT for a prefill deployment) for throughput per GPU."""
+    if training:
+        return "usd_per_million_tokens", "tokens_per_s"
+    return ("ttft_s" if phase == "prefill" else "tpot_s"), "tokens_per_s_per_gpu"
+
+
 def pareto(records: list[dict[str, Any]], x: str, y: str, *, x_low: bool = True, y_low: bool = False) -> list[dict[str, Any]]:
     """Records that no other record beats on both ``x`` and ``y`` (sorted by ``x``)."""
     pts = [r for r in records if r.get(x) is not None and r.get(y) is not None]
@@ -267,8 +280,12 @@ def pareto(records: list[dict[str, Any]], x: str, y: str, *, x_low: bool = True,
 
 def plan(scenario: Scenario | str | None = None, *, hardware: list[str] | None = None,
          constraints: Constraints | None = None, objective: Objective = "cost", top: int = 5,
-         overrides: tuple[str, ...] = (), progress: Callable[[int, int], None] | None = None) -> PlanResult:
-    """Search hardware x GPUs x layout x batch for ``scenario``'s model and workload (see module docstring)."""
+         overrides: tuple[str, ...] = (), progress: Callable[[int, int], None] | None = None,
+         collect: list[dict[str, Any]] | None = None) -> PlanResult:
+    """Search hardware x GPUs x layout x batch for ``scenario``'s model and workload (see module docstring).
+
+    ``collect``, when given, receives every feasible candidate's record (for CSV output).
+    """
     sc = scenario if isinstance(scenario, Scenario) else load_scenario(scenario, overrides)
     cons = constraints or Constraints()
     training = isinstance(sc.workload, TrainWorkload)
@@ -305,17 +322,17 @@ def plan(scenario: Scenario | str | None = None, *, hardware: list[str] | None =
     if progress is not None:
         progress(len(jobs), len(jobs))
     elapsed = time.perf_counter() - t0
+    if collect is not None:
+        collect.extend(acc.feasible)
     key = _key(objective, training, phase)
-    best = sorted(acc.feasible, key=key)[:top]
-    if objective == "latency":
-        lat = "ttft_s" if phase == "prefill" else "tpot_s"
-        front = pareto(acc.feasible, lat, "tokens_per_s", x_low=True, y_low=False)
-    else:
-        front = pareto(acc.feasible, "usd_per_million_tokens", "tokens_per_s", x_low=True, y_low=False)
+    best = sorted(acc.feasible, key=lambda r: (key(r), r["num_gpus"]))[:top]
+    x, y = frontier_axes(training, phase)
+    front = pareto(acc.feasible, x, y, x_low=True, y_low=False)
     return PlanResult(
         scenario=sc.name, objective=objective, workload=phase, constraints=cons, hardware=[p.name for p in profiles],
-        num_candidates=acc.count, num_feasible=len(acc.feasible), rejected={k: v for k, v in acc.rejected.items() if v},
-        best=best, frontier=front, elapsed_s=elapsed, candidates_per_s=acc.count / elapsed if elapsed > 0 else math.inf,
+        num_candidates=acc.count, num_timed=acc.timed, num_feasible=len(acc.feasible), rejected={k: v for k, v in acc.rejected.items() if v},
+        best=best, frontier=front, elapsed_s=elapsed,
+        candidates_per_s=acc.timed / elapsed if elapsed > 0 else math.inf,
     )
 
 

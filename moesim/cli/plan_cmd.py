@@ -1,0 +1,78 @@
+"""``moesim plan SCENARIO``: search hardware x GPUs x layout x batch under constraints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from .common import emit_json, json_option
+
+
+@click.command()
+@click.argument("scenario", required=False)
+@click.option("--hardware", "hardware", metavar="A,B,...", help="Profiles to search (default: every shipped GPU profile).")
+@click.option("--max-gpus", type=int, default=512, show_default=True, help="Largest cluster to consider.")
+@click.option("--max-ttft-s", type=float, help="Time-to-first-token limit, seconds.")
+@click.option("--max-tpot-s", type=float, help="Time-per-output-token limit, seconds.")
+@click.option("--min-tokens-per-s", type=float, help="Throughput floor, tokens/s.")
+@click.option("--max-usd-per-hour", type=float, help="Budget: price of the whole cluster per hour, USD.")
+@click.option("--objective", default="cost", show_default=True, metavar="cost|throughput|latency",
+              help="What to optimise: USD per million tokens, tokens/s, or TPOT (TTFT for prefill).")
+@click.option("--top", type=int, default=5, show_default=True, help="How many of the best to print.")
+@click.option("--set", "overrides", multiple=True, metavar="FIELD=VALUE", help="Override a scenario field first.")
+@click.option("--csv", "csv_path", type=click.Path(dir_okay=False, path_type=Path), help="Write every feasible candidate.")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE.png",
+              help="Draw the Pareto frontier (needs matplotlib).")
+@json_option
+def plan(scenario, hardware, max_gpus, max_ttft_s, max_tpot_s, min_tokens_per_s, max_usd_per_hour, objective, top,
+         overrides, csv_path, plot_path, as_json) -> None:
+    """Search the scenario's model and workload over hardware, cluster sizes, layouts and batch sizes.
+
+    Prints the best candidates by the objective, the Pareto frontier, and how
+    many candidates each constraint rejected.
+    """
+    from pydantic import ValidationError
+
+    from ..errors import InputError, from_validation_error
+    from ..plan.search import Constraints, empty_reason, plan as run_plan
+
+    try:
+        cons = Constraints(max_gpus=max_gpus, max_ttft_s=max_ttft_s, max_tpot_s=max_tpot_s,
+                           min_tokens_per_s=min_tokens_per_s, max_usd_per_hour=max_usd_per_hour)
+    except ValidationError as exc:
+        err = from_validation_error(exc, None)
+        raise InputError(err.message, source="--" + (err.field or "").replace("_", "-")) from None
+    names = [h.strip() for h in hardware.split(",") if h.strip()] if hardware else None
+    if names:
+        from ..hardware import load_hardware
+
+        for n in names:
+            load_hardware(n)  # unknown names fail here with the list of known ones
+    feasible: list[dict] = []
+    if as_json:
+        result = run_plan(scenario, hardware=names, constraints=cons, objective=objective, top=top,
+                          overrides=overrides, collect=feasible if (csv_path or plot_path) else None)
+    else:
+        from .render.plan import progress_bar
+
+        with progress_bar() as advance:
+            result = run_plan(scenario, hardware=names, constraints=cons, objective=objective, top=top,
+                              overrides=overrides, progress=advance,
+                              collect=feasible if (csv_path or plot_path) else None)
+    if not result.best:
+        raise InputError(empty_reason(result), source="moesim plan")
+    if csv_path:
+        from ..plan.records import write_csv
+
+        write_csv(csv_path, feasible)
+    if plot_path:
+        from .render.plan import plot_frontier
+
+        plot_frontier(result, feasible, plot_path)
+    if as_json:
+        emit_json(result)
+        return
+    from .render.plan import render_plan
+
+    render_plan(result)
