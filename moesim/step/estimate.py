@@ -206,11 +206,14 @@ def layer_pass(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Paralle
         total, path = critical_path_s(kind, dur, overlap_shared=overlap_shared, comm_overlap=comm_overlap,
                                       overlap_slowdown_frac=sc.schedule.overlap_slowdown_frac)
         by_stage: dict[str, float] = {}
+        longest: dict[str, float] = {}
         for name, op, t, b in details:
             stage = "tp_comm" if name.endswith("_tp") else name
             on = name in path
             by_stage[stage] = by_stage.get(stage, 0.0) + (t if on else 0.0)
-            bound[stage] = b
+            if t >= longest.get(stage, -1.0):  # a stage's bound is its longest operation's
+                longest[stage] = t
+                bound[stage] = b
             if record and not backward:
                 timings.append(OpTiming.model_construct(
                     kind=stage, layer=kind, time_s=t, flops=op.flops, bytes_moved=op.bytes_moved,
