@@ -33,4 +33,7 @@ def compare(a: str, b: str, set_a: tuple[str, ...], set_b: tuple[str, ...], set_
         return
     from .render.plan_tables import render_compare
 
-    render_compare(sa, sb, cmp, set_both + set_a, set_both + set_b)
+    def flags(*groups: tuple[str, tuple[str, ...]]) -> str:
+        return " ".join(f"{flag} {v}" for flag, values in groups for v in values)
+
+    render_compare(sa, sb, cmp, flags(("--set", set_both), ("--set-a", set_a)), flags(("--set", set_both), ("--set-b", set_b)))

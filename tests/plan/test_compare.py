@@ -139,6 +139,8 @@ def test_table_shows_the_differing_inputs_and_the_ratio_column(run_cli):
     assert "Inputs that differ" in out and "hardware" in out and "b200" in out
     assert "B/A" in out and "Time by stage" in out and "Memory per GPU by category" in out
     assert "(--set-b hardware=b200)" in out
+    both = run_cli("compare", H100, H100, "--set", "workload.batch_size=8", "--set-b", "hardware=b200").stdout
+    assert "(--set workload.batch_size=8 --set-b hardware=b200)" in both and "(--set workload.batch_size=8)" in both
 
 
 def test_same_scenario_table_says_no_inputs_differ(run_cli):

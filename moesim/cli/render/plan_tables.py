@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from rich.markup import escape
 from rich.table import Table
 
 from . import console
@@ -209,12 +210,15 @@ def _labels() -> dict[str, str]:
     return {k: label for k, _, label in HEADLINE}
 
 
-def render_compare(sa, sb, cmp, set_a: tuple[str, ...] = (), set_b: tuple[str, ...] = ()) -> None:  # noqa: ANN001
-    """Inputs that differ, then key figures, time by stage and memory with B/A and the better side in bold green."""
+def render_compare(sa, sb, cmp, overrides_a: str = "", overrides_b: str = "") -> None:  # noqa: ANN001
+    """Inputs that differ, then key figures, time by stage and memory with B/A and the better side in bold green.
+
+    ``overrides_a`` / ``overrides_b``: the override flags of each side as typed, shown beside its name.
+    """
     c = console()
     star = "" if c.color_system else "*"  # without colour, mark the better side with a star
-    for side, sc, est, sets in (("A", sa, cmp.a, set_a), ("B", sb, cmp.b, set_b)):
-        extra = f"  [dim](--set-{side.lower()} {' '.join(sets)})[/dim]" if sets else ""
+    for side, sc, est, sets in (("A", sa, cmp.a, overrides_a), ("B", sb, cmp.b, overrides_b)):
+        extra = f"  [dim]({escape(sets)})[/dim]" if sets else ""
         c.print(f"[bold]{side}[/bold]: {sc.name}: {sc.description}{extra}")
         lay = est.layout
         c.print(f"   model {est.model} on {est.hardware} x {est.num_gpus}; TP{lay['tp']} PP{lay['pp']} DP{lay['dp']} "
