@@ -95,7 +95,12 @@ class ServeWorkload(_Spec):
 
     kind: Literal["serve"] = "serve"
     phase: Literal["both", "prefill", "decode"] = Field("both", description="Which phase this deployment runs.")
-    batch_size: PosInt = Field(description="Concurrent sequences per model replica.")
+    batch_size: PosInt = Field(description="Concurrent sequences per model replica (the decode batch).")
+    prefill_batch_size: PosInt | None = Field(
+        None,
+        description="Sequences prefilled together. Default: 1 when the deployment also decodes (requests arrive and "
+        "are prefilled one at a time, so TTFT is one prompt's prefill), batch_size for a prefill-only deployment.",
+    )
     prompt_tokens: PosInt = Field(description="Prompt length, tokens.")
     output_tokens: PosInt = Field(1, description="Generated tokens per sequence.")
     compute_dtype: Literal["bf16", "fp8", "fp4"] = Field("bf16", description="GEMM precision.")

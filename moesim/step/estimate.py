@@ -170,6 +170,8 @@ def layer_pass(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Paralle
     With ``detail=False`` (searches) ``n`` may be a numpy array of token counts: the
     times come back as arrays, without per-operation records, bounds or the p99 pass.
     """
+    if not detail:
+        n = np.atleast_1d(np.asarray(n, dtype=float))
     timer = _Timer(sc, model, hw, par, compute_dtype)
     wb = bytes_per_element(weight_dtype)
     ewb = bytes_per_element(model.expert_weight_dtype) if (model.expert_weight_dtype and weight_dtype == model.weight_dtype) else wb
@@ -461,6 +463,13 @@ def train_memory(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Paral
 # ----------------------------------------------------------------------------- serving
 
 
+def prefill_batch(w: ServeWorkload, b):
+    """Sequences prefilled together: the workload's setting, else the batch for prefill-only deployments, else 1."""
+    if w.prefill_batch_size is not None:
+        return w.prefill_batch_size
+    return b if w.phase == "prefill" else 1
+
+
 @dataclass(frozen=True)
 class _ServeTimes:
     prefill: Pass | None
@@ -493,9 +502,10 @@ def _serve_times(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Paral
     ttft = tpot = tpot_p99 = None
     prefill = decode = None
     if w.phase in ("both", "prefill"):
-        prefill = layer_pass(sc, model, hw, par, n=b * w.prompt_tokens, keys=(w.prompt_tokens + 1) / 2,
-                             weight_dtype=wdt, kv_dtype=w.kv_dtype, compute_dtype=dt, lm_tokens=b, detail=detail)
-        ttft = total(prefill) + p2p(2.0 * b * w.prompt_tokens * h)
+        pb = prefill_batch(w, b)
+        prefill = layer_pass(sc, model, hw, par, n=pb * w.prompt_tokens, keys=(w.prompt_tokens + 1) / 2,
+                             weight_dtype=wdt, kv_dtype=w.kv_dtype, compute_dtype=dt, lm_tokens=pb, detail=detail)
+        ttft = total(prefill) + p2p(2.0 * pb * w.prompt_tokens * h)
     ctx = w.prompt_tokens + w.output_tokens / 2
     if w.phase in ("both", "decode"):
         decode = layer_pass(sc, model, hw, par, n=b, keys=ctx, decode_batch=b, context=ctx, weight_dtype=wdt,
@@ -531,12 +541,13 @@ def _serve(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Parallel) -
         model_flops_per_token=flops_tok, ttft_s=st.ttft_s, tpot_s=st.tpot_s, tpot_p99_s=st.tpot_p99_s,
         max_batch_size=max_batch, time_by_stage_s=by_stage, bound_by_stage=main.bound, ops=main.timings,
         load=main.load, cost=_cost(sc, hw, tps, None),
-        notes=[f"{par.dp} replica(s) x batch {b}; decode at mean context {ctx:g} tokens"] if st.tpot_s else [],
+        notes=[f"{par.dp} replica(s) x batch {b}; decode at mean context {ctx:g} tokens; TTFT prefills "
+           f"{prefill_batch(w, b)} prompt(s) at once"] if st.tpot_s else [],
     )
 
 
 def _serve_stage_memory(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Parallel, batch):
-    """Per stage: (bytes by category, bytes per extra sequence, weights) for ``batch`` sequences per replica."""
+    """Per stage: (bytes by category, bytes per extra sequence, bytes independent of the batch)."""
     w: ServeWorkload = sc.workload  # type: ignore[assignment]
     wdt = w.weight_dtype or model.weight_dtype
     wb = bytes_per_element(wdt)
@@ -547,16 +558,23 @@ def _serve_stage_memory(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par
     f_local = (model.moe.expert_ffn_dim / par.etp if model.moe else model.dense_ffn_dim / par.tp)
     k = model.moe.top_k if model.moe else 1
     act_per_token = 2.0 * (4 * h + k * (2 * h + 3 * f_local) * par.etp / par.tp)
-    tokens_per_seq = w.prompt_tokens if w.phase != "decode" else 1
+    # transient activations of one layer: the prompts being prefilled, or one token per sequence in decode
+    prefill_tokens = prefill_batch(w, batch) * w.prompt_tokens if w.phase != "decode" else 0
+    logits = 4.0 * model.vocab_size / par.tp
     out = []
     for s, layers in enumerate(stages):
         p = stage_params(model, par, layers, s == 0, s == len(stages) - 1)
         weights = p.dense * wb + p.expert * ewb
         kv_seq = kv_bytes_per_sequence(model, par, layers, context, w.kv_dtype)
-        per_seq = kv_seq + tokens_per_seq * act_per_token + 4.0 * model.vocab_size / par.tp
-        cat = {"weights": weights, "kv_cache": batch * kv_seq,
-               "activations": batch * (per_seq - kv_seq), "workspace": sc.workspace_bytes}
-        out.append((cat, per_seq, weights))
+        per_seq = kv_seq + act_per_token + logits
+        if w.phase == "prefill" and w.prefill_batch_size is None:
+            per_seq += w.prompt_tokens * act_per_token  # prefill-only: every sequence of the batch is prefilled at once
+            acts, fixed = batch * (per_seq - kv_seq), weights
+        else:
+            transient = prefill_tokens * act_per_token
+            acts, fixed = batch * (act_per_token + logits) + transient, weights + transient
+        cat = {"weights": weights, "kv_cache": batch * kv_seq, "activations": acts, "workspace": sc.workspace_bytes}
+        out.append((cat, per_seq, fixed))
     return out
 
 
@@ -566,9 +584,9 @@ def serve_memory(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Paral
     cap = hw.accelerator.memory_bytes
     best: MemoryBreakdown | None = None
     max_b: int | None = None
-    for s, (cat, per_seq, weights) in enumerate(_serve_stage_memory(sc, model, hw, par, w.batch_size)):
+    for s, (cat, per_seq, fixed) in enumerate(_serve_stage_memory(sc, model, hw, par, w.batch_size)):
         mb = MemoryBreakdown(cat, cap, stage=s)
-        fit_b = max(0, int((cap - weights - sc.workspace_bytes) // per_seq)) if per_seq > 0 else 0
+        fit_b = max(0, int((cap - fixed - sc.workspace_bytes) // per_seq)) if per_seq > 0 else 0
         max_b = fit_b if max_b is None else min(max_b, fit_b)
         if best is None or mb.total_bytes > best.total_bytes:
             best = mb
@@ -588,15 +606,19 @@ def serve_curve(sc: Scenario, model: ModelSpec, hw: HardwareProfile, batches) ->
     st = _serve_times(sc, model, hw, par, b, detail=False)
     stages = _serve_stage_memory(sc, model, hw, par, b)
     mem = np.max([sum(cat.values()) for cat, _, _ in stages], axis=0)
-    nan = np.full_like(b, np.nan)
+    def full(x):
+        return np.broadcast_to(np.nan if x is None else x, b.shape).astype(float)
+
+    mem = full(mem)
+    tps = full(st.tokens_per_s)
     return {
         "batch_size": b,
-        "ttft_s": st.ttft_s if st.ttft_s is not None else nan,
-        "tpot_s": st.tpot_s if st.tpot_s is not None else nan,
-        "tokens_per_s": st.tokens_per_s,
+        "ttft_s": full(st.ttft_s),
+        "tpot_s": full(st.tpot_s),
+        "tokens_per_s": tps,
         "memory_per_gpu_bytes": mem,
         "fits": mem <= hw.accelerator.memory_bytes,
-        "mfu_frac": st.tokens_per_s * st.flops_per_token / (sc.num_gpus * hw.accelerator.peak_for(sc.workload.compute_dtype)),
+        "mfu_frac": tps * st.flops_per_token / (sc.num_gpus * hw.accelerator.peak_for(sc.workload.compute_dtype)),
     }
 
 
