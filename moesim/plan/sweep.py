@@ -29,7 +29,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ..errors import InputError, from_validation_error
+from ..errors import InputError
 from ..hardware import HardwareProfile
 from ..model import ModelSpec
 from ..scenario import (
@@ -183,32 +183,54 @@ def _allowed_keys(path: list[str], raw: Mapping[str, Any]) -> list[str] | None:
     return [k for k in cls.model_fields if k != "base_dir"]
 
 
-def _check_value(raw: dict[str, Any], field: str, value: Any, source: str) -> None:
-    """Raise InputError if ``field = value`` is wrong on its own (unknown key, type, range).
+def _field_errors(raw: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(dotted field, message) of each field-level validation problem of ``raw``, in field order.
 
-    Cross-field rules (layout vs GPU count, EP vs experts) are left to the grid
-    point: pydantic runs the scenario's after-validator only when every field
-    is valid, so a validation error with a field location is a field problem.
+    Cross-field rules (layout vs GPU count) are not included: pydantic runs the
+    scenario's after-validator only when every field is valid, so they never
+    appear together with a field problem, and they belong to grid points.
+    """
+    try:
+        Scenario.model_validate(raw)
+    except ValidationError as exc:
+        out = []
+        for e in exc.errors(include_url=False):
+            loc = [str(p) for p in e.get("loc", ())]
+            if not loc:
+                continue
+            if loc[0] == "workload" and len(loc) > 1 and loc[1] in ("train", "serve"):
+                del loc[1]  # the union tag is not part of the field's name
+            if e.get("type") == "extra_forbidden":
+                msg = "unknown key (check the spelling; see `moesim schema`)"
+            elif e.get("type") == "missing":
+                msg = "required field is missing"
+            else:
+                msg = str(e.get("msg", "invalid value")).removeprefix("Value error, ")
+            out.append((".".join(loc), msg))
+        return out
+    return []
+
+
+def _check_value(raw: dict[str, Any], base_errors: set[tuple[str, str]], field: str, value: Any, source: str) -> None:
+    """Raise InputError if ``field = value`` brings a field problem of its own (unknown key, type, range).
+
+    Problems the base scenario already has are left to :func:`_check_base`.
     """
     path = field.split(".")
     try:
         new = apply_overrides(raw, [(path, value)])
     except InputError as exc:
         raise InputError(exc.message, source=source, field=field) from None
-    try:
-        Scenario.model_validate(new)
-    except ValidationError as exc:
-        err = from_validation_error(exc, source, new)
-        if not err.field:
-            return
-        msg = err.message
+    errs = [e for e in _field_errors(new) if e not in base_errors]
+    if errs:
+        where, msg = errs[0]
         if msg.startswith("unknown key"):
             allowed = _allowed_keys(path, raw)
             if allowed:
                 msg = f"{msg}; allowed here: {', '.join(allowed)}"
-        elif err.field == field:
+        elif where == field:
             msg = f"{msg} (got {value!r})"
-        raise InputError(msg, source=source, field=err.field) from None
+        raise InputError(msg, source=source, field=where)
     if path == ["routing", "distribution"]:
         from ..load.distributions import parse_distribution
 
@@ -216,6 +238,15 @@ def _check_value(raw: dict[str, Any], field: str, value: Any, source: str) -> No
             parse_distribution(str(value), source=source)
         except InputError as exc:
             raise InputError(exc.message, source=exc.source, field=field) from None
+
+
+def _check_base(raw: dict[str, Any], axes: list[SweepAxis], where: str) -> None:
+    """Raise InputError if the first grid point still has a field problem: every varied value passed
+    :func:`_check_value`, so it comes from the scenario or ``--set`` and would fail every point alike."""
+    errs = _field_errors(apply_overrides(raw, [(a.field.split("."), a.values[0]) for a in axes]))
+    if errs:
+        (field, msg), rest = errs[0], errs[1:]
+        raise InputError("; ".join([msg] + [f"{f}: {m}" for f, m in rest]), source=where, field=field)
 
 
 class _Resolver:
@@ -306,9 +337,11 @@ def sweep(
             raise InputError("empty value list; give one or more values", source=VARY, field=field)
         axes.append(SweepAxis(field=field, values=values))
     raw, where, base = _base_raw(scenario, overrides)
+    base_errors = set(_field_errors(raw))
     for ax in axes:
         for v in ax.values:
-            _check_value(raw, ax.field, v, VARY)
+            _check_value(raw, base_errors, ax.field, v, VARY)
+    _check_base(raw, axes, where)
     res = _Resolver()
     _preload(raw, base, {a.field: a.values for a in axes}, res, VARY)
 

@@ -177,6 +177,9 @@ def test_a_field_under_the_workload_names_the_variant_keys(run_cli):
         (("--vary", "layout.ep=1,2", "--plot", "out.png", "--y", "tpot_s", "--hue", "hardware"), "--hue: unknown field 'hardware'"),
         (("--vary", "layout.ep=1,2", "--json", "--jsonl", "-"), "only one output can go to stdout"),
         (("--vary", "layout.ep=1,2", "--set", "layout"), "--set: expected FIELD=VALUE"),
+        (("--vary", "layout.ep=1,2", "--set", "workload.batch_size=-1"),
+         "mixtral-8x7b-serve-h100.toml (with --set): workload.batch_size: Input should be greater than 0"),
+        (("--vary", "workload.kind=train"), "--vary: workload.seq_len: required field is missing"),
     ],
 )
 def test_bad_grid_or_flags_are_one_line_and_exit_2(run_cli, args, needle):
@@ -187,6 +190,11 @@ def test_bad_grid_or_flags_are_one_line_and_exit_2(run_cli, args, needle):
     assert len(lines) == 1, r.stderr
     assert needle in lines[0]
     assert "Traceback" not in r.stderr
+
+
+def test_a_varied_value_may_replace_a_bad_base_value():
+    res = sweep(MIXTRAL, {"workload.batch_size": [8, 16]}, FLAT + ("workload.batch_size=-1",))
+    assert res.num_errors == 0 and [r["batch_size"] for r in res.records()] == [8, 16]
 
 
 def test_bad_grid_writes_no_file(run_cli, tmp_path):
