@@ -256,6 +256,22 @@ def _key(objective: str, training: bool, phase: str) -> Callable[[dict[str, Any]
     return lambda r: r[lat]
 
 
+def _distinct(ranked: list[dict[str, Any]], top: int) -> list[dict[str, Any]]:
+    """The first ``top`` records, skipping data-parallel copies of one already listed (same layout, batch and
+    per-GPU figures on more GPUs)."""
+    out, seen = [], set()
+    for r in ranked:
+        sig = (r["hardware"], r["tp"], r["pp"], r["ep"], r["etp"], r["zero_stage"], r["batch_size"],
+               round(r["tokens_per_s_per_gpu"], 6))
+        if sig in seen:
+            continue
+        seen.add(sig)
+        out.append(r)
+        if len(out) == top:
+            break
+    return out
+
+
 def frontier_axes(training: bool, phase: str) -> tuple[str, str]:
     """(x, y) of the Pareto frontier: training trades cost for throughput; serving trades latency
     (TPOT, or TTFT for a prefill deployment) for throughput per GPU."""
@@ -325,7 +341,7 @@ def plan(scenario: Scenario | str | None = None, *, hardware: list[str] | None =
     if collect is not None:
         collect.extend(acc.feasible)
     key = _key(objective, training, phase)
-    best = sorted(acc.feasible, key=lambda r: (key(r), r["num_gpus"]))[:top]
+    best = _distinct(sorted(acc.feasible, key=lambda r: (key(r), r["num_gpus"])), top)
     x, y = frontier_axes(training, phase)
     front = pareto(acc.feasible, x, y, x_low=True, y_low=False)
     return PlanResult(
