@@ -14,8 +14,9 @@ The comparison lists
 
 Ratio conventions: ``B / A``; 1 when both are 0; None when only A is 0 or a
 figure is missing on one side. A stage or memory category present on one side
-only counts as 0 on the other (that side spends nothing there). Pure: no files,
-no printing.
+only counts as 0 on the other (that side spends nothing there). No printing;
+:func:`compare_estimates` is pure, :func:`compare` reads the scenario, model and
+hardware files as :func:`~moesim.step.estimate.estimate` does.
 """
 
 from __future__ import annotations

@@ -17,7 +17,9 @@ of the wrong type or outside its range, an unknown profile or distribution,
 an empty value list) raise :class:`~moesim.errors.InputError` before any point
 is estimated.
 
-Pure: no files, no printing; ``progress`` is an optional callback.
+No printing and no output files; files are read only to load the scenario, its
+model and its hardware (as :func:`~moesim.step.estimate.estimate` does).
+``progress`` is an optional callback.
 """
 
 from __future__ import annotations

@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-from pathlib import Path
 
 import pytest
 
@@ -97,6 +96,12 @@ def test_model_and_hardware_load_once_per_distinct_value(monkeypatch):
     res = sweep(MIXTRAL, {"hardware": ["h100-sxm", "h200"], "layout.ep": [1, 2, 4, 8]}, FLAT)
     assert res.num_points == 8 and res.num_errors == 0
     assert calls == {"model": 1, "hardware": 2}
+
+
+def test_the_top_level_api_is_this_sweep():
+    import moesim
+
+    assert moesim.sweep is sweep
 
 
 def test_progress_is_reported_after_every_point():
