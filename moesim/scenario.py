@@ -55,7 +55,10 @@ class RoutingSpec(_Spec):
     capacity_factor: float | None = Field(None, gt=0, description="Expert capacity factor; None = dropless.")
     placement: Literal["contiguous", "round_robin", "load_aware"] = Field("contiguous", description="Expert placement.")
     redundant_experts: int = Field(0, ge=0, description="Extra expert replicas in total (EPLB), spread over EP ranks.")
-    node_limit: PosInt | None = Field(None, description="Each token reaches at most this many nodes (DeepSeek-V3: 4).")
+    node_limit: PosInt | None = Field(
+        None, description="Each token reaches at most this many nodes (DeepSeek-V3: 4); inactive when the EP group "
+        "spans no more nodes than this."
+    )
     dispatch_dtype: Literal["bf16", "fp8"] = Field("bf16", description="Element type of dispatched activations.")
     algorithm: Literal["direct", "hierarchical"] = Field("direct", description="All-to-all algorithm.")
     samples: PosInt = Field(200, description="Monte Carlo samples for the per-rank load tail.")

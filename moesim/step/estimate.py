@@ -90,11 +90,6 @@ def check_layout(sc: Scenario, model: ModelSpec, hw: HardwareProfile) -> None:
     if moe.expert_ffn_dim % lay.etp:
         raise InputError(f"layout.etp ({lay.etp}) must divide the expert width {moe.expert_ffn_dim}",
                          source=src, field="layout.etp")
-    if sc.routing.node_limit is not None:
-        nodes = math.ceil(lay.ep * lay.etp / hw.node.accelerators_per_node)
-        if sc.routing.node_limit > max(nodes, 1) and nodes > 1:
-            raise InputError(f"routing.node_limit ({sc.routing.node_limit}) exceeds the {nodes} nodes of the EP group",
-                             source=src, field="routing.node_limit")
 
 
 # ----------------------------------------------------------------------------- one pass
