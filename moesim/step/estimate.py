@@ -362,10 +362,12 @@ def _train(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Parallel) -
     pipe_p99 = sum(t_p99) + (m - 1) * max(t_p99)
 
     # parameters, gradient reduction and optimizer on the stage with the most parameters
-    sp = [stage_params(model, par, layers, s == 0, s == len(stages) - 1) for s, layers in enumerate(stages)]
+    red = sc.routing.redundant_experts
+    sp = [stage_params(model, par, layers, s == 0, s == len(stages) - 1, red) for s, layers in enumerate(stages)]
     if mtp:
         last = sp[-1]
-        extra = stage_params(model, par, [model.moe_layer_indices[-1]] * mtp if model.moe else [0] * mtp, False, False)
+        extra = stage_params(model, par, [model.moe_layer_indices[-1]] * mtp if model.moe else [0] * mtp, False, False,
+                             red)
         sp[-1] = type(last)(dense=last.dense + extra.dense + 2 * model.hidden_size ** 2 * mtp / par.tp,
                             expert=last.expert + extra.expert)
     big = max(range(len(sp)), key=lambda i: sp[i].dense + sp[i].expert)
@@ -558,7 +560,7 @@ def _serve_stage_memory(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par
     logits = 4.0 * model.vocab_size / par.tp
     out = []
     for s, layers in enumerate(stages):
-        p = stage_params(model, par, layers, s == 0, s == len(stages) - 1)
+        p = stage_params(model, par, layers, s == 0, s == len(stages) - 1, sc.routing.redundant_experts)
         weights = p.dense * wb + p.expert * ewb
         kv_seq = kv_bytes_per_sequence(model, par, layers, context, w.kv_dtype)
         per_seq = kv_seq + act_per_token + logits

@@ -76,7 +76,9 @@ class StageParams:
     expert: float
 
 
-def stage_params(model: ModelSpec, par: Parallel, layers: list[int], first: bool, last: bool) -> StageParams:
+def stage_params(model: ModelSpec, par: Parallel, layers: list[int], first: bool, last: bool,
+                 redundant_experts: int = 0) -> StageParams:
+    """Parameters one GPU of a stage holds; ``redundant_experts`` extra replicas (EPLB) are spread over the EP ranks."""
     moe_idx = set(model.moe_layer_indices)
     n_moe = sum(1 for i in layers if i in moe_idx)
     n_dense = len(layers) - n_moe
@@ -84,7 +86,8 @@ def stage_params(model: ModelSpec, par: Parallel, layers: list[int], first: bool
     expert = 0.0
     if n_moe:
         dense += n_moe * (router_params(model) + shared_expert_params(model) / par.tp)
-        expert = n_moe * model.moe.num_experts * expert_params(model) / (par.ep * par.etp)  # type: ignore[union-attr]
+        slots = model.moe.num_experts + redundant_experts  # type: ignore[union-attr]
+        expert = n_moe * slots * expert_params(model) / (par.ep * par.etp)
     if n_dense:
         dense += n_dense * ffn_params(model, model.dense_ffn_dim, model.ffn_bias) / par.tp
     V, h = model.vocab_size, model.hidden_size

@@ -175,3 +175,13 @@ def test_doubling_link_bandwidth_never_slows_a_step(tmp_path):
     est = estimate_resolved(sc, sc.resolve_model(), fast)
     assert est.tpot_s <= base.tpot_s
     assert est.time_by_stage_s["dispatch"] < base.time_by_stage_s["dispatch"]
+
+
+def test_redundant_experts_cost_memory():
+    base = estimate(_serve(model="qwen3-30b-a3b", layout={"tp": 1, "ep": 8}))
+    more = estimate(_serve(model="qwen3-30b-a3b", layout={"tp": 1, "ep": 8}, routing={"redundant_experts": 16}))
+    from moesim.params import expert_params
+
+    m = load_model("qwen3-30b-a3b")
+    per_gpu = 16 / 8 * m.num_moe_layers * expert_params(m) * 2.0  # bf16
+    assert more.memory.by_category_bytes["weights"] - base.memory.by_category_bytes["weights"] == pytest.approx(per_gpu)
