@@ -38,7 +38,7 @@ from ..hardware import HardwareProfile, bundled_hardware, load_hardware
 from ..model import ModelSpec
 from ..params import count_params
 from ..scenario import Layout, Scenario, ServeWorkload, TrainWorkload, load_scenario
-from ..step.estimate import check_layout, estimate_resolved, serve_curve
+from ..step.estimate import check_layout, serve_curve, train_figures
 
 Objective = Literal["cost", "throughput", "latency"]
 REJECTIONS = ("memory", "max_ttft_s", "max_tpot_s", "min_tokens_per_s", "max_usd_per_hour", "no_price", "invalid")
@@ -230,7 +230,7 @@ def _train_candidates(sc: Scenario, model: ModelSpec, hw: HardwareProfile, lay: 
         cand = sc.model_copy(update={"hardware": hw.name, "num_gpus": n, "layout": lay,
                                      "workload": w.model_copy(update={"micro_batch_size": mbs})})
         try:
-            est = estimate_resolved(cand, model, hw)
+            est = train_figures(cand, model, hw)
         except InputError:
             acc.rejected["invalid"] += 1
             continue

@@ -104,6 +104,11 @@ def rank_load(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Parallel
     return mean, p99, summary
 
 
+def max_rank_copies(sc: Scenario, model: ModelSpec, par: Parallel, n_src: float) -> float:
+    """Token copies the expected straggler computes (padded slots with a capacity factor)."""
+    return float(_core(sc, model, par, n_src)[0].copies)
+
+
 def rank_load_array(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Parallel,
                     n_src: np.ndarray) -> ExpertRankLoad:
     """The expected straggler for each of several token counts (fields become arrays)."""
@@ -214,6 +219,8 @@ def _a2a_cached(hw: int, num_experts: int, top_k: int, ep: int, per_node: int, b
     expert_to_rank = _contiguous(num_experts, ep)
     nodes = ep // per_node
     limit = node_limit if (node_limit is not None and node_limit < nodes) else None
+    if limit is not None and len(set(np.bincount(expert_to_rank // per_node, minlength=nodes).tolist())) > 1:
+        limit = None  # experts not spread evenly over nodes (more ranks than experts): the limit is not modelled
     traffic = dispatch_traffic(num_ranks=ep, tokens_per_rank=n_src, top_k=top_k, probs=probs,
                                expert_to_rank=expert_to_rank, bytes_per_token=bpc, ranks_per_node=per_node,
                                node_limit=limit, dedup_per_rank=algorithm == "hierarchical")
@@ -227,4 +234,6 @@ def _a2a_cached(hw: int, num_experts: int, top_k: int, ep: int, per_node: int, b
 
 @lru_cache(maxsize=256)
 def _contiguous(num_experts: int, ep: int) -> np.ndarray:
-    return np.arange(num_experts) // (num_experts // ep)
+    """Home rank of each expert, in contiguous blocks (spread over all ranks when there are more ranks than
+    experts, the extra slots holding redundant replicas)."""
+    return (np.arange(num_experts) * ep) // num_experts

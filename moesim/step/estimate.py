@@ -165,8 +165,9 @@ def layer_pass(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Paralle
     With ``detail=False`` (searches) ``n`` may be a numpy array of token counts: the
     times come back as arrays, without per-operation records, bounds or the p99 pass.
     """
-    if not detail:
-        n = np.atleast_1d(np.asarray(n, dtype=float))
+    vector = not detail and np.ndim(n) > 0  # token counts as a numpy array: time every op for all at once
+    if vector:
+        n = np.asarray(n, dtype=float)
     timer = _Timer(sc, model, hw, par, compute_dtype)
     wb = bytes_per_element(weight_dtype)
     ewb = bytes_per_element(model.expert_weight_dtype) if (model.expert_weight_dtype and weight_dtype == model.weight_dtype) else wb
@@ -182,9 +183,13 @@ def layer_pass(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Paralle
         for name, op in zip(_node_names(ops), ops):
             if backward and op.compute_kind != "comm":
                 op = op.scaled(2.5 if op.kind == OpKind.ATTENTION else 2.0)
-            dur[name] = dur.get(name, 0.0) + timer.time_only(op)
-        total = critical_path_time(kind, dur, overlap_shared=overlap_shared, comm_overlap=comm_overlap,
-                                   overlap_slowdown_frac=sc.schedule.overlap_slowdown_frac)
+            dur[name] = dur.get(name, 0.0) + (timer.time_only(op) if vector else timer.op(op)[0])
+        if vector:
+            total = critical_path_time(kind, dur, overlap_shared=overlap_shared, comm_overlap=comm_overlap,
+                                       overlap_slowdown_frac=sc.schedule.overlap_slowdown_frac)
+        else:
+            total = critical_path_s(kind, dur, overlap_shared=overlap_shared, comm_overlap=comm_overlap,
+                                    overlap_slowdown_frac=sc.schedule.overlap_slowdown_frac)[0]
         return total, {}, dur
 
     def run(kind: str, ops: list[Op], record: bool = True) -> tuple[float, dict[str, float], dict[str, float]]:
@@ -223,10 +228,10 @@ def layer_pass(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Paralle
     if model.moe is not None and model.num_moe_layers:
         n_src = par.moe_tokens(n)
         bpc = dispatch_bytes_per_copy(model, sc.routing.dispatch_dtype)
-        if detail:
-            mean_load, p99_load, load_summary = bridge.rank_load(sc, model, hw, par, n_src)
+        if vector:
+            mean_load = bridge.rank_load_array(sc, model, hw, par, n_src)
         else:
-            mean_load = bridge.rank_load_array(sc, model, hw, par, np.atleast_1d(n_src))
+            mean_load, p99_load, load_summary = bridge.rank_load(sc, model, hw, par, n_src)
         d, c = bridge.a2a_times_s(sc, model, hw, par, n_src, bpc, mean_load)
         timer.a2a = {OpKind.DISPATCH: d, OpKind.COMBINE: c}
         moe_ops_mean = attn + moe_ops(model, par, n, mean_load, bytes_per_copy=bpc, weight_bytes=wb, expert_weight_bytes=ewb)
@@ -244,8 +249,11 @@ def layer_pass(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Paralle
     if backward:
         lm = lm.scaled(2.0)
     if not detail:
-        return Pass(moe_s, moe_s, dense_s, {}, {}, {}, [], None, timer.time_only(embedding_op(model, n)),
-                    timer.time_only(lm))
+        if vector:
+            emb_t, lm_t = timer.time_only(embedding_op(model, n)), timer.time_only(lm)
+        else:
+            emb_t, lm_t = timer.op(embedding_op(model, n))[0], timer.op(lm)[0]
+        return Pass(moe_s, moe_s, dense_s, {}, {}, {}, [], load_summary, emb_t, lm_t)
     emb_t, _ = timer.op(embedding_op(model, n))
     lm_t, lm_b = timer.op(lm)
     bound["lm_head"] = lm_b
@@ -325,12 +333,12 @@ def _layout_dict(sc: Scenario, par: Parallel) -> dict[str, int | bool]:
 # ----------------------------------------------------------------------------- training
 
 
-def _train(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Parallel) -> Estimate:
+def _train(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Parallel, detail: bool = True) -> Estimate:
     w: TrainWorkload = sc.workload  # type: ignore[assignment]
     n = w.micro_batch_size * w.seq_len
     keys = (w.seq_len + 1) / 2
     dt = w.compute_dtype
-    kw = dict(n=n, keys=keys, weight_dtype="bf16", kv_dtype="bf16", compute_dtype=dt)
+    kw = dict(n=n, keys=keys, weight_dtype="bf16", kv_dtype="bf16", compute_dtype=dt, detail=detail)
     fwd = layer_pass(sc, model, hw, par, **kw)
     bwd = layer_pass(sc, model, hw, par, backward=True, **kw)
     mtp = model.mtp.num_modules
@@ -399,7 +407,16 @@ def _train(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Parallel) -
     by_stage["optimizer"] = t_opt
     bound = dict(fwd.bound) | {"grad_sync_exposed": "communication", "optimizer": "memory", "pipeline_bubble": "latency"}
 
-    mem = train_memory(sc, model, hw, par, fwd.load, n, m, sp, stages)
+    copies = bridge.max_rank_copies(sc, model, par, par.moe_tokens(n)) if model.num_moe_layers else 0.0
+    mem = train_memory(sc, model, hw, par, copies, n, m, sp, stages)
+    if not detail:  # searches: the figures only, no validation of the result
+        return Estimate.model_construct(
+            scenario=sc.name, model=model.name, hardware=hw.name, num_gpus=sc.num_gpus, workload="train",
+            phase="train", layout=_layout_dict(sc, par), fits=mem.fits, memory_per_gpu_bytes=mem.total_bytes,
+            memory=None, tokens_per_s=tps, tokens_per_s_per_gpu=tps / sc.num_gpus, mfu_frac=mfu,
+            mfu_bf16_frac=mfu_bf16, model_flops_per_token=model_flops, step_s=step, step_p99_s=None, ttft_s=None,
+            tpot_s=None, max_batch_size=None, time_by_stage_s={}, bound_by_stage={}, ops=[], load=None,
+            cost=_cost(sc, hw, tps, w.total_tokens), notes=[])
     notes = []
     if par.pp > 1:
         notes.append(f"1F1B pipeline: {m} micro-batches over {par.pp} stages, bubble {by_stage['pipeline_bubble']:.3g} s")
@@ -412,13 +429,12 @@ def _train(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Parallel) -
     )
 
 
-def train_memory(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Parallel, load: LoadSummary | None,
+def train_memory(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Parallel, copies: float,
                  n: float, m: int, sp, stages: list[list[int]]) -> MemoryBreakdown:
+    """Memory per GPU of the largest stage; ``copies`` token copies on the most loaded EP rank (padded slots
+    with a capacity factor)."""
     w: TrainWorkload = sc.workload  # type: ignore[assignment]
     moe_idx = set(model.moe_layer_indices)
-    copies = load.copies_max_rank_mean if load else 0.0
-    if load and sc.routing.capacity_factor is not None:
-        copies = max(copies, load.copies_mean_per_rank * sc.routing.capacity_factor)
     ab = 1.0 if w.compute_dtype == "fp8" else 2.0
     act_moe = layer_activation_bytes(model, par, n, w.seq_len, w.recompute, copies, True, ab) if moe_idx else 0.0
     act_dense = layer_activation_bytes(model, par, n, w.seq_len, w.recompute, copies, False, ab)
@@ -629,6 +645,19 @@ def estimate_resolved(sc: Scenario, model: ModelSpec, hw: HardwareProfile) -> Es
     if isinstance(sc.workload, TrainWorkload):
         return _train(sc, model, hw, par)
     return _serve(sc, model, hw, par)
+
+
+def train_figures(sc: Scenario, model: ModelSpec, hw: HardwareProfile) -> Estimate:
+    """The headline figures of a training step without per-operation detail or the p99 pass (searches).
+
+    Same model as :func:`estimate_resolved`; ``memory``, ``ops``, ``load``, the
+    time-by-stage breakdown and ``step_p99_s`` are left empty.
+    """
+    if not isinstance(sc.workload, TrainWorkload):
+        raise ValueError("train_figures needs a training workload; use serve_curve for serving")
+    check_layout(sc, model, hw)
+    par = Parallel.of(sc, hw.node.accelerators_per_node)
+    return _train(sc, model, hw, par, detail=False)
 
 
 def estimate(scenario: Scenario | str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Estimate:

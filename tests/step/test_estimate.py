@@ -185,3 +185,32 @@ def test_redundant_experts_cost_memory():
     m = load_model("qwen3-30b-a3b")
     per_gpu = 16 / 8 * m.num_moe_layers * expert_params(m) * 2.0  # bf16
     assert more.memory.by_category_bytes["weights"] - base.memory.by_category_bytes["weights"] == pytest.approx(per_gpu)
+
+
+@pytest.mark.parametrize("name", ["deepseek-v3-train-h800", "mixtral-8x22b-train-h100"])
+def test_fast_training_figures_match_the_full_estimate(name):
+    from moesim.step.estimate import train_figures
+
+    sc = load_scenario(name)
+    m, hw = sc.resolve_model(), sc.resolve_hardware()
+    full, fast = estimate_resolved(sc, m, hw), train_figures(sc, m, hw)
+    assert fast.step_s == pytest.approx(full.step_s, rel=1e-12)
+    assert fast.memory_per_gpu_bytes == pytest.approx(full.memory_per_gpu_bytes, rel=1e-12)
+    assert fast.fits == full.fits and fast.tokens_per_s == pytest.approx(full.tokens_per_s, rel=1e-12)
+
+
+def test_serve_curve_matches_the_full_estimate_at_every_batch():
+    import numpy as np
+
+    from moesim.step.estimate import serve_curve
+
+    sc = load_scenario("qwen3-235b-serve-gb200")
+    m, hw = sc.resolve_model(), sc.resolve_hardware()
+    batches = [1, 7, 64, 300]
+    cur = serve_curve(sc, m, hw, np.array(batches))
+    for i, b in enumerate(batches):
+        s = sc.model_copy(update={"workload": sc.workload.model_copy(update={"batch_size": b})})
+        est = estimate_resolved(s, m, hw)
+        assert cur["tpot_s"][i] == pytest.approx(est.tpot_s, rel=1e-9)
+        assert cur["ttft_s"][i] == pytest.approx(est.ttft_s, rel=1e-9)
+        assert cur["memory_per_gpu_bytes"][i] == pytest.approx(est.memory_per_gpu_bytes, rel=1e-9)
