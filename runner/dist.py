@@ -86,10 +86,20 @@ def spawn_local(
     ctx = mp.get_context("spawn")
     q = ctx.SimpleQueue()
     port = free_port()
-    mp.start_processes(
+    pctx = mp.start_processes(
         _worker, args=(fn, world_size, port, device, threads_per_rank, args, q),
-        nprocs=world_size, join=True, start_method="spawn",
+        nprocs=world_size, join=False, start_method="spawn",
     )
+    try:
+        while not pctx.join():
+            pass
+    except BaseException:  # an interrupt or a failed rank: stop the others too
+        for p in pctx.processes:
+            if p.is_alive():
+                p.terminate()
+        for p in pctx.processes:
+            p.join(timeout=10)
+        raise
     results: dict[int, Any] = {}
     while not q.empty():
         rank, out = q.get()

@@ -1,0 +1,88 @@
+"""The calibration grid: which microbenchmarks ``moesim calibrate`` runs.
+
+Three sizes: ``full`` (the default, about 10 minutes on a 2-core CPU),
+``quick`` (``--quick``, under 3 minutes) and ``tiny`` (seconds; for tests).
+GEMM widths are powers of two; the validation cases use other widths, so no
+validation layer's expert GEMM is a calibration shape (checked by a test).
+The GPU grid reaches the sizes where tensor cores saturate.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from .records import CollectiveBench, GroupedMatmulBench, MatmulBench, MemoryBench, OverheadBench
+
+GridSize = Literal["tiny", "quick", "full"]
+GRID_SIZES: tuple[str, ...] = ("tiny", "quick", "full")
+
+AnyBench = MatmulBench | GroupedMatmulBench | MemoryBench | OverheadBench | CollectiveBench
+
+
+def _matmuls(dtypes: list[str], ms: list[int], kns: list[tuple[int, int]]) -> list[MatmulBench]:
+    return [MatmulBench(dtype=d, m=m, k=k, n=n) for d in dtypes for (k, n) in kns for m in ms]  # type: ignore[arg-type]
+
+
+def _grouped(dtypes: list[str], groups: list[int], ms: list[int], kns: list[tuple[int, int]], ops: list[str],
+             max_rows: int) -> list[GroupedMatmulBench]:
+    out = []
+    for d in dtypes:
+        for op in ops:
+            for g in groups:
+                for m in ms:
+                    if g * m > max_rows:
+                        continue
+                    for k, n in kns:
+                        out.append(GroupedMatmulBench(dtype=d, op=op, num_groups=g, m_per_group=m, k=k, n=n))  # type: ignore[arg-type]
+    return out
+
+
+def _memory(dtype: str, sizes: list[int], ops: list[str]) -> list[MemoryBench]:
+    return [MemoryBench(op=op, dtype=dtype, num_elements=n) for op in ops for n in sizes]  # type: ignore[arg-type]
+
+
+def calibration_grid(device: Literal["cpu", "cuda"], size: GridSize = "full", world_size: int = 2) -> list[AnyBench]:
+    """The microbenchmarks to run, in order (cheap ones first so an early interrupt keeps a usable set)."""
+    gpu = device == "cuda"
+    overhead = [OverheadBench(op=o) for o in ("add", "index_select", "mm", "topk", "argsort")]  # type: ignore[arg-type]
+    mem_ops = ["copy", "elementwise", "gather", "scatter_add"]
+    if size == "tiny":
+        return (
+            overhead[:2]
+            + _matmuls(["fp32"], [16, 256], [(256, 256)])
+            + _grouped(["fp32"], [4], [32], [(128, 256)], ["grouped_mm"], 1 << 20)
+            + _memory("fp32", [1 << 12, 1 << 18], ["copy", "gather"])
+        )
+    dtypes = ["bf16", "fp16", "fp32"] if gpu else ["fp32", "bf16"]
+    if size == "quick":
+        ms = [16, 128, 1024, 4096] if gpu else [8, 64, 512, 2048]
+        kns = [(2048, 4096), (4096, 2048), (8192, 8192)] if gpu else [(512, 1024), (1024, 2048), (2048, 1024)]
+        groups, gms = ([8, 64], [16, 128, 1024]) if gpu else ([4, 16, 64], [8, 64, 512])
+        gkns = [(2048, 4096), (4096, 2048)] if gpu else [(512, 1024), (1024, 2048)]
+        mem_sizes = [1 << p for p in (range(12, 31, 3) if gpu else range(10, 25, 2))]
+        coll_sizes = [1 << p for p in (range(10, 31, 4) if gpu else range(10, 25, 3))]
+        gdtypes = dtypes[:1] if gpu else ["fp32", "bf16"]
+        gops = ["grouped_mm", "bmm"]
+    else:
+        ms = [1, 16, 64, 256, 1024, 4096, 16384] if gpu else [1, 8, 32, 128, 512, 2048, 4096]
+        kns = (
+            [(1024, 4096), (2048, 4096), (4096, 2048), (4096, 4096), (8192, 8192), (4096, 14336)]
+            if gpu
+            else [(256, 512), (512, 1024), (1024, 512), (1024, 2048), (2048, 1024), (2048, 4096)]
+        )
+        groups, gms = ([8, 32, 128], [8, 64, 512, 2048]) if gpu else ([4, 8, 16, 32, 64], [4, 16, 64, 256, 1024])
+        gkns = [(2048, 4096), (4096, 2048), (7168, 2048)] if gpu else [(256, 512), (512, 1024), (1024, 2048), (2048, 1024)]
+        mem_sizes = [1 << p for p in (range(10, 32, 2) if gpu else range(8, 27, 1))]
+        coll_sizes = [1 << p for p in (range(8, 32, 2) if gpu else range(8, 26, 2))]
+        gdtypes = dtypes if gpu else ["fp32", "bf16"]
+        gops = ["grouped_mm", "bmm"]
+    max_rows = 1 << 16 if gpu else 8192
+    colls = [CollectiveBench(op=o, world_size=world_size, message_bytes=s)  # type: ignore[arg-type]
+             for o in ("all_to_all", "all_reduce") for s in coll_sizes] if world_size >= 2 else []
+    return (
+        overhead
+        + _memory(dtypes[0], mem_sizes, mem_ops)
+        + _matmuls(dtypes, ms, kns)
+        + _grouped(gdtypes, groups, gms, gkns, gops, max_rows)
+        + colls
+    )

@@ -1,0 +1,97 @@
+"""The environment a measurement was taken in: device, driver, library versions, threads."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+import torch
+
+import moesim
+
+
+def cpu_name() -> str:
+    """The CPU model from /proc/cpuinfo (Linux) or ``platform.processor()``."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def nvidia_driver() -> str | None:
+    """The NVIDIA driver version from ``nvidia-smi`` (None when it is not there)."""
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+            capture_output=True, text=True, timeout=10, check=True,
+        )
+        return out.stdout.strip().splitlines()[0] or None
+    except (OSError, subprocess.SubprocessError, IndexError):
+        return None
+
+
+def device_name(device: torch.device | str) -> str:
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return cpu_name()
+
+
+def capture_env(device: torch.device | str) -> dict[str, Any]:
+    """Device name, driver, versions and threads, as plain JSON values."""
+    device = torch.device(device)
+    env: dict[str, Any] = {
+        "device_name": device_name(device),
+        "device_kind": "gpu" if device.type == "cuda" else "cpu",
+        "torch_version": torch.__version__,
+        "numpy_version": np.__version__,
+        "moesim_version": moesim.__version__,
+        "python_version": platform.python_version(),
+        "platform": platform.platform(),
+        "num_threads": torch.get_num_threads(),
+        "num_cpus": os.cpu_count(),
+        "date_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "load_average_1min": load_average(),
+    }
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        env |= {
+            "cuda_version": torch.version.cuda,
+            "driver_version": nvidia_driver(),
+            "num_devices": torch.cuda.device_count(),
+            "memory_bytes": int(props.total_memory),
+            "multiprocessors": int(props.multi_processor_count),
+            "nccl_version": ".".join(map(str, torch.cuda.nccl.version())) if hasattr(torch.cuda, "nccl") else None,
+        }
+    else:
+        env |= {
+            "mkldnn": bool(torch.backends.mkldnn.is_available()),
+            "mkl": bool(torch.backends.mkl.is_available()),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        }
+    return env
+
+
+def load_average() -> float | None:
+    """The 1-minute load average (None where the OS has none)."""
+    try:
+        return float(os.getloadavg()[0])
+    except (OSError, AttributeError):
+        return None
+
+
+def load_warning(env: dict[str, Any]) -> str | None:
+    """A warning when other work was keeping the CPUs busy as the run started (timings get noisy)."""
+    la, cpus = env.get("load_average_1min"), env.get("num_cpus") or 1
+    if la is not None and la > 0.5 * cpus:
+        return (f"the machine is busy (1-minute load average {la:.2f} on {cpus} CPUs): other processes compete "
+                "for the cores and timings will be noisy")
+    return None
