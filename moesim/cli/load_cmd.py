@@ -52,13 +52,14 @@ def _named(exc: Exception) -> Exception:
 
 
 @click.command()
+@click.argument("scenario", required=False)
 @click.option("--model", "model_name", metavar="NAME_OR_PATH", help="Take experts, top-k and router from a model.")
 @click.option("--experts", "num_experts", type=int, help="Routed experts E.")
 @click.option("--top-k", "top_k", type=int, help="Experts per token k (mean for --router threshold).")
-@click.option("--ep", "ep_size", type=int, default=8, show_default=True, help="Expert-parallel ranks.")
-@click.option("--tokens", "num_tokens", type=int, default=16384, show_default=True,
-              help="Tokens per step entering the layer, summed over the EP group.")
-@click.option("--distribution", "-d", default="uniform", show_default=True, metavar="DIST",
+@click.option("--ep", "ep_size", type=int, default=None, help="Expert-parallel ranks [default: 8, or the scenario's].")
+@click.option("--tokens", "num_tokens", type=int, default=None,
+              help="Tokens per step entering the layer, summed over the EP group [default: 16384, or the scenario's].")
+@click.option("--distribution", "-d", default=None, metavar="DIST",
               help="uniform | zipf:S[:SEED] | dirichlet:ALPHA[:SEED] | hist:N,N,... | hist:FILE.json|FILE.csv[@LAYER].")
 @click.option("--router", type=click.Choice(ROUTERS), default=None, help="Router (default: the model's, else top_k).")
 @click.option("--scoring", type=click.Choice(["softmax", "sigmoid"]), default=None, help="Router score function.")
@@ -67,16 +68,17 @@ def _named(exc: Exception) -> Exception:
 @click.option("--mean-experts", "mean_experts", type=float, help="Mean experts per token for --router threshold.")
 @click.option("--capacity-factor", "-c", "capacity_factor", type=float, default=None,
               help="Capacity factor (padded execution, drops); omit for dropless.")
-@click.option("--placement", type=click.Choice(["contiguous", "round_robin", "load_aware"]), default="contiguous",
-              show_default=True, help="Expert placement over ranks.")
-@click.option("--redundant-experts", "num_redundant", type=int, default=0, show_default=True,
-              help="Redundant replicas of hot experts (EPLB).")
-@click.option("--samples", "num_samples", type=int, default=256, show_default=True, help="Monte Carlo steps.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Monte Carlo seed.")
+@click.option("--placement", type=click.Choice(["contiguous", "round_robin", "load_aware"]), default=None,
+              help="Expert placement over ranks [default: contiguous, or the scenario's].")
+@click.option("--redundant-experts", "num_redundant", type=int, default=None,
+              help="Redundant replicas of hot experts (EPLB) [default: 0, or the scenario's].")
+@click.option("--samples", "num_samples", type=int, default=None, help="Monte Carlo steps [default: 256].")
+@click.option("--seed", type=int, default=None, help="Monte Carlo seed [default: 0].")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               metavar="FILE.png", help="Draw per-expert and per-rank load (needs matplotlib).")
 @json_option
 def load(
+    scenario: str | None,
     model_name: str | None,
     num_experts: int | None,
     top_k: int | None,
@@ -99,13 +101,41 @@ def load(
     """Expert load of one MoE layer: tokens per EP rank (mean, p50, p99), the max-loaded rank,
     imbalance, drops and padding with a capacity factor, and distinct experts read.
 
-    Give --model NAME_OR_PATH, or --experts and --top-k. Scenario files (moesim load SCENARIO)
-    are not read yet.
+    Give a SCENARIO (bundled name or TOML: its model, EP size, tokens per MoE layer pass and
+    routing), --model NAME_OR_PATH, or --experts and --top-k; flags override the scenario.
     """
+    args = dict(locals())
+    scenario = args.pop("scenario")
+    if scenario is not None:
+        args = _from_scenario(scenario, args)
+    defaults = {"ep_size": 8, "num_tokens": 16384, "distribution": "uniform", "placement": "contiguous",
+                "num_redundant": 0, "num_samples": 256, "seed": 0}
+    args = {k: (defaults[k] if v is None and k in defaults else v) for k, v in args.items()}
     try:
-        _run(**locals())
+        _run(**args)
     except Exception as exc:  # noqa: BLE001 - only InputError is renamed; everything else re-raised as is
         raise _named(exc) from None
+
+
+def _from_scenario(ref: str, args: dict[str, Any]) -> dict[str, Any]:
+    """Fill unset flags from a scenario: its model, EP size, the tokens one MoE layer pass sees over the EP
+    group (a training micro-batch, or a decode step of the serving batch) and its routing settings."""
+    from ..scenario import TrainWorkload, load_scenario
+
+    sc = load_scenario(ref)
+    w = sc.workload
+    per_dp = w.micro_batch_size * w.seq_len if isinstance(w, TrainWorkload) else (
+        w.batch_size if w.phase != "prefill" else w.batch_size * w.prompt_tokens)
+    lay = sc.layout
+    tokens = max(1, int(round(per_dp * lay.etp / lay.tp * lay.ep)))
+    rt = sc.routing
+    model_ref = sc.model
+    if Path(model_ref).suffix in (".toml", ".json") and not Path(model_ref).is_absolute():
+        model_ref = str(Path(sc.base_dir) / model_ref)
+    fill = {"model_name": model_ref, "ep_size": lay.ep, "num_tokens": tokens, "distribution": rt.distribution,
+            "capacity_factor": rt.capacity_factor, "placement": rt.placement, "num_redundant": rt.redundant_experts,
+            "num_samples": rt.samples, "seed": rt.seed}
+    return {k: (fill[k] if v is None and k in fill else v) for k, v in args.items()}
 
 
 def _router(kind: str, scoring: str | None, num_groups: int | None, topk_groups: int | None,
