@@ -8,6 +8,7 @@ print one line to stderr and exit 2; ``-v`` shows the traceback instead.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import sys
 
 import click
