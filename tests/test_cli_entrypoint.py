@@ -28,6 +28,19 @@ def test_console_script_runs_the_default_estimate_with_a_clean_interpreter(tmp_p
     assert data["fits"] is True and data["tpot_s"] > 0
 
 
+def test_cli_needs_no_import_that_site_packages_happen_to_make(tmp_path):
+    """Without ``site`` (no .pth files, whose editable finders import importlib.util) the CLI still runs."""
+    import moesim
+    import sysconfig
+
+    path = os.pathsep.join([str(Path(moesim.__file__).parents[1]), sysconfig.get_paths()["purelib"]])
+    code = "import sys; from moesim.cli.main import main; main(['estimate', '--json'])"
+    out = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True, cwd=tmp_path,
+                         env={**os.environ, "PYTHONPATH": path})
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["fits"] is True
+
+
 def test_console_script_help_lists_the_commands(tmp_path):
     out = subprocess.run([_script(), "--help"], capture_output=True, text=True, cwd=tmp_path)
     assert out.returncode == 0
