@@ -218,18 +218,6 @@ class KnownFailure:
 
 
 KNOWN_FAILURES: list[KnownFailure] = [
-    KnownFailure("dsv3-prod-decode-ep144", "deepseek-v3-production-decode-throughput",
-                 "deepseek-v3-decode-h800-production.toml",
-                 ("num_gpus=144", "layout.ep=144", "routing.redundant_experts=32"),
-                 "DeepSeek-V3 production decode with the published EP144 and 32 redundant experts",
-                 "14.8k output tokens/s per node",
-                 "moesim/step/bridge.py `_a2a_cached` maps experts to ranks with `_contiguous(num_experts, ep)` = "
-                 "`arange(E) // (E // ep)`, which ignores redundant experts and assumes ep divides E; for "
-                 "E = 256, ep = 144 it yields ranks up to 255 and load.traffic rejects it"),
-    KnownFailure("dsv3-sglang-decode-ep72", "deepseek-v3-sglang-96xh100-decode", "deepseek-v3-decode-h100-sglang.toml",
-                 ("num_gpus=72", "layout.ep=72", "routing.redundant_experts=32"),
-                 "DeepSeek-V3 SGLang decode with the published EP72 and 32 redundant experts",
-                 "22,282 output tokens/s per node", "the same `_contiguous` mapping (256 // 72 = 3 experts per rank)"),
     KnownFailure("gpt-oss-120b-bf16-2xh100", "gpt-oss-120b-bf16-reference-min-gpus", "gpt-oss-120b-bf16-4xh100.toml",
                  ("num_gpus=2", "layout.tp=2", "layout.etp=2"),
                  "gpt-oss-120b, all BF16, TP2 on 2x H100: must not fit (4 is the published minimum)",

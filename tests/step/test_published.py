@@ -23,7 +23,6 @@ import pytest
 from published_e2e import COMPARISONS, KNOWN_FAILURES, REPO, SCENARIOS, error, published_data, run, table
 
 from moesim.catalog import load_model
-from moesim.errors import InputError
 from moesim.params import count_params
 
 BY_KEY = {c.key: c for c in COMPARISONS}
@@ -148,12 +147,12 @@ def test_deepseek_v3_production_prefill_computed_tokens_per_node_within_175pct()
     _assert_within("dsv3-prod-prefill", 1.75)
 
 
-def test_deepseek_v3_production_decode_tokens_per_node_within_85pct():
-    # Today +79% (26.6K vs 14.8K output tokens/s per node; with the batch fixed at the published operating
-    # point this is TPOT 26.5 ms vs about 47.6 ms). Left out: the published EP144 layout (EP128 here, see
-    # the known failures below), MTP speculative decoding if it was on, FlashMLA and DeepEP low-latency
-    # kernels at their real latency, CPU scheduling, and load variation over 24 hours.
-    _assert_within("dsv3-prod-decode", 0.85)
+def test_deepseek_v3_production_decode_tokens_per_node_within_70pct():
+    # Today +63% (24.1K vs 14.8K output tokens/s per node; with the batch fixed at the published operating
+    # point this is TPOT 29.2 ms vs about 47.6 ms). Left out: MTP speculative decoding if it was on, FlashMLA
+    # and DeepEP low-latency kernels at their real latency, CPU scheduling, load variation over 24 hours;
+    # the all-to-all traffic ignores EPLB's replicas (contiguous home ranks).
+    _assert_within("dsv3-prod-decode", 0.70)
 
 
 def test_deepseek_v3_sglang_prefill_tokens_per_node_within_80pct():
@@ -164,11 +163,11 @@ def test_deepseek_v3_sglang_prefill_tokens_per_node_within_80pct():
     _assert_within("dsv3-sglang-prefill", 0.80)
 
 
-def test_deepseek_v3_sglang_decode_tokens_per_node_within_55pct():
-    # Today +47% (32.8K vs 22.3K output tokens/s per node: TPOT 62 ms vs 92 ms). EP64 instead of the published
-    # EP72 (known failure below); left out: DeepEP low-latency kernels' real latency, the masked grouped
-    # GEMM's padding, CUDA-graph and scheduler overheads, SGLang's expert distribution (uniform here).
-    _assert_within("dsv3-sglang-decode", 0.55)
+def test_deepseek_v3_sglang_decode_tokens_per_node_within_40pct():
+    # Today +33% (29.6K vs 22.3K output tokens/s per node: TPOT 69 ms vs 92 ms). Left out: DeepEP
+    # low-latency kernels' real latency, the masked grouped GEMM's padding, CUDA-graph and scheduler
+    # overheads, SGLang's expert distribution (uniform here), EPLB replicas in the all-to-all traffic.
+    _assert_within("dsv3-sglang-decode", 0.40)
 
 
 def test_mixtral_8x7b_mlperf_offline_tokens_per_system_on_8_h100_within_15pct():
@@ -225,21 +224,6 @@ def test_deepseek_v3_fp8_fits_two_8x_h100_nodes():
 
 
 # ----------------------------------------------------------------------------- known failures (strict xfail)
-
-
-@pytest.mark.xfail(strict=True, raises=InputError,
-                   reason="bridge._contiguous maps experts to ranks as if ep divided the experts (EP144, 32 redundant)")
-def test_deepseek_v3_decode_runs_with_the_published_ep144_and_redundant_experts():
-    # When this passes, the production decode scenario can use the published EP144 + 32 redundant experts.
-    est, _ = run(KNOWN["dsv3-prod-decode-ep144"])
-    assert est.tokens_per_s > 0
-
-
-@pytest.mark.xfail(strict=True, raises=InputError,
-                   reason="bridge._contiguous maps experts to ranks as if ep divided the experts (EP72, 32 redundant)")
-def test_deepseek_v3_sglang_decode_runs_with_the_published_ep72_and_redundant_experts():
-    est, _ = run(KNOWN["dsv3-sglang-decode-ep72"])
-    assert est.tokens_per_s > 0
 
 
 @pytest.mark.xfail(strict=True, reason="weight_dtype='bf16' keeps gpt-oss experts in MXFP4 (estimate.py)")
