@@ -85,7 +85,7 @@ def run_memory(b: MemoryBench, device: torch.device, target_s: float) -> Measure
             fn, detail = (lambda: torch.index_select(src_RW, 0, idx_R, out=dst_RW)), "torch.index_select rows"
         else:
             fn, detail = (lambda: dst_RW.index_add_(0, idx_R, src_RW)), "Tensor.index_add_ rows"
-    t = bench(fn, device, target_s=target_s)
+    t = bench(fn, device, target_s=target_s, flush_cache=False)
     return _measurement(b, t, detail)
 
 
@@ -102,7 +102,7 @@ def run_overhead(b: OverheadBench, device: torch.device, target_s: float) -> Mea
         "topk": lambda: torch.topk(x, 2),
         "argsort": lambda: torch.argsort(x),
     }
-    t = bench(fns[b.op], device, min_reps=50, max_reps=2000, target_s=target_s)
+    t = bench(fns[b.op], device, min_reps=50, max_reps=2000, target_s=target_s, flush_cache=False)
     return _measurement(b, t, f"torch.{b.op} on 8 elements")
 
 

@@ -3,9 +3,10 @@
 Follows the pattern of DeepEP's ``bench()`` (deepseek-ai/DeepEP
 ``deep_ep/utils/testing.py``): synchronise, warm up, time every iteration on
 its own (CUDA events on a GPU, ``time.perf_counter`` around a synchronous call
-on the CPU), flush the L2 cache before each GPU iteration so a kernel does not
-profit from its previous run's data, drop the first timed sample, and report
-seconds. Conversion to GB/s or microseconds happens only when printing.
+on the CPU), flush the cache before each iteration so a kernel does not profit
+from its previous run's data (the GPU's L2; on the CPU the last-level cache, as
+a real multi-layer model streams each layer's weights from DRAM), drop the
+first timed sample, and report seconds. Conversion to GB/s or microseconds happens only when printing.
 
 Stage regions (:class:`RegionTimer`) use :class:`moesim.ops.OpKind`, the enum
 the simulator's operations use, so a measured stage joins its prediction
@@ -73,15 +74,39 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-class _L2Flusher:
-    """Writes a buffer larger than L2 so the next kernel starts cold (GPU only)."""
+def last_level_cache_bytes() -> int:
+    """Size of the CPU's last-level cache from sysfs (Linux), else 32 MiB."""
+    import glob
+
+    best = 0
+    for path in glob.glob("/sys/devices/system/cpu/cpu0/cache/index*/size"):
+        try:
+            text = open(path).read().strip()
+        except OSError:
+            continue
+        mult = {"K": 2**10, "M": 2**20, "G": 2**30}.get(text[-1:], 1)
+        try:
+            best = max(best, int(text.rstrip("KMG")) * mult)
+        except ValueError:
+            continue
+    return best or 32 * 2**20
+
+
+class CacheFlusher:
+    """Writes a buffer larger than the cache so the next kernel starts cold.
+
+    GPU: 256 MB, larger than any current L2 (H100 50 MB, B200 126 MB), as DeepEP's
+    ``bench()`` does. CPU: twice the last-level cache, so weights that a real
+    multi-layer model would stream from DRAM are not served from cache by the
+    previous repetition.
+    """
 
     def __init__(self, device: torch.device):
-        self.buf = torch.empty(L2_FLUSH_BYTES // 4, dtype=torch.int32, device=device) if device.type == "cuda" else None
+        n = L2_FLUSH_BYTES if device.type == "cuda" else min(2 * last_level_cache_bytes(), 512 * 2**20)
+        self.buf = torch.empty(n // 4, dtype=torch.int32, device=device)
 
     def __call__(self) -> None:
-        if self.buf is not None:
-            self.buf.zero_()
+        self.buf.zero_()
 
 
 def bench(
@@ -92,16 +117,18 @@ def bench(
     min_reps: int = 5,
     max_reps: int = 100,
     target_s: float = 0.2,
-    flush_l2: bool = True,
+    flush_cache: bool = True,
 ) -> Timing:
     """Time ``fn`` (seconds): warm up, then repeat until ``target_s`` of samples or ``max_reps``.
 
     Each iteration is timed alone: on CUDA with a pair of events recorded on
     the current stream after an L2 flush; on the CPU with ``perf_counter``
-    around the (synchronous) call. The first timed sample is dropped.
+    around the (synchronous) call, after a last-level-cache flush. The flush
+    is outside the timed region; ``flush_cache=False`` keeps caches warm (tiny
+    ops, memory benchmarks). The first timed sample is dropped.
     """
     device = torch.device(device)
-    flush = _L2Flusher(device) if flush_l2 else (lambda: None)
+    flush = CacheFlusher(device) if flush_cache else (lambda: None)
     synchronize(device)
     for _ in range(max(warmup, 0)):
         fn()
@@ -124,6 +151,7 @@ def bench(
             reps += 1
     else:
         while reps < max_reps + 1 and (reps < min_reps + 1 or spent < target_s):
+            flush()
             t0 = time.perf_counter()
             fn()
             dt = time.perf_counter() - t0
