@@ -1,0 +1,71 @@
+"""Validation results: predicted against measured layer time, per case and summarised (pure).
+
+The error of a case is ``predicted_s / measured_s - 1`` (positive = the model
+is slow, i.e. pessimistic). The summary is the median and the 90th percentile
+(linear interpolation between order statistics, numpy's default) of the
+absolute errors.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from .layer_model import LayerPrediction
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class CaseResult(_Frozen):
+    """One case: the layer, its prediction and its measurement."""
+
+    name: str = Field(description="Case name.")
+    layer: dict[str, Any] = Field(description="The layer configuration (MoELayerSpec fields) and its routing.")
+    predicted_s: float = Field(description="Predicted forward time (slowest rank), seconds.")
+    measured_s: float = Field(description="Measured median forward time, seconds.")
+    measured_p10_s: float = Field(description="10th percentile of the measured samples, seconds.")
+    measured_p90_s: float = Field(description="90th percentile of the measured samples, seconds.")
+    num_samples: int = Field(description="Timed repetitions, count.")
+    error_frac: float = Field(description="predicted_s / measured_s - 1, dimensionless (signed).")
+    predicted_by_stage_s: dict[str, float] = Field(description="Predicted seconds per stage (OpKind).")
+    measured_by_stage_s: dict[str, float] = Field(description="Measured seconds per stage (OpKind), one separate pass.")
+    tokens_per_expert_max: int = Field(description="Rows routed to the most loaded expert (all ranks), count.")
+    tokens_per_expert_mean: float = Field(description="Mean rows per expert (all ranks), count.")
+    num_dropped: int = Field(0, description="Assignments dropped by capacity (padded), count.")
+    details: dict[str, str] = Field(default_factory=dict, description="What ran: backends, all-to-all method, threads.")
+
+    @property
+    def abs_error_frac(self) -> float:
+        return abs(self.error_frac)
+
+
+class ValidationReport(_Frozen):
+    """All cases of a validation run and the error summary."""
+
+    device: str = Field(description="Device kind measured (cpu or cuda).")
+    device_name: str = Field(description="Device model measured.")
+    profile: str = Field(description="Profile name used for the predictions.")
+    profile_calibrated_on: str | None = Field(description="Device the profile was calibrated on (None: datasheet).")
+    cases_file: str = Field(description="Cases file validated.")
+    cases: list[CaseResult]
+    median_abs_error_frac: float = Field(description="Median |predicted / measured - 1| over the cases.")
+    p90_abs_error_frac: float = Field(description="90th percentile of |predicted / measured - 1| over the cases.")
+    elapsed_s: float = Field(description="Wall time of the validation run, seconds.")
+    env: dict[str, Any] = Field(default_factory=dict, description="Environment (versions, threads, load average).")
+    warnings: list[str] = Field(default_factory=list, description="Warnings raised while validating.")
+
+
+def error_summary(predicted_s: list[float], measured_s: list[float]) -> tuple[float, float]:
+    """(median, p90) of ``|predicted / measured - 1|``."""
+    if not predicted_s:
+        return float("nan"), float("nan")
+    err = np.abs(np.asarray(predicted_s, dtype=float) / np.asarray(measured_s, dtype=float) - 1.0)
+    return float(np.median(err)), float(np.percentile(err, 90))
+
+
+def stage_dict(pred: LayerPrediction) -> dict[str, float]:
+    return {str(k): float(v) for k, v in pred.by_stage_s.items()}

@@ -1,0 +1,75 @@
+"""Predict and measure validation cases (the work behind ``moesim validate`` and ``bench-layer``)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from moesim.calib.cases import ValidationCase
+from moesim.calib.layer_model import predict_layer
+from moesim.calib.routing import counts_per_rank, forced_experts
+from moesim.calib.validation import CaseResult, ValidationReport, error_summary, stage_dict
+from moesim.hardware import HardwareProfile
+
+from .cases import measure_case
+
+
+def compute_share(profile: HardwareProfile, case: ValidationCase, device: str) -> float:
+    """Share of the calibrated device one EP rank gets: CPU ranks split the threads; GPU ranks own a GPU."""
+    if device == "cuda" or case.ep_size == 1:
+        return 1.0
+    threads = torch.get_num_threads()
+    per_rank = max(1, threads // case.ep_size)
+    calibrated = threads
+    if profile.calibration is not None:
+        calibrated = int(profile.calibration.host.get("num_threads", threads) or threads)
+    return min(1.0, per_rank / max(calibrated, 1))
+
+
+def run_case(case: ValidationCase, profile: HardwareProfile, device: str, *, target_s: float = 0.3) -> CaseResult:
+    spec = case.layer_spec()
+    forced = forced_experts(spec, case.routing, seed=case.seed, source=f"case {case.name}: routing")
+    counts = counts_per_rank(spec, forced)
+    pred = predict_layer(profile, spec, counts, compute_share=compute_share(profile, case, device))
+    meas = measure_case(spec, forced, device, seed=case.seed, target_s=target_s)
+    per_expert = counts.sum(axis=0)
+    return CaseResult(
+        name=case.name,
+        layer=case.model_dump(exclude={"name"}),
+        predicted_s=pred.time_s,
+        measured_s=meas.median_s,
+        measured_p10_s=meas.p10_s,
+        measured_p90_s=meas.p90_s,
+        num_samples=meas.num_samples,
+        error_frac=pred.time_s / meas.median_s - 1.0,
+        predicted_by_stage_s=stage_dict(pred),
+        measured_by_stage_s=meas.by_stage_s,
+        tokens_per_expert_max=int(per_expert.max()),
+        tokens_per_expert_mean=float(np.mean(per_expert)),
+        num_dropped=meas.num_dropped,
+        details=meas.details,
+    )
+
+
+def run_validation(
+    cases: list[ValidationCase], profile: HardwareProfile, device: str, *, cases_file: str, env: dict,
+    warnings: list[str], target_s: float = 0.3, progress: Callable[[int, int, str], None] | None = None,
+) -> ValidationReport:
+    t0 = time.perf_counter()
+    results = []
+    for i, case in enumerate(cases):
+        if progress:
+            progress(i, len(cases), case.name)
+        results.append(run_case(case, profile, device, target_s=target_s))
+    if progress:
+        progress(len(cases), len(cases), "")
+    med, p90 = error_summary([r.predicted_s for r in results], [r.measured_s for r in results])
+    return ValidationReport(
+        device=device, device_name=str(env.get("device_name", "")), profile=profile.name,
+        profile_calibrated_on=profile.calibration.device_name if profile.calibration else None,
+        cases_file=cases_file, cases=results, median_abs_error_frac=med, p90_abs_error_frac=p90,
+        elapsed_s=time.perf_counter() - t0, env=env, warnings=warnings,
+    )
