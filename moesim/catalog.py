@@ -26,7 +26,7 @@ def model_from_toml(path: Path) -> ModelSpec:
     try:
         return ModelSpec.model_validate(raw)
     except ValidationError as exc:
-        raise from_validation_error(exc, str(path), raw) from None
+        raise from_validation_error(exc, str(path), raw, ModelSpec) from None
 
 
 def load_model(name_or_path: str | Path) -> ModelSpec:

@@ -47,26 +47,68 @@ def _strip_tags(loc: tuple, raw: object) -> list:
     return out
 
 
-def from_validation_error(exc: "object", source: str | None, raw: object = None) -> InputError:
-    """Turn a pydantic ``ValidationError`` into one :class:`InputError` line per problem.
+def _model_classes(ann: object) -> list[type]:
+    """The pydantic model classes an annotation admits (through Optional, Union and Annotated)."""
+    import typing
 
-    Only the first problem is kept as the message; the others are appended after
-    ``;`` so the output stays on one line.
+    from pydantic import BaseModel
+
+    if isinstance(ann, type):
+        return [ann] if issubclass(ann, BaseModel) else []
+    out: list[type] = []
+    for arg in typing.get_args(ann):
+        out += _model_classes(arg)
+    return out
+
+
+def allowed_keys(model: type, path: list[str], raw: object = None) -> list[str] | None:
+    """Keys allowed in the table that holds ``path[-1]`` of a ``model`` file (None when unknown).
+
+    Discriminated unions are resolved with the ``kind`` written in ``raw``.
     """
-    errors = exc.errors(include_url=False)  # type: ignore[attr-defined]
-    lines = []
-    first_field = None
-    for err in errors:
-        loc = ".".join(str(p) for p in _strip_tags(tuple(err.get("loc", ())), raw))
-        msg = err.get("msg", "invalid value")
+    cls, node = model, raw
+    for key in path[:-1]:
+        info = getattr(cls, "model_fields", {}).get(key)
+        if info is None:
+            return None
+        node = node.get(key) if isinstance(node, dict) else None
+        options = _model_classes(info.annotation)
+        if len(options) > 1 and isinstance(node, dict):
+            options = [c for c in options if getattr(c.model_fields.get("kind"), "default", None) == node.get("kind")]
+        if len(options) != 1:
+            return None
+        cls = options[0]
+    return [k for k in cls.model_fields if k != "base_dir"]
+
+
+def field_errors(exc: "object", raw: object = None, model: type | None = None) -> list[tuple[str, str]]:
+    """(dotted field, message) of each problem in a pydantic ``ValidationError``.
+
+    Union tags are dropped from the field path; an unknown key lists the keys
+    allowed in its table when ``model`` (the class that was validated) is given.
+    """
+    out = []
+    for err in exc.errors(include_url=False):  # type: ignore[attr-defined]
+        loc = [str(p) for p in _strip_tags(tuple(err.get("loc", ())), raw)]
+        msg = str(err.get("msg", "invalid value"))
         if err.get("type") == "extra_forbidden":
-            msg = "unknown key (check the spelling; see `moesim schema`)"
+            allowed = allowed_keys(model, loc, raw) if model is not None else None
+            msg = "unknown key" + (f"; allowed here: {', '.join(allowed)}" if allowed else
+                                   " (check the spelling; see `moesim schema`)")
         elif err.get("type") == "missing":
             msg = "required field is missing"
-        msg = msg.removeprefix("Value error, ")
-        if first_field is None:
-            first_field = loc
-            lines.append(msg)
-        else:
-            lines.append(f"{loc}: {msg}")
-    return InputError("; ".join(lines), source=source, field=first_field or None)
+        out.append((".".join(loc), msg.removeprefix("Value error, ")))
+    return out
+
+
+def from_validation_error(exc: "object", source: str | None, raw: object = None, model: type | None = None) -> InputError:
+    """Turn a pydantic ``ValidationError`` into one :class:`InputError` (one line).
+
+    The first problem names the field; the others are appended after ``;``.
+    """
+    errs = field_errors(exc, raw, model)
+    if not errs:
+        return InputError("invalid value", source=source)
+    (first_field, first_msg), rest = errs[0], errs[1:]
+    msg = "; ".join([first_msg] + [f"{f}: {m}" for f, m in rest])
+    return InputError(msg, source=source, field=first_field or None)

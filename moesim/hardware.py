@@ -283,7 +283,7 @@ def parse_profile(raw: dict[str, Any], where: str) -> HardwareProfile:
     try:
         return HardwareProfile.model_validate(body)
     except ValidationError as exc:
-        raise from_validation_error(exc, where, body) from None
+        raise from_validation_error(exc, where, body, HardwareProfile) from None
 
 
 def bundled_hardware() -> dict[str, Path]:

@@ -227,7 +227,7 @@ def scenario_from_dict(raw: dict[str, Any], where: str, base_dir: str = ".") -> 
     try:
         return Scenario.model_validate(raw)
     except ValidationError as exc:
-        raise from_validation_error(exc, where, raw) from None
+        raise from_validation_error(exc, where, raw, Scenario) from None
 
 
 def read_scenario_raw(name_or_path: str | Path | None) -> tuple[dict[str, Any], str, str]:
