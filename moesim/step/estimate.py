@@ -115,13 +115,20 @@ _NODE = {
     OpKind.ATTENTION: "attention", OpKind.ROUTER: "router", OpKind.DISPATCH: "dispatch", OpKind.EXPERTS: "experts",
     OpKind.COMBINE: "combine", OpKind.SHARED_EXPERTS: "shared_experts", OpKind.DENSE_FFN: "dense_ffn",
 }
+#: schedule nodes of the local (GPU) work of the all-to-all stages, reported under their stage
+_LOCAL = {OpKind.DISPATCH: "permute", OpKind.COMBINE: "unpermute"}
+_STAGE_OF_NODE = {"permute": "dispatch", "unpermute": "combine", "attn_tp": "tp_comm", "ffn_tp": "tp_comm"}
 
 
 def _node_names(ops: list[Op]) -> list[str]:
+    """Schedule node of each operation (see moesim/step/schedule.py); local work of the all-to-all
+    stages is kept apart from the transfer so overlap hides only the transfer."""
     names, seen_attn = [], False
     for op in ops:
         if op.kind == OpKind.TP_COMM:
             names.append("ffn_tp" if seen_attn and names and names[-1] != "attention" else "attn_tp")
+        elif op.kind in _LOCAL and op.compute_kind != "comm":
+            names.append(_LOCAL[op.kind])
         else:
             names.append(_NODE[op.kind])
             seen_attn = seen_attn or op.kind == OpKind.ATTENTION
@@ -159,6 +166,7 @@ class _Timer:
 
 def layer_pass(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Parallel, *, n, keys: float,
                decode_batch=0.0, context: float = 0.0, weight_dtype: str, kv_dtype: str,
+               expert_weight_dtype: str | None = None,
                compute_dtype: str, backward: bool = False, lm_tokens=None, detail: bool = True) -> Pass:
     """Time of one MoE and one dense layer for ``n`` tokens per DP rank (forward, or backward).
 
@@ -170,7 +178,7 @@ def layer_pass(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Paralle
         n = np.asarray(n, dtype=float)
     timer = _Timer(sc, model, hw, par, compute_dtype)
     wb = bytes_per_element(weight_dtype)
-    ewb = bytes_per_element(model.expert_weight_dtype) if (model.expert_weight_dtype and weight_dtype == model.weight_dtype) else wb
+    ewb = bytes_per_element(expert_weight_dtype) if expert_weight_dtype else wb
     attn = attention_ops(model, par, n, keys, decode_batch=decode_batch, context=context, weight_bytes=wb,
                          kv_bytes=bytes_per_element(kv_dtype))
     overlap_shared = sc.schedule.overlap_shared_experts
@@ -210,7 +218,7 @@ def layer_pass(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Paralle
         by_stage: dict[str, float] = {}
         longest: dict[str, float] = {}
         for name, op, t, b in details:
-            stage = "tp_comm" if name.endswith("_tp") else name
+            stage = _STAGE_OF_NODE.get(name, name)
             on = name in path
             by_stage[stage] = by_stage.get(stage, 0.0) + (t if on else 0.0)
             if t >= longest.get(stage, -1.0):  # a stage's bound is its longest operation's
@@ -476,6 +484,14 @@ def train_memory(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Paral
 # ----------------------------------------------------------------------------- serving
 
 
+def serve_weight_dtypes(model: ModelSpec, w: ServeWorkload) -> tuple[str, str | None]:
+    """(dtype of the weights, dtype of the routed experts when different): the published checkpoint's
+    (gpt-oss keeps its experts in MXFP4) unless the workload names one dtype for all weights."""
+    if w.weight_dtype is not None:
+        return w.weight_dtype, None
+    return model.weight_dtype, model.expert_weight_dtype
+
+
 def prefill_batch(w: ServeWorkload, b):
     """Sequences prefilled together: the workload's setting, else the batch for prefill-only deployments, else 1."""
     if w.prefill_batch_size is not None:
@@ -498,7 +514,7 @@ class _ServeTimes:
 def _serve_times(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Parallel, b, detail: bool) -> _ServeTimes:
     """Prefill and decode times for ``b`` sequences per replica (a number, or an array when ``detail`` is off)."""
     w: ServeWorkload = sc.workload  # type: ignore[assignment]
-    wdt = w.weight_dtype or model.weight_dtype
+    wdt, edt = serve_weight_dtypes(model, w)
     dt = w.compute_dtype
     counts = _stage_layers(model, par)
     n_moe = sum(c[0] for c in counts)
@@ -517,14 +533,17 @@ def _serve_times(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Paral
     if w.phase in ("both", "prefill"):
         pb = prefill_batch(w, b)
         prefill = layer_pass(sc, model, hw, par, n=pb * w.prompt_tokens, keys=(w.prompt_tokens + 1) / 2,
-                             weight_dtype=wdt, kv_dtype=w.kv_dtype, compute_dtype=dt, lm_tokens=pb, detail=detail)
+                             weight_dtype=wdt, expert_weight_dtype=edt, kv_dtype=w.kv_dtype, compute_dtype=dt,
+                             lm_tokens=pb, detail=detail)
         ttft = total(prefill) + p2p(2.0 * pb * w.prompt_tokens * h)
     ctx = w.prompt_tokens + w.output_tokens / 2
     if w.phase in ("both", "decode"):
-        decode = layer_pass(sc, model, hw, par, n=b, keys=ctx, decode_batch=b, context=ctx, weight_dtype=wdt,
-                            kv_dtype=w.kv_dtype, compute_dtype=dt, detail=detail)
-        tpot = total(decode) + p2p(2.0 * b * h)
-        tpot_p99 = total(decode, p99=True) + p2p(2.0 * b * h)
+        # with pipeline stages, the batch decodes as pp micro-batches in flight, one per stage
+        mb = b / par.pp
+        decode = layer_pass(sc, model, hw, par, n=mb, keys=ctx, decode_batch=mb, context=ctx, weight_dtype=wdt,
+                            expert_weight_dtype=edt, kv_dtype=w.kv_dtype, compute_dtype=dt, detail=detail)
+        tpot = total(decode) + p2p(2.0 * mb * h)
+        tpot_p99 = total(decode, p99=True) + p2p(2.0 * mb * h)
     if w.phase == "prefill":
         tps = par.dp * b * w.prompt_tokens / ttft  # type: ignore[operator]
         flops_tok = forward_flops_per_token(model, (w.prompt_tokens + 1) / 2).total_flops
@@ -562,9 +581,9 @@ def _serve(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Parallel) -
 def _serve_stage_memory(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Parallel, batch):
     """Per stage: (bytes by category, bytes per extra sequence, bytes independent of the batch)."""
     w: ServeWorkload = sc.workload  # type: ignore[assignment]
-    wdt = w.weight_dtype or model.weight_dtype
+    wdt, edt = serve_weight_dtypes(model, w)
     wb = bytes_per_element(wdt)
-    ewb = bytes_per_element(model.expert_weight_dtype) if (model.expert_weight_dtype and wdt == model.weight_dtype) else wb
+    ewb = bytes_per_element(edt) if edt else wb
     stages = par.layers_per_stage(model)
     context = w.prompt_tokens + w.output_tokens
     h = model.hidden_size

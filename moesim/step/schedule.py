@@ -7,10 +7,13 @@ searches do not rebuild graphs.
 
 Templates (node names are stage names; ``*_tp`` are tensor-parallel collectives):
 
-* MoE layer: attention -> attn_tp -> router -> dispatch -> experts -> combine -> ffn_tp,
-  and, when shared experts overlap the all-to-all, router -> shared_experts -> experts
-  (the shared experts run while tokens are in flight, Megatron's
-  ``--moe-shared-expert-overlap``); otherwise shared_experts follows combine.
+* MoE layer: attention -> attn_tp -> router -> permute -> dispatch -> experts ->
+  combine -> unpermute -> ffn_tp (permute / unpermute are the GPU-local gather
+  and weighted scatter around the two all-to-alls; they are reported under the
+  dispatch and combine stages), and, when shared experts overlap the
+  all-to-all, permute -> shared_experts -> experts (the shared experts run
+  while tokens are in flight, Megatron's ``--moe-shared-expert-overlap``);
+  otherwise shared_experts follows unpermute.
 * Dense layer: attention -> attn_tp -> dense_ffn -> ffn_tp.
 
 With ``comm_overlap`` (two micro-batches interleaved, as DeepSeek's DualPipe in
@@ -27,7 +30,8 @@ from functools import cache
 
 import networkx as nx
 
-MOE_NODES = ("attention", "attn_tp", "router", "dispatch", "experts", "combine", "shared_experts", "ffn_tp")
+MOE_NODES = ("attention", "attn_tp", "router", "permute", "dispatch", "experts", "combine", "unpermute",
+             "shared_experts", "ffn_tp")
 DENSE_NODES = ("attention", "attn_tp", "dense_ffn", "ffn_tp")
 COMM_NODES = frozenset({"attn_tp", "dispatch", "combine", "ffn_tp"})
 
@@ -37,11 +41,12 @@ def template(kind: str, overlap_shared: bool) -> tuple[tuple[str, ...], tuple[tu
     """(topological order, predecessors of each node) of a layer template."""
     g = nx.DiGraph()
     if kind == "moe":
-        nx.add_path(g, ["attention", "attn_tp", "router", "dispatch", "experts", "combine", "ffn_tp"])
+        nx.add_path(g, ["attention", "attn_tp", "router", "permute", "dispatch", "experts", "combine", "unpermute",
+                        "ffn_tp"])
         if overlap_shared:
-            g.add_edges_from([("router", "shared_experts"), ("shared_experts", "experts")])
+            g.add_edges_from([("permute", "shared_experts"), ("shared_experts", "experts")])
         else:
-            g.add_edges_from([("combine", "shared_experts"), ("shared_experts", "ffn_tp")])
+            g.add_edges_from([("unpermute", "shared_experts"), ("shared_experts", "ffn_tp")])
     else:
         nx.add_path(g, list(DENSE_NODES))
     order = tuple(nx.topological_sort(g))
