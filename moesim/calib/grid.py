@@ -46,12 +46,14 @@ def calibration_grid(device: Literal["cpu", "cuda"], size: GridSize = "full", wo
     gpu = device == "cuda"
     overhead = [OverheadBench(op=o) for o in ("add", "index_select", "mm", "topk", "argsort")]  # type: ignore[arg-type]
     mem_ops = ["copy", "elementwise", "gather", "scatter_add"]
-    if size == "tiny":
+    if size == "tiny":  # seconds: for tests of the whole loop, not for accurate profiles
         return (
             overhead[:2]
             + _matmuls(["fp32"], [16, 256], [(256, 256)])
-            + _grouped(["fp32"], [4], [32], [(128, 256)], ["grouped_mm"], 1 << 20)
-            + _memory("fp32", [1 << 12, 1 << 18], ["copy", "gather"])
+            + _grouped(["fp32"], [4], [32], [(128, 256)], ["grouped_mm", "bmm"], 1 << 20)
+            + _memory("fp32", [1 << 12, 1 << 16, 1 << 18], ["copy", "gather"])
+            + ([CollectiveBench(op=o, world_size=world_size, message_bytes=s)  # type: ignore[arg-type]
+                for o in ("all_to_all", "all_reduce") for s in (1 << 12, 1 << 18)] if world_size >= 2 else [])
         )
     dtypes = ["bf16", "fp16", "fp32"] if gpu else ["fp32", "bf16"]
     if size == "quick":
