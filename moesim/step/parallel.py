@@ -5,6 +5,7 @@ from __future__ import annotations
 import bisect
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 
 from ..model import ModelSpec
 from ..scenario import Scenario
@@ -54,54 +55,12 @@ class Parallel:
         careful user would: binary search on the stage budget with a greedy fill
         (exact for contiguous partitions).
         """
-        pp, L = self.pp, len(costs)
-        if pp == 1:
-            return [list(range(L))]
-        prefix = [0.0]
-        for c in costs:
-            prefix.append(prefix[-1] + c)
-
-        def split(budget: float) -> list[int] | None:
-            """Stage end indices of a greedy fill under ``budget``, or None if it cannot fit."""
-            ends, i = [], 0
-            for s in range(pp):
-                extra = (first_extra if s == 0 else 0.0) + (last_extra if s == pp - 1 else 0.0)
-                hi = L - (pp - s - 1)  # leave one layer for each later stage
-                j = bisect.bisect_right(prefix, prefix[i] + budget - extra, i + 1, hi + 1) - 1
-                if s == pp - 1:
-                    j = L
-                if j <= i or prefix[j] - prefix[i] + extra > budget * (1 + 1e-12):
-                    return None
-                ends.append(j)
-                i = j
-            return ends
-
-        total = prefix[-1] + first_extra + last_extra
-        lo, hi = max(max(costs), total / pp), total
-        best = split(hi)
-        if best is None:
-            return self.layers_per_stage_even(L)
-        while hi - lo > 1e-3 * lo:
-            mid = (lo + hi) / 2
-            got = split(mid)
-            if got is None:
-                lo = mid
-            else:
-                hi, best = mid, got
-        out, start = [], 0
-        for end in best:
-            out.append(list(range(start, end)))
-            start = end
-        return out
+        if self.pp == 1:
+            return [list(range(len(costs)))]
+        return [list(r) for r in _balanced(tuple(costs), self.pp, first_extra, last_extra)]
 
     def layers_per_stage_even(self, L: int) -> list[list[int]]:
-        base, extra = divmod(L, self.pp)
-        out, start = [], 0
-        for s in range(self.pp):
-            n = base + (1 if s < extra else 0)
-            out.append(list(range(start, start + n)))
-            start += n
-        return out
+        return [list(r) for r in _even(L, self.pp)]
 
     def ranks_per_node_in_group(self, group_size: int, stride: int) -> int:
         """GPUs of one group (``group_size`` ranks spaced ``stride`` apart) that share a node."""
@@ -126,3 +85,56 @@ class Parallel:
     @property
     def nodes(self) -> int:
         return math.ceil(self.num_gpus / self.gpus_per_node)
+
+
+@lru_cache(maxsize=4096)
+def _even(L: int, pp: int) -> tuple[range, ...]:
+    base, extra = divmod(L, pp)
+    out, start = [], 0
+    for s in range(pp):
+        n = base + (1 if s < extra else 0)
+        out.append(range(start, start + n))
+        start += n
+    return tuple(out)
+
+
+@lru_cache(maxsize=4096)
+def _balanced(costs: tuple[float, ...], pp: int, first_extra: float, last_extra: float) -> tuple[range, ...]:
+    """Contiguous stages minimising the largest stage cost (memoised: searches repeat the same costs)."""
+    L = len(costs)
+    prefix = [0.0]
+    for c in costs:
+        prefix.append(prefix[-1] + c)
+
+    def split(budget: float) -> list[int] | None:
+        """Stage end indices of a greedy fill under ``budget``, or None if it cannot fit."""
+        ends, i = [], 0
+        for s in range(pp):
+            extra = (first_extra if s == 0 else 0.0) + (last_extra if s == pp - 1 else 0.0)
+            hi = L - (pp - s - 1)  # leave one layer for each later stage
+            j = bisect.bisect_right(prefix, prefix[i] + budget - extra, i + 1, hi + 1) - 1
+            if s == pp - 1:
+                j = L
+            if j <= i or prefix[j] - prefix[i] + extra > budget * (1 + 1e-12):
+                return None
+            ends.append(j)
+            i = j
+        return ends
+
+    total = prefix[-1] + first_extra + last_extra
+    lo, hi = max(max(costs), total / pp), total
+    best = split(hi)
+    if best is None:
+        return _even(L, pp)
+    while hi - lo > 1e-3 * lo:
+        mid = (lo + hi) / 2
+        got = split(mid)
+        if got is None:
+            lo = mid
+        else:
+            hi, best = mid, got
+    out, start = [], 0
+    for end in best:
+        out.append(range(start, end))
+        start = end
+    return tuple(out)
