@@ -17,7 +17,7 @@ from moesim.calib.grid import AnyBench
 from moesim.calib.records import CollectiveBench, EnvHeader, Measurement
 from moesim.calib.store import append_record
 
-from .env import capture_env
+from .env import capture_env, tune_allocator
 from .microbench import run_collectives, run_single
 
 #: called after each benchmark with (done, total, key)
@@ -39,6 +39,7 @@ def run_grid(
     Each measurement is appended (and fsynced) before the next starts, so an
     interrupt (KeyboardInterrupt) loses at most the benchmark in flight.
     """
+    tune_allocator()
     done_keys = set(done_keys or ())
     dev = torch.device("cuda", 0) if device == "cuda" else torch.device("cpu")
     if write_header:

@@ -47,6 +47,9 @@ def _input(spec: MoELayerSpec, seed: int, rank: int, device: torch.device, dtype
 
 def measure_single(spec: MoELayerSpec, forced_TK: np.ndarray | None, device: torch.device, *, seed: int = 0,
                    target_s: float = 0.3, max_reps: int = 50) -> LayerMeasurement:
+    from .env import tune_allocator
+
+    details_alloc = tune_allocator()
     layer = MoELayer(spec, device=device, seed=seed)
     x_TD = _input(spec, seed, 0, device, layer.dtype)
     forced = None if forced_TK is None else torch.as_tensor(forced_TK, dtype=torch.int64, device=device)
@@ -62,6 +65,7 @@ def measure_single(spec: MoELayerSpec, forced_TK: np.ndarray | None, device: tor
     details = dict(out.details)
     details["device"] = str(device)
     details["threads"] = str(torch.get_num_threads())
+    details["allocator"] = details_alloc
     return LayerMeasurement(t.median_s, t.p10_s, t.p90_s, t.num_samples, stages, out.num_dropped, details)
 
 

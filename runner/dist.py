@@ -50,6 +50,9 @@ def init_from_env(device: str = "cpu") -> tuple[int, int, torch.device]:
 
 def _worker(rank: int, fn: Callable[..., Any], world: int, port: int, device: str, threads: int | None,
             args: tuple, result_q: Any) -> None:
+    from .env import tune_allocator
+
+    tune_allocator()
     if threads:
         torch.set_num_threads(threads)
     dev = torch.device("cuda", rank) if device == "cuda" else torch.device("cpu")

@@ -71,10 +71,13 @@ def run_grouped(b: GroupedMatmulBench, device: torch.device, target_s: float) ->
 def run_memory(b: MemoryBench, device: torch.device, target_s: float) -> Measurement:
     dt = TORCH_DTYPES[b.dtype]
     X = b.num_elements
-    if b.op in ("copy", "elementwise"):
+    if b.op in ("copy", "elementwise", "swiglu"):
         src, other, dst = (_rand(X, dtype=dt, device=device) for _ in range(3))
-        fn = (lambda: dst.copy_(src)) if b.op == "copy" else (lambda: torch.mul(src, other, out=dst))
-        detail = "Tensor.copy_" if b.op == "copy" else "torch.mul(out=)"
+        fn, detail = {
+            "copy": (lambda: dst.copy_(src), "Tensor.copy_"),
+            "elementwise": (lambda: torch.mul(src, other, out=dst), "torch.mul(out=)"),
+            "swiglu": (lambda: F.silu(src) * other, "silu(a) * c (allocating, as the experts run it)"),
+        }[b.op]
     else:
         width = min(b.row_elements, X)
         rows = max(1, X // width)
@@ -94,16 +97,25 @@ def run_overhead(b: OverheadBench, device: torch.device, target_s: float) -> Mea
     y = torch.randn(8, device=device)
     out = torch.empty(8, device=device)
     idx = torch.tensor([1, 0], device=device)
+    rows = torch.randn(8, 4, device=device)
+    src = torch.randn(2, 4, device=device)
+    mask = torch.tensor([True, False] * 4, device=device)
+    experts = torch.tensor([0, 3, 1, 2, 0, 1, 3, 2], device=device)
     m = torch.randn(1, 1, device=device)
     fns = {
         "add": lambda: torch.add(x, y, out=out),
         "index_select": lambda: torch.index_select(x, 0, idx),
+        "index": lambda: rows[idx],
+        "nonzero": lambda: torch.nonzero(mask),
+        "index_add": lambda: rows.index_add_(0, idx, src),
         "mm": lambda: torch.mm(m, m),
         "topk": lambda: torch.topk(x, 2),
         "argsort": lambda: torch.argsort(x),
+        "bincount": lambda: torch.bincount(experts, minlength=4),
+        "softmax": lambda: torch.softmax(rows, dim=-1),
     }
     t = bench(fns[b.op], device, min_reps=50, max_reps=2000, target_s=target_s, flush_cache=False)
-    return _measurement(b, t, f"torch.{b.op} on 8 elements")
+    return _measurement(b, t, f"torch {b.op} on a few elements")
 
 
 def run_single(b: Any, device: torch.device, target_s: float = 0.1) -> Measurement:

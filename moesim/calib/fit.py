@@ -19,7 +19,7 @@ The fit inverts it, family by family, in this order:
 3. ``eta_m``: for every memory op, ``B / (W * (t - t_kernel))``; medians over
    factor-of-two bins of ``B`` become the curve's points.
 4. ``eta_f`` (``matmul_frac``): ``F / (P * (t - t_kernel))`` for every GEMM,
-   binned over ``F``; ``grouped_matmul_frac`` likewise over the FLOPs of one
+   medians over half-octave bins of ``F``; ``grouped_matmul_frac`` likewise over the FLOPs of one
    group (the grouped GEMM of small experts runs at small-GEMM efficiency).
 5. Collectives: weighted least squares of ``t = t_coll + X / W_link`` over the
    all-to-all sizes (weights ``1/t``, so small and large messages count
@@ -28,7 +28,9 @@ The fit inverts it, family by family, in this order:
    layers use.
 
 Residuals: every measurement is predicted back with the fitted profile and
-the median ``|predicted / measured - 1|`` is reported per family.
+the median ``|predicted / measured - 1|`` is reported per family. The SwiGLU
+activation benchmark (``swiglu``) is not fitted: it checks the layer model's
+activation cost (family ``activation``).
 
 Left out: shape effects beyond FLOPs (two GEMMs of equal FLOPs but different
 aspect ratios share one efficiency), per-dtype curves (one curve over all
@@ -46,8 +48,18 @@ from typing import Any
 import numpy as np
 
 from ..hardware import Calibration, HardwareProfile
+from ..ops import OpKind
 from ..timing import compute_op_time
-from .records import CollectiveBench, GroupedMatmulBench, MatmulBench, Measurement, MemoryBench, OverheadBench
+from .layer_model import swiglu_activation_op
+from .records import (
+    BYTES_PER_ELEMENT,
+    CollectiveBench,
+    GroupedMatmulBench,
+    MatmulBench,
+    Measurement,
+    MemoryBench,
+    OverheadBench,
+)
 
 MIN_FRAC = 1e-4
 #: measurements shorter than this many kernel overheads do not set peaks
@@ -95,6 +107,10 @@ class FitResult:
 
 
 # --------------------------------------------------------------------------- pieces (each testable alone)
+
+
+GEMM_BIN_RATIO = 2.0 ** 0.5
+MEMORY_BIN_RATIO = 2.0
 
 
 def binned_curve(sizes: list[float], fracs: list[float], bin_ratio: float = 2.0) -> list[tuple[float, float]] | None:
@@ -180,7 +196,8 @@ def fit_profile(
 
     # 2. peaks
     gemms = [m for m in measurements if isinstance(m.bench, (MatmulBench, GroupedMatmulBench))]
-    mems = [m for m in by_kind["memory"] if isinstance(m.bench, MemoryBench)]
+    # the SwiGLU activation is arithmetic as well as traffic: it checks the layer model, it does not set the curve
+    mems = [m for m in by_kind["memory"] if isinstance(m.bench, MemoryBench) and m.bench.op != "swiglu"]
     peaks = dict(acc.peak_flops_per_s)
     bandwidth = acc.memory_bandwidth_bytes_per_s
     if use_measured_peaks:
@@ -216,9 +233,9 @@ def fit_profile(
     mms = [m for m in gemms if isinstance(m.bench, MatmulBench)]
     grs = [m for m in gemms if isinstance(m.bench, GroupedMatmulBench)]
     mm_pts = binned_curve([m.bench.flops for m in mms],
-                          [m.bench.flops / (peak(m.bench.dtype) * _busy_s(m, t_kernel)) for m in mms])
+                          [m.bench.flops / (peak(m.bench.dtype) * _busy_s(m, t_kernel)) for m in mms], GEMM_BIN_RATIO)
     gr_pts = binned_curve([m.bench.flops_per_group for m in grs],  # type: ignore[union-attr]
-                          [m.bench.flops / (peak(m.bench.dtype) * _busy_s(m, t_kernel)) for m in grs])
+                          [m.bench.flops / (peak(m.bench.dtype) * _busy_s(m, t_kernel)) for m in grs], GEMM_BIN_RATIO)
     if mm_pts is None:
         notes.append("no matmul measurements: matmul_frac kept from the base profile")
     if gr_pts is None:
@@ -303,6 +320,11 @@ def predict_points(profile: HardwareProfile, measurements: list[Measurement],
             fam = "grouped_matmul"
             t = compute_op_time(profile, flops=b.flops, bytes_moved=b.bytes_moved, dtype=b.dtype,
                                 kind="grouped_matmul", flops_for_efficiency=b.flops_per_group).time_s
+        elif isinstance(b, MemoryBench) and b.op == "swiglu":
+            fam = "activation"
+            op = swiglu_activation_op(OpKind.EXPERTS, "swiglu", b.num_elements, BYTES_PER_ELEMENT[b.dtype], 2)
+            t = compute_op_time(profile, flops=op.flops, bytes_moved=op.bytes_moved, dtype=op.compute_dtype or b.dtype,
+                                kind="elementwise", num_kernels=op.num_kernels).time_s
         elif isinstance(b, MemoryBench):
             fam = "memory"
             t = compute_op_time(profile, flops=0.0, bytes_moved=b.bytes_moved, dtype=b.dtype, kind="elementwise").time_s

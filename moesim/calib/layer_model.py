@@ -55,6 +55,12 @@ from ..timing import ComputeKind, OpTime, compute_op_time
 from .layer_spec import MoELayerSpec
 
 INDEX_BYTES = 8  # int64 indices
+#: Arithmetic cost of SiLU, x * sigmoid(x), in fp32 FLOP-equivalents per element (a vectorised exp and a
+#: division). Set from this project's CPU measurement: torch 2.13's AVX-512 SiLU ran about 4.5e9 elements/s on
+#: 2 cores whose fp32 GEMMs peaked at 196 GFLOP/s (~44 FLOP/element); the calibration's ``swiglu`` benchmark
+#: reports how well this holds on another machine (fit residual family ``activation``). On GPUs the activation
+#: is memory-bound and this term never binds.
+SILU_FLOPS_PER_ELEMENT = 40.0
 
 
 @dataclass(frozen=True)
@@ -70,6 +76,7 @@ class LayerOp:
     flops_for_efficiency: float | None = None
     comm_bytes: float = 0.0
     num_collectives: int = 0
+    compute_dtype: str | None = None  # dtype whose peak times the FLOPs (None: the layer's)
 
 
 @dataclass(frozen=True)
@@ -110,9 +117,19 @@ def _sort_bytes(n: int) -> float:
     return 2.0 * n * INDEX_BYTES * max(1.0, math.log2(max(n, 2)))
 
 
+def swiglu_activation_op(kind: OpKind, name: str, num_elements: float, b: int, num_kernels: int) -> LayerOp:
+    """``silu(h1) * h3`` over ``num_elements``: SiLU arithmetic at the fp32 rate, 5 element-moves of traffic."""
+    return LayerOp(kind=kind, name=name, flops=SILU_FLOPS_PER_ELEMENT * num_elements, bytes_moved=5.0 * num_elements * b,
+                   num_kernels=num_kernels, compute_kind="elementwise", compute_dtype="fp32")
+
+
 def _ffn_ops(kind: OpKind, name: str, rows_by_group: Sequence[int], D: int, Fd: int, b: int, *,
-             compute_kind: ComputeKind, kernels_per_group: bool, weight_bytes: bool = True) -> list[LayerOp]:
-    """SwiGLU FFN over groups of rows: 3 GEMMs + silu + mul, one op per distinct group size."""
+             compute_kind: ComputeKind, kernels_per_group: bool) -> list[LayerOp]:
+    """SwiGLU FFN over groups of rows: 3 GEMMs + silu * mul, one GEMM op per distinct group size.
+
+    Per group (``kernels_per_group``, the loop): 3 weight selections, 3 GEMMs,
+    silu and mul; otherwise 3 grouped GEMMs and 2 elementwise calls in all.
+    """
     ops: list[LayerOp] = []
     sizes = Counter(int(n) for n in rows_by_group if n > 0)
     nonempty = sum(sizes.values())
@@ -120,17 +137,13 @@ def _ffn_ops(kind: OpKind, name: str, rows_by_group: Sequence[int], D: int, Fd: 
         return ops
     for n, num in sorted(sizes.items()):
         gemm_flops = 2.0 * n * D * Fd
-        wbytes = D * Fd * b if weight_bytes else 0.0
         # w1 and w3: [n, D] @ [D, F]; w2: [n, F] @ [F, D]
-        bytes_moved = num * 3 * (n * D * b + wbytes + n * Fd * b)
+        bytes_moved = num * 3 * (n * D * b + D * Fd * b + n * Fd * b)
         ops.append(LayerOp(kind=kind, name=f"{name}_gemm_n{n}", flops=3 * num * gemm_flops, bytes_moved=bytes_moved,
-                           num_kernels=3 * num if kernels_per_group else 0, compute_kind=compute_kind,
-                           flops_for_efficiency=gemm_flops))
+                           num_kernels=3 * num if kernels_per_group else 3 if not ops else 0,
+                           compute_kind=compute_kind, flops_for_efficiency=gemm_flops))
     rows = sum(n * c for n, c in sizes.items())
-    ops.append(LayerOp(kind=kind, name=f"{name}_act", flops=0.0, bytes_moved=5.0 * rows * Fd * b,
-                       num_kernels=2 * nonempty if kernels_per_group else 2))
-    if not kernels_per_group:  # the grouped GEMMs are 3 kernels in all
-        ops.append(LayerOp(kind=kind, name=f"{name}_launch", flops=0.0, bytes_moved=0.0, num_kernels=3))
+    ops.append(swiglu_activation_op(kind, f"{name}_act", rows * Fd, b, 5 * nonempty if kernels_per_group else 2))
     return ops
 
 
@@ -154,41 +167,41 @@ def moe_layer_ops(spec: MoELayerSpec, load: RankLoad | Sequence[int]) -> list[La
     ops.append(LayerOp(OpKind.ROUTER, "router_logits", 2.0 * T * D * E, (T * D + D * E + T * E) * b, 1, "matmul",
                        2.0 * T * D * E))
     if spec.router == "expert_choice":
-        ops.append(LayerOp(OpKind.ROUTER, "router_expert_choice", 0.0, T * E * 4 * 4.0 + A * (INDEX_BYTES + 4) * 2, 7))
+        ops.append(LayerOp(OpKind.ROUTER, "router_expert_choice", 0.0, T * E * 4 * 4.0 + A * (INDEX_BYTES + 4) * 2, 16))
     else:
-        extra = 6 if spec.num_groups > 1 else 0
+        extra = 8 if spec.num_groups > 1 else 0
         ops.append(LayerOp(OpKind.ROUTER, "router_topk", 0.0,
                            T * E * 4 * (3.0 + (2 if spec.num_groups > 1 else 0)) + T * K * (INDEX_BYTES + 4) * 4,
-                           8 + extra + (1 if b != 4 else 0)))
+                           18 + extra))
 
     ep = spec.ep_size > 1
     if ep:
         x_bytes = load.sent_remote_rows * D * b
-        ops.append(LayerOp(OpKind.DISPATCH, "dispatch_sort", 0.0, _sort_bytes(A) + A * INDEX_BYTES * 3, 4))
-        ops.append(LayerOp(OpKind.DISPATCH, "dispatch_gather", 0.0, 2.0 * A * D * b, 1))
+        ops.append(LayerOp(OpKind.DISPATCH, "dispatch_sort", 0.0, _sort_bytes(A) + A * INDEX_BYTES * 3, 8))
+        ops.append(LayerOp(OpKind.DISPATCH, "dispatch_gather", 0.0, 2.0 * A * D * b, 2))
         ops.append(LayerOp(OpKind.DISPATCH, "dispatch_counts_all_to_all", 0.0, 0.0, 0, comm_bytes=0.0,
                            num_collectives=1))
         ops.append(LayerOp(OpKind.DISPATCH, "dispatch_all_to_all", 0.0, 0.0, 2, comm_bytes=x_bytes, num_collectives=1))
-        ops.append(LayerOp(OpKind.DISPATCH, "dispatch_permute", 0.0, _sort_bytes(B) + 2.0 * B * D * b, 6))
+        ops.append(LayerOp(OpKind.DISPATCH, "dispatch_permute", 0.0, _sort_bytes(B) + 2.0 * B * D * b, 9))
         per_group = impl == "loop"
         ops += _ffn_ops(OpKind.EXPERTS, "experts", load.local_counts, D, Fd, b,
                         compute_kind="matmul" if per_group else "grouped_matmul", kernels_per_group=per_group)
         ops.append(LayerOp(OpKind.COMBINE, "combine_unpermute", 0.0, 2.0 * B * D * b, 2))
         ops.append(LayerOp(OpKind.COMBINE, "combine_all_to_all", 0.0, 0.0, 1, comm_bytes=x_bytes, num_collectives=1))
-        ops.append(LayerOp(OpKind.COMBINE, "combine_scatter_add", 0.0, T * D * b + 6.0 * A * D * b, 4))
+        ops.append(LayerOp(OpKind.COMBINE, "combine_scatter_add", 0.0, T * D * b + 6.0 * A * D * b, 5))
     elif impl == "loop":
-        ops.append(LayerOp(OpKind.DISPATCH, "dispatch_select", 0.0, L * A * (INDEX_BYTES + 1.0), 2 * L))
+        ops.append(LayerOp(OpKind.DISPATCH, "dispatch_select", 0.0, L * A * (INDEX_BYTES + 1.0), 3 * L))
         ops.append(LayerOp(OpKind.DISPATCH, "dispatch_gather", 0.0, 2.0 * A * D * b + A * (INDEX_BYTES + b) * 2, 3 * L))
         ops += _ffn_ops(OpKind.EXPERTS, "experts", load.local_counts, D, Fd, b, compute_kind="matmul",
                         kernels_per_group=True)
         nonempty = sum(1 for c in load.local_counts if c)
-        ops.append(LayerOp(OpKind.COMBINE, "combine_scatter_add", 0.0, T * D * b + 6.0 * A * D * b, 1 + 2 * nonempty))
+        ops.append(LayerOp(OpKind.COMBINE, "combine_scatter_add", 0.0, T * D * b + 6.0 * A * D * b, 1 + 3 * nonempty))
     elif impl == "padded":
         C = min(spec.capacity, T) if spec.router == "expert_choice" else spec.capacity
         kept = int(sum(min(c, C) for c in load.local_counts))
         ops.append(LayerOp(OpKind.DISPATCH, "dispatch_positions", 0.0,
-                           _sort_bytes(A) + A * E * INDEX_BYTES * 5.0 + A * INDEX_BYTES * 8, 12))
-        ops.append(LayerOp(OpKind.DISPATCH, "dispatch_fill", 0.0, E * C * D * b + 2.0 * kept * D * b, 3))
+                           _sort_bytes(A) + A * E * INDEX_BYTES * 5.0 + A * INDEX_BYTES * 8, 15))
+        ops.append(LayerOp(OpKind.DISPATCH, "dispatch_fill", 0.0, E * C * D * b + 2.0 * kept * D * b, 4))
         ops += _ffn_ops(OpKind.EXPERTS, "experts", [C] * E, D, Fd, b, compute_kind="grouped_matmul",
                         kernels_per_group=False)
         ops.append(LayerOp(OpKind.COMBINE, "combine_scatter_add", 0.0, T * D * b + 8.0 * kept * D * b, 6))
@@ -197,7 +210,7 @@ def moe_layer_ops(spec: MoELayerSpec, load: RankLoad | Sequence[int]) -> list[La
         ops.append(LayerOp(OpKind.DISPATCH, "dispatch_gather", 0.0, 2.0 * A * D * b, 1))
         ops += _ffn_ops(OpKind.EXPERTS, "experts", load.local_counts, D, Fd, b, compute_kind="grouped_matmul",
                         kernels_per_group=False)
-        ops.append(LayerOp(OpKind.COMBINE, "combine_scatter_add", 0.0, T * D * b + 6.0 * A * D * b, 4))
+        ops.append(LayerOp(OpKind.COMBINE, "combine_scatter_add", 0.0, T * D * b + 6.0 * A * D * b, 5))
 
     if spec.shared_ffn_dim:
         S = spec.shared_ffn_dim
@@ -266,7 +279,7 @@ def time_ops(profile: HardwareProfile, ops: Sequence[LayerOp], dtype: str) -> li
             t += op.num_kernels * profile.efficiency.kernel_overhead_s
             out.append(TimedOp(op, t, "communication"))
             continue
-        ot: OpTime = compute_op_time(profile, flops=op.flops, bytes_moved=op.bytes_moved, dtype=dtype,
+        ot: OpTime = compute_op_time(profile, flops=op.flops, bytes_moved=op.bytes_moved, dtype=op.compute_dtype or dtype,
                                      kind=op.compute_kind, num_kernels=op.num_kernels,
                                      flops_for_efficiency=op.flops_for_efficiency)
         out.append(TimedOp(op, ot.time_s, ot.bound))
@@ -316,12 +329,15 @@ class LayerMemory:
 def layer_peak_memory(spec: MoELayerSpec, load: RankLoad | Sequence[int]) -> LayerMemory:
     """Weights plus the largest set of activations alive at once during the forward.
 
-    Alive at the expert stage (the peak for every implementation): the input
-    ``T D``, the routing tensors, the dispatched rows (``B D``, or ``E C D`` for
-    the padded buffer), and the two ``B F`` GEMM outputs plus the ``B F``
-    activation; the ``B D`` expert output replaces the last two. Counted in the
-    layer's dtype; index tensors as int64. Left out: allocator rounding and
-    caching, library workspaces, the router's fp32 temporaries beyond ``T E``.
+    At the expert stage (the peak) the input ``T D``, the routing tensors and
+    the dispatched rows are alive (``B D``; ``E C D`` for the padded buffer;
+    EP keeps the received and the permuted copy), plus the SwiGLU temporaries:
+    ``h1``, ``h3``, ``silu(h1)`` and their product, four ``rows x F`` tensors at
+    the moment of the multiply, where rows is all rows for the grouped and
+    padded GEMMs and one expert's rows for the loop (which also holds every
+    expert's ``n_e x D`` output until the combine). Counted in the layer's
+    dtype; index tensors as int64; the router's scores in fp32. Left out:
+    allocator rounding and caching, library workspaces.
     """
     if not isinstance(load, RankLoad):
         counts = tuple(int(c) for c in load)
@@ -337,7 +353,10 @@ def layer_peak_memory(spec: MoELayerSpec, load: RankLoad | Sequence[int]) -> Lay
         rows = E * C
     routing = T * E * 4 * 2 + A * (3 * INDEX_BYTES + b)
     x_in = T * D * b
-    dispatched = rows * D * b * (2 if spec.ep_size > 1 else 1)  # EP keeps the received and the permuted copy
-    ffn = 3 * rows * Fd * b
+    dispatched = rows * D * b * (2 if spec.ep_size > 1 else 1)
+    if spec.implementation == "loop" and spec.ep_size == 1:
+        ffn = 4 * max(load.local_counts, default=0) * Fd * b + rows * D * b  # one expert's temporaries + all outputs
+    else:
+        ffn = 4 * rows * Fd * b
     out = T * D * b
     return LayerMemory(weight_bytes=float(weights), activation_peak_bytes=float(x_in + routing + dispatched + ffn + out))

@@ -14,7 +14,9 @@ FLOPs and bytes of each benchmark are derived here (no hardware):
   ``[G, k, n]`` weight.
 * memory ops over ``N`` elements of ``b`` bytes: copy and gather move ``2 N b``
   (read + write), elementwise ``a * c`` moves ``3 N b``, scatter-add
-  ``3 N b`` (read source and destination, write destination).
+  ``3 N b`` (read source and destination, write destination), the SwiGLU
+  activation ``silu(a) * c`` ``5 N b`` (silu reads and writes, the product
+  reads two and writes one).
 * collectives: ``message_bytes`` is the per-rank buffer (all-to-all: the rows
   one rank sends, a ``1/R`` share to each rank including itself; all-reduce:
   the vector each rank holds).
@@ -85,15 +87,18 @@ class GroupedMatmulBench(_Frozen):
         return float(g * (m * k + k * n + m * n)) * BYTES_PER_ELEMENT[self.dtype]
 
 
-MemoryOp = Literal["copy", "elementwise", "gather", "scatter_add"]
-_MEM_TRAFFIC = {"copy": 2, "elementwise": 3, "gather": 2, "scatter_add": 3}
+MemoryOp = Literal["copy", "elementwise", "gather", "scatter_add", "swiglu"]
+_MEM_TRAFFIC = {"copy": 2, "elementwise": 3, "gather": 2, "scatter_add": 3, "swiglu": 5}
 
 
 class MemoryBench(_Frozen):
     """A memory-bound operation over ``num_elements`` elements (see module docstring for bytes)."""
 
     kind: Literal["memory"] = "memory"
-    op: MemoryOp = Field(description="copy, elementwise (a * c), gather (index_select rows), scatter_add (index_add_ rows).")
+    op: MemoryOp = Field(
+        description="copy, elementwise (a * c), gather (index_select rows), scatter_add (index_add_ rows), "
+        "swiglu (silu(a) * c: the experts' activation; SiLU costs arithmetic too)."
+    )
     dtype: BenchDType = Field(description="Element dtype.")
     num_elements: int = Field(gt=0, description="Elements of the output, count.")
     row_elements: int = Field(1024, gt=0, description="Row width for gather / scatter_add, count of elements.")
@@ -111,7 +116,8 @@ class OverheadBench(_Frozen):
     """A tiny operation whose time is the fixed per-kernel cost (dispatch + launch)."""
 
     kind: Literal["overhead"] = "overhead"
-    op: Literal["add", "index_select", "mm", "topk", "argsort"] = Field(description="Tiny op timed.")
+    op: Literal["add", "index_select", "index", "nonzero", "index_add", "mm", "topk", "argsort", "bincount",
+                "softmax"] = Field(description="Tiny op timed (the kinds of call an MoE layer makes).")
 
     @property
     def key(self) -> str:

@@ -57,10 +57,11 @@ class _Interrupted(Exception):
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from its measurements file.")
 @click.option("--world-size", type=int, default=None,
               help="Processes for the all-to-all / all-reduce benchmarks [default: 2 on cpu, all GPUs on cuda; 1 skips].")
+@click.option("--threads", type=int, default=None, help="CPU threads for torch [default: torch's default].")
 @click.option("--grid", type=click.Choice(["tiny", "quick", "full"]), default=None, hidden=True)
 @json_option
 def calibrate(device: str, quick: bool, out: Path, base: str | None, measurements: Path | None, resume: bool,
-              world_size: int | None, grid: str | None, as_json: bool) -> None:
+              world_size: int | None, threads: int | None, grid: str | None, as_json: bool) -> None:
     """Run microbenchmarks on this device and fit a calibrated hardware profile.
 
     Measures GEMMs, grouped GEMMs, memory ops, per-kernel overhead and
@@ -81,15 +82,19 @@ def calibrate(device: str, quick: bool, out: Path, base: str | None, measurement
         raise InputError(f"calibrated profiles are JSON; got {out.name!r} (use a .json path)", source="--out")
     if world_size is not None and world_size < 1:
         raise InputError(f"must be >= 1, got {world_size}", source="--world-size")
+    if threads is not None and threads < 1:
+        raise InputError(f"must be >= 1, got {threads}", source="--threads")
     base_prof = _base_profile(device, base)
     torch = require_device(device, "calibrate")
+    if threads is not None:
+        torch.set_num_threads(threads)
     meas_path = measurements or _default_measurements(out)
     size = grid or ("quick" if quick else "full")
     if world_size is None:
         world_size = 2 if device == "cpu" else max(1, torch.cuda.device_count())
 
     from ..runner.calibrate import run_grid
-    from ..runner.env import capture_env
+    from ..runner.env import capture_env, load_warning
     from .render import runner as render
 
     done_keys: set[str] = set()
@@ -113,6 +118,13 @@ def calibrate(device: str, quick: bool, out: Path, base: str | None, measurement
         click.echo(f"note: {meas_path} does not exist yet; starting a new run", err=True)
     meas_path.parent.mkdir(parents=True, exist_ok=True)
 
+    warnings = []
+    lw = load_warning({"load_average_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+                       "num_cpus": os.cpu_count()})
+    if lw:
+        warnings.append(lw)
+        if not as_json:
+            click.echo(f"warning: {lw}", err=True)
     the_grid = calibration_grid(device, size, world_size)  # type: ignore[arg-type]
     t0 = time.perf_counter()
 
@@ -180,6 +192,7 @@ def calibrate(device: str, quick: bool, out: Path, base: str | None, measurement
                   for k, v in result.links.items()},
         "fit_residuals_frac": result.residuals,
         "notes": result.notes,
+        "warnings": warnings,
     }
     if as_json:
         emit_json(summary)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from moesim.calib.layer_model import (
+    SILU_FLOPS_PER_ELEMENT,
     collective_time_s,
     layer_peak_memory,
     moe_layer_ops,
@@ -25,7 +26,8 @@ def _spec(**kw) -> MoELayerSpec:
 
 
 def _flops(ops, kind: OpKind) -> float:
-    return sum(o.flops for o in ops if o.kind == kind)
+    """GEMM FLOPs of a stage (the SiLU's FLOP-equivalents are not matrix work)."""
+    return sum(o.flops for o in ops if o.kind == kind and o.compute_kind != "elementwise")
 
 
 def _cpu_with_link(bw: float = 2e9) -> HardwareProfile:
@@ -55,12 +57,12 @@ def test_padded_experts_compute_capacity_rows_whatever_the_load():
 
 
 def test_grouped_gemms_use_the_efficiency_of_one_expert_and_equal_loads_share_an_op():
-    ops = [o for o in moe_layer_ops(_spec(), UNIFORM) if o.kind == OpKind.EXPERTS and o.flops > 0]
+    ops = [o for o in moe_layer_ops(_spec(), UNIFORM) if o.kind == OpKind.EXPERTS and o.compute_kind != "elementwise"]
     assert len(ops) == 1
     assert ops[0].compute_kind == "grouped_matmul"
     assert ops[0].flops_for_efficiency == pytest.approx(2 * (T * K // E) * D * F)
     skew = [400, 200, 100, 100, 100, 50, 50, 24]
-    ops = [o for o in moe_layer_ops(_spec(), skew) if o.kind == OpKind.EXPERTS and o.flops > 0]
+    ops = [o for o in moe_layer_ops(_spec(), skew) if o.kind == OpKind.EXPERTS and o.compute_kind != "elementwise"]
     assert sorted(o.flops_for_efficiency for o in ops) == sorted(2.0 * n * D * F for n in set(skew))
 
 
@@ -86,6 +88,13 @@ def test_one_expert_top1_costs_what_a_dense_ffn_costs():
     moe = moe_layer_ops(_spec(num_experts=1, top_k=1), [T])
     dense = moe_layer_ops(_spec(num_experts=1, top_k=1, num_shared_experts=1), [T])
     assert _flops(moe, OpKind.EXPERTS) == pytest.approx(_flops(dense, OpKind.SHARED_EXPERTS))
+
+
+def test_swiglu_activation_is_timed_at_the_fp32_rate_with_five_element_moves():
+    (act,) = [o for o in moe_layer_ops(_spec(dtype="bf16"), UNIFORM) if o.name == "experts_act"]
+    assert act.compute_kind == "elementwise" and act.compute_dtype == "fp32"
+    assert act.bytes_moved == 5 * T * K * F * 2
+    assert act.flops == pytest.approx(SILU_FLOPS_PER_ELEMENT * T * K * F)
 
 
 def test_no_all_to_all_without_expert_parallelism():
@@ -141,9 +150,17 @@ def test_peak_memory_by_hand_for_the_grouped_layer():
     b = 2
     A = T * K
     assert mem.weight_bytes == (D * E + 3 * E * D * F) * b
-    expected_act = T * D * b + (T * E * 4 * 2 + A * (3 * 8 + b)) + A * D * b + 3 * A * F * b + T * D * b
+    expected_act = T * D * b + (T * E * 4 * 2 + A * (3 * 8 + b)) + A * D * b + 4 * A * F * b + T * D * b
     assert mem.activation_peak_bytes == expected_act
     assert mem.peak_bytes == mem.weight_bytes + expected_act
+
+
+def test_loop_peak_memory_holds_one_experts_temporaries():
+    skew = [600, 200, 100, 50, 30, 20, 16, 8]
+    loop = layer_peak_memory(_spec(implementation="loop"), skew)
+    grouped = layer_peak_memory(_spec(), skew)
+    A = T * K
+    assert grouped.activation_peak_bytes - loop.activation_peak_bytes == pytest.approx(4 * (A - 600) * F * 4 - A * D * 4)
 
 
 def test_padded_peak_memory_counts_the_capacity_buffer():
@@ -151,4 +168,4 @@ def test_padded_peak_memory_counts_the_capacity_buffer():
     grouped = layer_peak_memory(_spec(), UNIFORM)
     padded = layer_peak_memory(spec, UNIFORM)
     assert padded.activation_peak_bytes - grouped.activation_peak_bytes == pytest.approx(
-        (spec.num_experts * spec.capacity - T * K) * (D + 3 * F) * 4)
+        (spec.num_experts * spec.capacity - T * K) * (D + 4 * F) * 4)
