@@ -65,3 +65,9 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from .memory import kv_bytes_per_token, kv_cache_bytes, weight_bytes
     from .model import ModelSpec
     from .params import ParamCounts, count_params
+    from .comm.api import all_reduce, all_to_all
+    from .load.api import expert_load
+    from .plan.search import plan
+    from .plan.sweep import sweep
+    from .scenario import Scenario, load_scenario
+    from .step.estimate import estimate

@@ -24,7 +24,7 @@ pure function of a frozen :class:`LoadSpec` and returns a typed
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -33,7 +33,7 @@ from ..errors import InputError, from_validation_error
 from ..model import ModelSpec
 from .closed_form import UniformClosedForm, uniform_closed_form
 from .distributions import Distribution, LayerDistributions, Uniform, expert_probs, parse_distribution
-from .placement import Placement, PlacementStrategy, check_layout, place_experts
+from .placement import PlacementStrategy, check_layout, place_experts
 from .routing import (
     ExpertChoice,
     GroupLimited,

@@ -31,12 +31,11 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ..errors import InputError
+from ..errors import InputError, field_errors
 from ..hardware import HardwareProfile
 from ..model import ModelSpec
 from ..scenario import (
     Scenario,
-    ServeWorkload,
     TrainWorkload,
     apply_overrides,
     parse_set,
@@ -165,26 +164,6 @@ def parse_vary(specs: Sequence[str], *, source: str = "--vary") -> dict[str, lis
 # ----------------------------------------------------------------------------- validation
 
 
-def _allowed_keys(path: list[str], raw: Mapping[str, Any]) -> list[str] | None:
-    """Keys allowed in the table that holds ``path[-1]`` (None when that table is not a scenario model)."""
-    cls: type[BaseModel] = Scenario
-    node: Any = raw
-    for key in path[:-1]:
-        info = cls.model_fields.get(key)
-        if info is None:
-            return None
-        node = node.get(key) if isinstance(node, Mapping) else None
-        if key == "workload":
-            kind = node.get("kind") if isinstance(node, Mapping) else None
-            cls = TrainWorkload if kind == "train" else ServeWorkload
-            continue
-        ann = info.annotation
-        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
-            return None
-        cls = ann
-    return [k for k in cls.model_fields if k != "base_dir"]
-
-
 def _field_errors(raw: Mapping[str, Any]) -> list[tuple[str, str]]:
     """(dotted field, message) of each field-level validation problem of ``raw``, in field order.
 
@@ -195,21 +174,7 @@ def _field_errors(raw: Mapping[str, Any]) -> list[tuple[str, str]]:
     try:
         Scenario.model_validate(raw)
     except ValidationError as exc:
-        out = []
-        for e in exc.errors(include_url=False):
-            loc = [str(p) for p in e.get("loc", ())]
-            if not loc:
-                continue
-            if loc[0] == "workload" and len(loc) > 1 and loc[1] in ("train", "serve"):
-                del loc[1]  # the union tag is not part of the field's name
-            if e.get("type") == "extra_forbidden":
-                msg = "unknown key (check the spelling; see `moesim schema`)"
-            elif e.get("type") == "missing":
-                msg = "required field is missing"
-            else:
-                msg = str(e.get("msg", "invalid value")).removeprefix("Value error, ")
-            out.append((".".join(loc), msg))
-        return out
+        return [(f, m) for f, m in field_errors(exc, dict(raw), Scenario) if f]
     return []
 
 
@@ -226,11 +191,7 @@ def _check_value(raw: dict[str, Any], base_errors: set[tuple[str, str]], field: 
     errs = [e for e in _field_errors(new) if e not in base_errors]
     if errs:
         where, msg = errs[0]
-        if msg.startswith("unknown key"):
-            allowed = _allowed_keys(path, raw)
-            if allowed:
-                msg = f"{msg}; allowed here: {', '.join(allowed)}"
-        elif where == field:
+        if where == field and not msg.startswith("unknown key"):
             msg = f"{msg} (got {value!r})"
         raise InputError(msg, source=source, field=where)
     if path == ["routing", "distribution"]:

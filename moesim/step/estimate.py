@@ -47,7 +47,6 @@ from ..timing import compute_op_time, op_time_s
 from . import bridge
 from .memory import MemoryBreakdown, kv_bytes_per_sequence, layer_activation_bytes, stage_params
 from .ops import (
-    ExpertRankLoad,
     Op,
     attention_ops,
     dense_ffn_ops,
