@@ -45,6 +45,12 @@ def _input(spec: MoELayerSpec, seed: int, rank: int, device: torch.device, dtype
     return torch.randn(spec.num_tokens, spec.d_model, generator=g).to(device=device, dtype=dtype)
 
 
+#: a measurement is retried when its samples spread more than this, or when the whole-forward median and the
+#: separately timed stages disagree by more than this (a burst of outside load hit one of the two)
+UNSTABLE_FRAC = 0.25
+MAX_TRIES = 3
+
+
 def measure_single(spec: MoELayerSpec, forced_TK: np.ndarray | None, device: torch.device, *, seed: int = 0,
                    target_s: float = 0.3, max_reps: int = 50) -> LayerMeasurement:
     from .env import tune_allocator
@@ -53,19 +59,33 @@ def measure_single(spec: MoELayerSpec, forced_TK: np.ndarray | None, device: tor
     layer = MoELayer(spec, device=device, seed=seed)
     x_TD = _input(spec, seed, 0, device, layer.dtype)
     forced = None if forced_TK is None else torch.as_tensor(forced_TK, dtype=torch.int64, device=device)
+    flush = CacheFlusher(device)
+    best: tuple[float, Any, dict[str, float], Any] | None = None
+    tries = 0
     with torch.inference_mode():
-        t = bench(lambda: layer(x_TD, forced), device, warmup=2, min_reps=5, max_reps=max_reps, target_s=target_s)
-        timer = RegionTimer(device)
-        flush = CacheFlusher(device)
-        n = 3
-        for _ in range(n):
-            flush()
-            out = layer(x_TD, forced, timer=timer)
-        stages = {str(k): v / n for k, v in timer.totals_s().items()}
+        while tries < MAX_TRIES:
+            tries += 1
+            t = bench(lambda: layer(x_TD, forced), device, warmup=2, min_reps=5, max_reps=max_reps, target_s=target_s)
+            timer = RegionTimer(device)
+            n = 3
+            for _ in range(n):
+                flush()
+                out = layer(x_TD, forced, timer=timer)
+            stages = {str(k): v / n for k, v in timer.totals_s().items()}
+            mismatch = abs(sum(stages.values()) - t.median_s) / min(sum(stages.values()), t.median_s)
+            score = max(t.spread_frac, mismatch)
+            if best is None or score < best[0]:
+                best = (score, t, stages, out)
+            if score <= UNSTABLE_FRAC or t.median_s < 2e-3:
+                break
+    assert best is not None
+    _, t, stages, out = best
     details = dict(out.details)
     details["device"] = str(device)
     details["threads"] = str(torch.get_num_threads())
     details["allocator"] = details_alloc
+    if tries > 1:
+        details["unstable"] = f"{tries} runs, steadiest kept"
     return LayerMeasurement(t.median_s, t.p10_s, t.p90_s, t.num_samples, stages, out.num_dropped, details)
 
 
@@ -96,13 +116,24 @@ def ep_worker(rank: int, world: int, device: torch.device, spec: MoELayerSpec, f
             once()
         first = once()
         reps = int(min(max_reps, max(5, target_s / max(first, 1e-6))))
-        samples = [once() for _ in range(reps)]
+        best: list[float] | None = None
+        tries = 0
+        while tries < MAX_TRIES:  # samples are the max over ranks, so every rank takes the same decision
+            tries += 1
+            samples = [once() for _ in range(reps)]
+            if best is None or summarise(samples).spread_frac < summarise(best).spread_frac:
+                best = samples
+            if summarise(samples).spread_frac <= UNSTABLE_FRAC:
+                break
+        samples = best
         timer = RegionTimer(device)
         out = layer(x_TD, forced, timer=timer)
         stages = {str(k): v for k, v in timer.totals_s().items()}
     t = summarise(samples)
     details = dict(out.details) | {"device": str(device), "threads": str(torch.get_num_threads()),
                                    "ranks": str(world), "backend": dist.get_backend()}
+    if tries > 1:
+        details["unstable"] = f"{tries} runs, steadiest kept"
     return {"median_s": t.median_s, "p10_s": t.p10_s, "p90_s": t.p90_s, "num_samples": t.num_samples,
             "by_stage_s": stages, "details": details}
 

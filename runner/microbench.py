@@ -26,12 +26,16 @@ from moesim.calib.records import (
 )
 
 from .layers import _GROUPED_MM, TORCH_DTYPES, grouped_mm_support
-from .timing import Timing, bench, synchronize
+from .timing import Timing, bench, bench_stable, synchronize
 
 
 def _measurement(b: Any, t: Timing, detail: str = "") -> Measurement:
     return Measurement(bench=b, median_s=t.median_s, p10_s=t.p10_s, p90_s=t.p90_s, num_samples=t.num_samples,
                        detail=detail)
+
+
+def _retried(tries: int) -> str:
+    return f" (unstable: {tries} runs, steadiest kept)" if tries > 1 else ""
 
 
 def _rand(*shape: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -42,8 +46,8 @@ def run_matmul(b: MatmulBench, device: torch.device, target_s: float) -> Measure
     dt = TORCH_DTYPES[b.dtype]
     a_MK, w_KN = _rand(b.m, b.k, dtype=dt, device=device), _rand(b.k, b.n, dtype=dt, device=device)
     out_MN = torch.empty(b.m, b.n, dtype=dt, device=device)
-    t = bench(lambda: torch.mm(a_MK, w_KN, out=out_MN), device, target_s=target_s)
-    return _measurement(b, t, "torch.mm")
+    t, tries = bench_stable(lambda: torch.mm(a_MK, w_KN, out=out_MN), device, target_s=target_s)
+    return _measurement(b, t, "torch.mm" + _retried(tries))
 
 
 def run_grouped(b: GroupedMatmulBench, device: torch.device, target_s: float) -> Measurement:
@@ -53,19 +57,19 @@ def run_grouped(b: GroupedMatmulBench, device: torch.device, target_s: float) ->
     if b.op == "bmm":
         a_GMK = _rand(G, M, K, dtype=dt, device=device)
         out_GMN = torch.empty(G, M, N, dtype=dt, device=device)
-        t = bench(lambda: torch.bmm(a_GMK, w_GKN, out=out_GMN), device, target_s=target_s)
-        return _measurement(b, t, "torch.bmm")
+        t, tries = bench_stable(lambda: torch.bmm(a_GMK, w_GKN, out=out_GMN), device, target_s=target_s)
+        return _measurement(b, t, "torch.bmm" + _retried(tries))
     a_XK = _rand(G * M, K, dtype=dt, device=device)
     ok, detail = grouped_mm_support(device, dt)
     if ok:
         offs_G = (torch.arange(1, G + 1, device=device) * M).to(torch.int32)
-        t = bench(lambda: _GROUPED_MM(a_XK, w_GKN, offs=offs_G), device, target_s=target_s)
+        t, tries = bench_stable(lambda: _GROUPED_MM(a_XK, w_GKN, offs=offs_G), device, target_s=target_s)
     else:
         def loop() -> None:
             for g in range(G):
                 torch.mm(a_XK[g * M:(g + 1) * M], w_GKN[g])
-        t = bench(loop, device, target_s=target_s)
-    return _measurement(b, t, detail)
+        t, tries = bench_stable(loop, device, target_s=target_s)
+    return _measurement(b, t, detail + _retried(tries))
 
 
 def run_memory(b: MemoryBench, device: torch.device, target_s: float) -> Measurement:
@@ -88,8 +92,8 @@ def run_memory(b: MemoryBench, device: torch.device, target_s: float) -> Measure
             fn, detail = (lambda: torch.index_select(src_RW, 0, idx_R, out=dst_RW)), "torch.index_select rows"
         else:
             fn, detail = (lambda: dst_RW.index_add_(0, idx_R, src_RW)), "Tensor.index_add_ rows"
-    t = bench(fn, device, target_s=target_s, flush_cache=False)
-    return _measurement(b, t, detail)
+    t, tries = bench_stable(fn, device, target_s=target_s, flush_cache=False)
+    return _measurement(b, t, detail + _retried(tries))
 
 
 def run_overhead(b: OverheadBench, device: torch.device, target_s: float) -> Measurement:

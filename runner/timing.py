@@ -161,6 +161,37 @@ def bench(
     return summarise(samples[1:] if len(samples) > 1 else samples)
 
 
+def bench_stable(
+    fn: Callable[[], object],
+    device: torch.device | str = "cpu",
+    *,
+    max_tries: int = 3,
+    spread_limit: float = 0.25,
+    min_median_s: float = 200e-6,
+    **kw: object,
+) -> tuple[Timing, int]:
+    """:func:`bench`, repeated while the samples are unstable; returns the steadiest run and the tries used.
+
+    A run is unstable when its relative spread ``(p90 - p10) / median``
+    exceeds ``spread_limit`` (another process took the cores for part of it,
+    say). Runs shorter than ``min_median_s`` are not retried: their spread is
+    dominated by timer and scheduler granularity. Like pyperf's instability
+    warning, this guards the median against bursts of outside load; it cannot
+    see a slowdown that lasts the whole run.
+    """
+    best: Timing | None = None
+    tries = 0
+    while tries < max_tries:
+        t = bench(fn, device, **kw)  # type: ignore[arg-type]
+        tries += 1
+        if best is None or t.spread_frac < best.spread_frac:
+            best = t
+        if t.spread_frac <= spread_limit or t.median_s < min_median_s:
+            break
+    assert best is not None
+    return best, tries
+
+
 # --------------------------------------------------------------------------- stage regions
 
 

@@ -47,7 +47,7 @@ from typing import Any
 
 import numpy as np
 
-from ..hardware import Calibration, HardwareProfile
+from ..hardware import Calibration, Curve, HardwareProfile
 from ..ops import OpKind
 from ..timing import compute_op_time
 from .layer_model import swiglu_activation_op
@@ -151,6 +151,32 @@ def fit_link(cross_bytes: list[float], times_s: list[float]) -> LinkFit | None:
     return LinkFit(overhead_s=float(a), bandwidth_bytes_per_s=float(1.0 / inv_w), num_points=len(x))
 
 
+def reference_dtype(gemms: list[Measurement]) -> str | None:
+    """The dtype with the most GEMM measurements (ties: fp32, bf16, fp16 in that order)."""
+    counts: dict[str, int] = defaultdict(int)
+    for m in gemms:
+        counts[m.bench.dtype] += 1  # type: ignore[union-attr]
+    if not counts:
+        return None
+    order = {"fp32": 0, "bf16": 1, "fp16": 2}
+    return max(counts, key=lambda d: (counts[d], -order.get(d, 9)))
+
+
+def dtype_level(gemms: list[Measurement], t_kernel: float, curve_of: Any) -> float | None:
+    """A dtype's peak such that ``peak * curve(F)`` best matches its GEMM rates.
+
+    The median of ``rate / curve(F)`` over the larger half of the GEMMs (by the
+    FLOPs the curve is read at), where the curve's shape matters least.
+    """
+    if not gemms:
+        return None
+    sizes = [(m.bench.flops_per_group if isinstance(m.bench, GroupedMatmulBench) else m.bench.flops) for m in gemms]
+    cut = float(np.median(sizes))
+    ratios = [m.bench.flops / _busy_s(m, t_kernel) / float(curve_of(m.bench))
+              for m, s in zip(gemms, sizes) if s >= cut]
+    return float(np.median(ratios)) if ratios else None
+
+
 def _busy_s(m: Measurement, t_kernel: float, kernels: int = 1) -> float:
     """Measured time minus fixed overheads, never below 10 % of the measurement."""
     return max(m.median_s - kernels * t_kernel, 0.1 * m.median_s)
@@ -232,10 +258,31 @@ def fit_profile(
     # 4. GEMM curves
     mms = [m for m in gemms if isinstance(m.bench, MatmulBench)]
     grs = [m for m in gemms if isinstance(m.bench, GroupedMatmulBench)]
-    mm_pts = binned_curve([m.bench.flops for m in mms],
-                          [m.bench.flops / (peak(m.bench.dtype) * _busy_s(m, t_kernel)) for m in mms], GEMM_BIN_RATIO)
-    gr_pts = binned_curve([m.bench.flops_per_group for m in grs],  # type: ignore[union-attr]
-                          [m.bench.flops / (peak(m.bench.dtype) * _busy_s(m, t_kernel)) for m in grs], GEMM_BIN_RATIO)
+    ref = reference_dtype(gemms)
+    if use_measured_peaks and ref is not None:  # the curves' shape comes from one dtype; the others get a level
+        mms_c = [m for m in mms if m.bench.dtype == ref] or mms
+        grs_c = [m for m in grs if m.bench.dtype == ref] or grs
+    else:
+        mms_c, grs_c = mms, grs
+    mm_pts = binned_curve([m.bench.flops for m in mms_c],
+                          [m.bench.flops / (peak(m.bench.dtype) * _busy_s(m, t_kernel)) for m in mms_c], GEMM_BIN_RATIO)
+    gr_pts = binned_curve([m.bench.flops_per_group for m in grs_c],  # type: ignore[union-attr]
+                          [m.bench.flops / (peak(m.bench.dtype) * _busy_s(m, t_kernel)) for m in grs_c], GEMM_BIN_RATIO)
+    if use_measured_peaks and ref is not None and (mm_pts or gr_pts):
+        mm_curve = Curve(points=mm_pts) if mm_pts else eff.matmul_frac
+        gr_curve = Curve(points=gr_pts) if gr_pts else (eff.grouped_matmul_frac or mm_curve)
+        for dt in sorted({m.bench.dtype for m in gemms} - {ref}):
+            level = dtype_level(
+                [m for m in gemms if m.bench.dtype == dt], t_kernel,
+                lambda b: mm_curve(b.flops) if isinstance(b, MatmulBench) else gr_curve(b.flops_per_group),
+            )
+            if level:
+                peaks[dt] = level
+                sources[f"accelerator.peak_flops_per_s.{dt}"] = (
+                    f"fitted: the {dt} level that best fits the {ref}-shaped efficiency curves to the {dt} GEMMs "
+                    f"(median of rate / curve over the larger half of them; {stamp}); the datasheet placeholder "
+                    "is replaced"
+                )
     if mm_pts is None:
         notes.append("no matmul measurements: matmul_frac kept from the base profile")
     if gr_pts is None:

@@ -58,15 +58,16 @@ def calibration_grid(device: Literal["cpu", "cuda"], size: GridSize = "full", wo
                 for o in ("all_to_all", "all_reduce") for s in (1 << 12, 1 << 18)] if world_size >= 2 else [])
         )
     dtypes = ["bf16", "fp16", "fp32"] if gpu else ["fp32", "bf16"]
-    # CPU GEMMs: rows (tokens per expert) swept densely against expert-like widths (k * n of 0.26 M to 1 M, the
+    # CPU GEMMs: rows (tokens per expert) swept densely against expert-like widths (k * n of 0.26 M to 2 M, the
     # experts a CPU runs). On a CPU a GEMM's efficiency is set mostly by its rows; a curve over FLOPs is right
     # for widths near these (see docs/calibration.md). GPU grids reach the sizes where tensor cores saturate.
-    cpu_kns = [(512, 1024), (1024, 512), (512, 512), (1024, 1024)]
+    cpu_kns = [(512, 512), (512, 1024), (1024, 512), (1024, 1024), (1024, 2048), (2048, 1024)]
+    quick_kns = [(512, 512), (512, 1024), (1024, 1024), (1024, 2048)]
     if size == "quick":
         ms = [16, 128, 1024, 4096] if gpu else [1 << p for p in range(1, 13)]
-        kns = [(2048, 4096), (4096, 2048), (8192, 8192)] if gpu else cpu_kns[:3]
+        kns = [(2048, 4096), (4096, 2048), (8192, 8192)] if gpu else quick_kns
         groups, gms = ([8, 64], [16, 128, 1024]) if gpu else ([4, 32], [2, 8, 32, 128, 512])
-        gkns = [(2048, 4096), (4096, 2048)] if gpu else cpu_kns[:3]
+        gkns = [(2048, 4096), (4096, 2048)] if gpu else quick_kns[:3]
         mem_sizes = [1 << p for p in (range(12, 31, 3) if gpu else range(10, 25, 2))]
         coll_sizes = [1 << p for p in (range(10, 31, 4) if gpu else range(10, 25, 3))]
         gdtypes = dtypes[:1] if gpu else ["fp32", "bf16"]
@@ -80,7 +81,7 @@ def calibration_grid(device: Literal["cpu", "cuda"], size: GridSize = "full", wo
             else cpu_kns
         )
         groups, gms = ([8, 32, 128], [8, 64, 512, 2048]) if gpu else ([4, 16, 64], [1 << p for p in range(1, 11)])
-        gkns = [(2048, 4096), (4096, 2048), (7168, 2048)] if gpu else cpu_kns[:3]
+        gkns = [(2048, 4096), (4096, 2048), (7168, 2048)] if gpu else cpu_kns[:4]
         mem_sizes = [1 << p for p in (range(10, 32, 2) if gpu else range(8, 27, 1))]
         coll_sizes = [1 << p for p in (range(8, 32, 2) if gpu else range(8, 26, 2))]
         gdtypes = dtypes if gpu else ["fp32", "bf16"]
