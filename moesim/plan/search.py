@@ -174,6 +174,22 @@ def _check_objective(objective: str, training: bool) -> None:
                          "throughput", source="--objective")
 
 
+def _failed(cons: Constraints, fits: bool, tokens_per_s: float, price: float | None, num_gpus: int, *,
+            ttft_s: float | None = None, tpot_s: float | None = None) -> str | None:
+    """The first constraint a candidate fails (in REJECTIONS order), or None."""
+    if not fits:
+        return "memory"
+    if cons.max_ttft_s is not None and ttft_s is not None and ttft_s > cons.max_ttft_s:
+        return "max_ttft_s"
+    if cons.max_tpot_s is not None and tpot_s is not None and tpot_s > cons.max_tpot_s:
+        return "max_tpot_s"
+    if cons.min_tokens_per_s is not None and tokens_per_s < cons.min_tokens_per_s:
+        return "min_tokens_per_s"
+    if cons.max_usd_per_hour is not None and (price is None or price * num_gpus > cons.max_usd_per_hour):
+        return "max_usd_per_hour"
+    return None
+
+
 def _serve_candidates(sc: Scenario, model: ModelSpec, hw: HardwareProfile, lay: Layout, n: int, price: float | None,
                       cons: Constraints, acc: _Acc) -> None:
     w: ServeWorkload = sc.workload  # type: ignore[assignment]
@@ -189,18 +205,9 @@ def _serve_candidates(sc: Scenario, model: ModelSpec, hw: HardwareProfile, lay: 
         return
     dp = n // (lay.tp * lay.pp)
     for i, b in enumerate(SERVE_BATCHES):
-        reason = None
         ttft, tpot, tps = float(cur["ttft_s"][i]), float(cur["tpot_s"][i]), float(cur["tokens_per_s"][i])
-        if not cur["fits"][i]:
-            reason = "memory"
-        elif cons.max_ttft_s is not None and w.phase != "decode" and ttft > cons.max_ttft_s:
-            reason = "max_ttft_s"
-        elif cons.max_tpot_s is not None and w.phase != "prefill" and tpot > cons.max_tpot_s:
-            reason = "max_tpot_s"
-        elif cons.min_tokens_per_s is not None and tps < cons.min_tokens_per_s:
-            reason = "min_tokens_per_s"
-        elif cons.max_usd_per_hour is not None and (price is None or price * n > cons.max_usd_per_hour):
-            reason = "max_usd_per_hour"
+        reason = _failed(cons, bool(cur["fits"][i]), tps, price, n,
+                         ttft_s=ttft if w.phase != "decode" else None, tpot_s=tpot if w.phase != "prefill" else None)
         if reason:
             acc.rejected[reason] += 1
             continue
@@ -234,13 +241,7 @@ def _train_candidates(sc: Scenario, model: ModelSpec, hw: HardwareProfile, lay: 
         except InputError:
             acc.rejected["invalid"] += 1
             continue
-        reason = None
-        if not est.fits:
-            reason = "memory"
-        elif cons.min_tokens_per_s is not None and est.tokens_per_s < cons.min_tokens_per_s:
-            reason = "min_tokens_per_s"
-        elif cons.max_usd_per_hour is not None and (price is None or price * n > cons.max_usd_per_hour):
-            reason = "max_usd_per_hour"
+        reason = _failed(cons, est.fits, est.tokens_per_s, price, n)
         if reason:
             acc.rejected[reason] += 1
             continue
