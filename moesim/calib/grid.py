@@ -67,7 +67,7 @@ def calibration_grid(device: Literal["cpu", "cuda"], size: GridSize = "full", wo
         ms = [16, 128, 1024, 4096] if gpu else [1 << p for p in range(1, 13)]
         kns = [(2048, 4096), (4096, 2048), (8192, 8192)] if gpu else quick_kns
         groups, gms = ([8, 64], [16, 128, 1024]) if gpu else ([4, 32], [2, 8, 32, 128, 512])
-        gkns = [(2048, 4096), (4096, 2048)] if gpu else quick_kns[:3]
+        gkns = [(2048, 4096), (4096, 2048)] if gpu else quick_kns
         mem_sizes = [1 << p for p in (range(12, 31, 3) if gpu else range(10, 25, 2))]
         coll_sizes = [1 << p for p in (range(10, 31, 4) if gpu else range(10, 25, 3))]
         gdtypes = dtypes[:1] if gpu else ["fp32", "bf16"]
@@ -81,7 +81,7 @@ def calibration_grid(device: Literal["cpu", "cuda"], size: GridSize = "full", wo
             else cpu_kns
         )
         groups, gms = ([8, 32, 128], [8, 64, 512, 2048]) if gpu else ([4, 16, 64], [1 << p for p in range(1, 11)])
-        gkns = [(2048, 4096), (4096, 2048), (7168, 2048)] if gpu else cpu_kns[:4]
+        gkns = [(2048, 4096), (4096, 2048), (7168, 2048)] if gpu else cpu_kns
         mem_sizes = [1 << p for p in (range(10, 32, 2) if gpu else range(8, 27, 1))]
         coll_sizes = [1 << p for p in (range(8, 32, 2) if gpu else range(8, 26, 2))]
         gdtypes = dtypes if gpu else ["fp32", "bf16"]
