@@ -123,3 +123,25 @@ def test_two_process_expert_parallel_over_gloo_equals_reference(impl):
         ref = ref_layer(x_RTD[r], forced_RTK[r], implementation="loop").y_TD
         torch.testing.assert_close(results[r]["y_TD"], ref)
     assert results[0]["a2a_method"] in ("all_to_all_single", "all_to_all", "send_recv")
+
+
+def test_torchrun_launch_runs_expert_parallel_and_matches_the_reference():
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from moesim.runner.dist import free_port
+
+    repo = Path(__file__).resolve().parents[2]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", "2",
+           "--master-addr", "127.0.0.1", "--master-port", str(free_port()),
+           "-m", "moesim.runner.ep_main", "--device", "cpu", "--num-tokens", "64", "--d-model", "32",
+           "--d-expert-ffn", "48", "--num-experts", "4", "--routing", "zipf:1.0", "--check", "--target-s", "0.01"]
+    r = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=180,
+                       env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = json.loads(r.stdout[r.stdout.index("{"):])
+    assert out["world_size"] == 2 and out["backend"] == "gloo"
+    assert out["max_abs_error"] < 1e-5
+    assert out["median_s"] > 0
