@@ -21,7 +21,6 @@ import torch
 import torch.distributed as dist
 
 from moesim.calib.layer_spec import MoELayerSpec
-from moesim.ops import OpKind
 
 from .layers import MoELayer, init_weights
 from .timing import CacheFlusher, RegionTimer, bench, summarise, synchronize
@@ -152,5 +151,3 @@ def measure_case(spec: MoELayerSpec, forced_RTK: np.ndarray | None, device: str,
     return LayerMeasurement(r0["median_s"], r0["p10_s"], r0["p90_s"], r0["num_samples"], r0["by_stage_s"], 0,
                             r0["details"])
 
-
-STAGES = [str(k) for k in (OpKind.ROUTER, OpKind.DISPATCH, OpKind.EXPERTS, OpKind.COMBINE, OpKind.SHARED_EXPERTS)]

@@ -10,6 +10,8 @@
   otherwise ``all_to_all`` of tensor lists; otherwise paired ``isend`` /
   ``irecv``. :class:`AllToAll` probes once and records which one ran
   (``method``) so outputs can say it.
+
+Dimension legend: X rows sent or received by this rank, D row width, R ranks.
 """
 
 from __future__ import annotations
@@ -124,21 +126,22 @@ class AllToAll:
         self.group = group
         self.method = method
 
-    def _single(self, x: torch.Tensor, send: list[int], recv: list[int]) -> torch.Tensor:
-        out = x.new_empty((sum(recv),) + tuple(x.shape[1:]))
-        dist.all_to_all_single(out, x.contiguous(), output_split_sizes=recv, input_split_sizes=send, group=self.group)
-        return out
+    def _single(self, x_XD: torch.Tensor, send: list[int], recv: list[int]) -> torch.Tensor:
+        out_XD = x_XD.new_empty((sum(recv),) + tuple(x_XD.shape[1:]))
+        dist.all_to_all_single(out_XD, x_XD.contiguous(), output_split_sizes=recv, input_split_sizes=send,
+                               group=self.group)
+        return out_XD
 
-    def _lists(self, x: torch.Tensor, send: list[int], recv: list[int]) -> torch.Tensor:
-        ins = [t.contiguous() for t in torch.split(x, send)]
-        outs = [x.new_empty((n,) + tuple(x.shape[1:])) for n in recv]
+    def _lists(self, x_XD: torch.Tensor, send: list[int], recv: list[int]) -> torch.Tensor:
+        ins = [t.contiguous() for t in torch.split(x_XD, send)]
+        outs = [x_XD.new_empty((n,) + tuple(x_XD.shape[1:])) for n in recv]
         dist.all_to_all(outs, ins, group=self.group)
         return torch.cat(outs)
 
-    def _p2p(self, x: torch.Tensor, send: list[int], recv: list[int]) -> torch.Tensor:
+    def _p2p(self, x_XD: torch.Tensor, send: list[int], recv: list[int]) -> torch.Tensor:
         rank = dist.get_rank(self.group)
-        ins = [t.contiguous() for t in torch.split(x, send)]
-        outs = [x.new_empty((n,) + tuple(x.shape[1:])) for n in recv]
+        ins = [t.contiguous() for t in torch.split(x_XD, send)]
+        outs = [x_XD.new_empty((n,) + tuple(x_XD.shape[1:])) for n in recv]
         reqs = []
         for r in range(len(send)):
             if r == rank:

@@ -14,7 +14,7 @@ from rich.table import Table
 
 from ...io import atomic_write_bytes
 from . import console
-from .fmt import nbytes, rate, seconds
+from .fmt import rate, seconds
 
 STAGE_ORDER = ("router", "dispatch", "experts", "combine", "shared_experts")
 
@@ -162,7 +162,3 @@ def plot_validation(report: Any, path: Path) -> None:
     fig.savefig(buf, format="png", dpi=130)
     plt.close(fig)
     atomic_write_bytes(path, buf.getvalue())
-
-
-def bytes_text(b: float) -> str:
-    return nbytes(b)
