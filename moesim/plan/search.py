@@ -308,8 +308,10 @@ def plan(scenario: Scenario | str | None = None, *, hardware: list[str] | None =
     training = isinstance(sc.workload, TrainWorkload)
     _check_objective(objective, training)
     model = sc.resolve_model()
-    names = hardware or [n for n in bundled_hardware() if n != "local-cpu"]
-    profiles = [load_hardware(n) for n in names]
+    if hardware:
+        profiles = [load_hardware(n) for n in hardware]
+    else:  # every shipped GPU profile (the CPU ones are for the runner)
+        profiles = [p for p in (load_hardware(n) for n in bundled_hardware()) if p.accelerator.kind == "gpu"]
     phase = "train" if training else sc.workload.phase  # type: ignore[union-attr]
     wdt = getattr(sc.workload, "weight_dtype", None) or model.weight_dtype
     from ..dtypes import bytes_per_element
