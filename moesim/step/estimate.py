@@ -460,11 +460,11 @@ def train_memory(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Paral
         z1e = par.edp if par.zero_stage >= 1 else 1
         optim = ob * (p.dense / z1d + p.expert / z1e)
         n_moe = sum(1 for i in layers if i in moe_idx)
-        per_mb = n_moe * act_moe + (len(layers) - n_moe) * act_dense
+        acts_per_microbatch_bytes = n_moe * act_moe + (len(layers) - n_moe) * act_dense
         if w.recompute == "full" and layers:
-            per_mb += layer_activation_bytes(model, par, n, w.seq_len, "selective", copies, layers[-1] in moe_idx, ab)
+            acts_per_microbatch_bytes += layer_activation_bytes(model, par, n, w.seq_len, "selective", copies, layers[-1] in moe_idx, ab)
         in_flight = min(par.pp - s, m)
-        acts = per_mb * in_flight
+        acts = acts_per_microbatch_bytes * in_flight
         if s == len(stages) - 1:
             acts += 4.0 * n * model.vocab_size / par.tp  # fp32 logits
         buffers = 0.0
