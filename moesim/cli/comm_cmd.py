@@ -160,18 +160,8 @@ def _collective_command(name: str, collective: str, algorithms: tuple[str, ...],
 
                 render_collective(res)
             return
-        results = api.sweep(prof, collective, num_ranks=ranks, sizes=sizes, ranks_per_node=ranks_per_node,
-                            algorithm=algorithm)
-        if as_json:
-            emit_json(results)
-        else:
-            from .render.comm import render_sweep
-
-            render_sweep(results)
-        if plot_path is not None:
-            from .render.comm import plot_sweep
-
-            plot_sweep(results, plot_path)
+        _show_sweep(api.sweep(prof, collective, num_ranks=ranks, sizes=sizes, ranks_per_node=ranks_per_node,
+                              algorithm=algorithm), as_json, plot_path)
 
     return cmd
 
@@ -248,18 +238,8 @@ def all_to_all(hardware: str, ranks: int, ranks_per_node: int | None, tokens_per
 
                 render_collective(res)
             return
-        results = api.sweep(prof, "all_to_all", num_ranks=ranks, sizes=sizes, ranks_per_node=ranks_per_node,
-                            algorithm=alg)
-        if as_json:
-            emit_json(results)
-        else:
-            from .render.comm import render_sweep
-
-            render_sweep(results)
-        if plot_path is not None:
-            from .render.comm import plot_sweep
-
-            plot_sweep(results, plot_path)
+        _show_sweep(api.sweep(prof, "all_to_all", num_ranks=ranks, sizes=sizes, ranks_per_node=ranks_per_node,
+                              algorithm=alg), as_json, plot_path)
         return
 
     algorithm = algorithm or "hierarchical"
@@ -360,3 +340,17 @@ def topology_summary(topo) -> dict:  # noqa: ANN001
         "graph_nodes": node_kinds,
         "links": kinds,
     }
+
+
+def _show_sweep(results, as_json: bool, plot_path) -> None:
+    """Print a message-size sweep (JSON or table) and draw it when asked."""
+    if as_json:
+        emit_json(results)
+    else:
+        from .render.comm import render_sweep
+
+        render_sweep(results)
+    if plot_path is not None:
+        from .render.comm import plot_sweep
+
+        plot_sweep(results, plot_path)
