@@ -84,6 +84,61 @@ class Curve(_Frozen):
         return cls(points=[(1.0, frac)])
 
 
+class GemmTable(_Frozen):
+    """Fraction of a dtype's dense peak reached by GEMMs of one kind, over their shape.
+
+    ``rows`` are rows per group ``M`` (tokens per expert), ``inner`` the inner
+    (reduction) dimension ``K``, both strictly increasing; ``frac[i][j]`` is the
+    fraction at ``(rows[i], inner[j])``. Between grid points the fraction is
+    interpolated bilinearly in ``(log M, log K)``; outside it is held at the
+    edge. The output width ``N`` does not enter: a GEMM's work and its weight
+    traffic both scale with ``N``, and the kernel tiles over ``N`` in parallel,
+    so at fixed ``M`` and ``K`` its efficiency is flat in ``N`` (the
+    calibration's residuals say how flat on the measured device).
+    """
+
+    kind: Literal["matmul", "grouped_matmul", "batched_matmul"] = Field(
+        description="GEMM kind the table is for: plain, jagged grouped (grouped_mm) or padded batched (bmm).")
+    dtype: str = Field(description="Compute dtype the fractions are of (fp32, bf16, ...).")
+    rows: list[Annotated[float, Field(gt=0)]] = Field(min_length=1, description="Rows per group M, count.")
+    inner: list[Annotated[float, Field(gt=0)]] = Field(min_length=1, description="Inner dimension K, count.")
+    frac: list[list[Annotated[float, Field(gt=0, le=1)]]] = Field(description="frac[i][j] at (rows[i], inner[j]).")
+
+    @model_validator(mode="after")
+    def _grid(self) -> "GemmTable":
+        for name, xs in (("rows", self.rows), ("inner", self.inner)):
+            if any(b <= a for a, b in zip(xs, xs[1:])):
+                raise ValueError(f"gemm table {name} must be strictly increasing, got {xs}")
+        if len(self.frac) != len(self.rows) or any(len(r) != len(self.inner) for r in self.frac):
+            raise ValueError(f"gemm table frac must be {len(self.rows)} rows of {len(self.inner)} values")
+        return self
+
+    @cached_property
+    def _log(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return np.log(self.rows), np.log(self.inner), np.asarray(self.frac, dtype=float)
+
+    def __call__(self, m: float | np.ndarray, k: float | np.ndarray) -> float | np.ndarray:
+        lm, lk, f = self._log
+        scalar = isinstance(m, (int, float)) and isinstance(k, (int, float))
+        xm = np.log(np.maximum(np.asarray(m, dtype=float), 1e-30))
+        xk = np.log(np.maximum(np.asarray(k, dtype=float), 1e-30))
+
+        def axis(grid: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+            if len(grid) == 1:
+                z = np.zeros(np.shape(x), dtype=int)
+                return z, z, np.zeros(np.shape(x))
+            x = np.clip(x, grid[0], grid[-1])
+            hi = np.clip(np.searchsorted(grid, x, side="right"), 1, len(grid) - 1)
+            lo = hi - 1
+            t = (x - grid[lo]) / (grid[hi] - grid[lo])
+            return lo, hi, t
+
+        i0, i1, tm = axis(lm, xm)
+        j0, j1, tk = axis(lk, xk)
+        out = ((1 - tm) * ((1 - tk) * f[i0, j0] + tk * f[i0, j1]) + tm * ((1 - tk) * f[i1, j0] + tk * f[i1, j1]))
+        return float(out) if scalar or np.ndim(out) == 0 else out
+
+
 class Accelerator(_Frozen):
     """One accelerator (GPU) or, for the local-CPU profile, one CPU socket set."""
 
@@ -178,10 +233,42 @@ class Efficiency(_Frozen):
     scale_out_frac: float = Field(gt=0, le=1, description="Achievable fraction of NIC bandwidth for large messages.")
     kernel_overhead_s: Seconds = Field(description="Fixed cost per kernel launch, seconds.")
     collective_overhead_s: Seconds = Field(0.0, description="Fixed software cost per collective call, seconds.")
+    gemm_tables: list[GemmTable] = Field(
+        default_factory=list,
+        description="Shape-aware GEMM efficiency (rows per group x inner dimension) per kind and dtype; where a "
+        "kind / dtype has no table, matmul_frac / grouped_matmul_frac over one GEMM's FLOPs apply.",
+    )
+    host_issue_s: Seconds | None = Field(
+        None,
+        description="Host time to issue one kernel from an eager framework on an asynchronous device, seconds; a "
+        "pass takes max(device time, kernels x host_issue_s) unless it runs as a captured graph. None: the host is "
+        "the device (a CPU), its cost is in kernel_overhead_s.",
+    )
 
     @property
     def grouped(self) -> Curve:
         return self.grouped_matmul_frac or self.matmul_frac
+
+    @cached_property
+    def streaming_memory_frac(self) -> float:
+        """Fraction of peak bandwidth for data streamed from device memory: the memory curve's large-size end."""
+        return float(self.memory_frac.points[-1][1])
+
+    @cached_property
+    def _tables(self) -> dict[tuple[str, str], GemmTable]:
+        return {(t.kind, t.dtype): t for t in self.gemm_tables}
+
+    def gemm_table(self, kind: str, dtype: str) -> GemmTable | None:
+        """The shape table for ``kind`` and ``dtype``: batched falls back to grouped, both to the plain table."""
+        t = self._tables
+        if not t:
+            return None
+        found = t.get((kind, dtype))
+        if found is None and kind == "batched_matmul":
+            found = t.get(("grouped_matmul", dtype))
+        if found is None and kind != "matmul":
+            found = t.get(("matmul", dtype))
+        return found
 
 
 class Price(_Frozen):

@@ -78,6 +78,17 @@ class Schedule(_Spec):
         description="Computation slows by this fraction while overlapped communication kernels hold SMs "
         "(DeepSeek-V3 gives 20 of 132 SMs to communication: 0.15).",
     )
+    launch: Literal["auto", "eager", "graph"] = Field(
+        "auto",
+        description="How kernels are issued: 'eager' (each kernel by the host: a pass takes max(device time, kernels "
+        "x the profile's host_issue_s)), 'graph' (a captured CUDA graph: no per-kernel issue cost), or 'auto' "
+        "(graph for decode, as vLLM and SGLang capture decode steps; eager for training and prefill).",
+    )
+    kernel_plan: Literal["fused", "grouped", "padded", "loop"] = Field(
+        "fused",
+        description="Kernels of the MoE FFN (moesim/layer.py): 'fused' as training frameworks and inference engines "
+        "run it, or one of the reference runner's eager PyTorch implementations.",
+    )
 
 
 class TrainWorkload(_Spec):

@@ -1,31 +1,51 @@
-"""Time of one operation on one device: a roofline with calibrated efficiency.
+"""Time of one operation on one device: a roofline with shape-aware, calibrated efficiency.
 
-For an operation with ``F`` FLOPs and ``B`` bytes moved on a device with dense
-peak ``P`` (for the operation's dtype) and memory bandwidth ``W``::
+One function, :func:`op_terms`, computes every operation's time, for scalar
+sizes and for numpy arrays of sizes alike; :func:`op_time_s` and
+:func:`time_op` are views of it. For an operation (:class:`moesim.layer.Op`)
+with ``F`` FLOPs, ``B_a`` activation bytes and ``B_w`` weight bytes on a
+device with dense peak ``P`` (for the op's dtype) and memory bandwidth ``W``::
 
-    compute_s  = F / (P * eta_f(F))
-    memory_s   = B / (W * eta_m(B))
+    compute_s  = F / (P * eta_f)
+    memory_s   = B_a / (W * eta_m(B_a)) + B_w / (W * eta_m(inf))
     time_s     = max(compute_s, memory_s) + n_kernels * t_kernel
 
-``eta_f`` and ``eta_m`` are the profile's efficiency curves (fractions of the
-peak as a function of operation size; see :class:`moesim.hardware.Curve`), and
-``t_kernel`` its fixed per-kernel overhead. The ``bound`` is whichever of the
-three terms is largest. Reference: Williams, Waterman, Patterson, "Roofline",
-CACM 2009. Left out: overlap of memory and compute inside a kernel beyond the
-max(), cache reuse across kernels, power/clock throttling.
+``eta_f`` for a GEMM is read at the GEMM's own shape: the profile's 2-D table
+over rows per group ``M`` and inner dimension ``K`` (:class:`moesim.hardware.GemmTable`,
+fitted by ``moesim calibrate``) when it has one for the op's kind and dtype,
+otherwise its curve over one GEMM's FLOPs ``2 M N K``. Elementwise work runs at
+the fp32 (or op dtype) peak with ``eta_f = 1``. ``eta_m`` is the memory curve
+over bytes moved: activations are read where the previous kernel left them (the
+curve at their size, cache regime when small), weights are streamed from device
+memory (each layer's weights were evicted by the other layers since their last
+use), at the curve's large-size end. ``t_kernel`` is the profile's fixed device
+cost per kernel.
+
+Host issue (:func:`host_bound_s`): on an asynchronous device (a GPU) the host
+issues kernels while earlier ones run, so a pass takes
+``max(device_s, n_kernels * t_issue)``; with a captured CUDA graph the issue
+cost is that of one graph launch and is left out. On a CPU the host is the
+device: the per-kernel cost is in ``t_kernel`` and adds.
+
+Reference: Williams, Waterman, Patterson, "Roofline", CACM 2009. Left out:
+overlap of memory and compute inside a kernel beyond the max(), cache reuse of
+weights across kernels, power / clock throttling.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from .hardware import HardwareProfile
 
+if TYPE_CHECKING:  # pragma: no cover
+    from .layer import Op
+
 Bound = Literal["compute", "memory", "latency", "communication"]
-ComputeKind = Literal["matmul", "grouped_matmul", "elementwise"]
+ComputeKind = Literal["matmul", "grouped_matmul", "batched_matmul", "elementwise"]
 
 
 @dataclass(frozen=True)
@@ -39,88 +59,84 @@ class OpTime:
     bound: Bound
 
 
-def compute_op_time(
-    profile: HardwareProfile,
-    *,
-    flops: float,
-    bytes_moved: float,
-    dtype: str = "bf16",
-    kind: ComputeKind = "matmul",
-    num_kernels: int = 1,
-    flops_for_efficiency: float | None = None,
-) -> OpTime:
-    """Roofline time of an operation (see module docstring).
+def _scalar(x: Any) -> bool:
+    return isinstance(x, (int, float))
 
-    ``flops_for_efficiency`` lets grouped operations look up the efficiency of one
-    group's size rather than the total (a grouped GEMM of many small experts runs
-    at small-GEMM efficiency).
-    """
+
+def gemm_efficiency(profile: HardwareProfile, kind: str, dtype: str, op: "Op") -> Any:
+    """``eta_f`` of a (grouped) GEMM operation: the shape table, else the curve over one GEMM's FLOPs."""
     eff = profile.efficiency
-    peak = profile.accelerator.peak_for(dtype)
-    size = flops if flops_for_efficiency is None else flops_for_efficiency
-    if kind == "elementwise" or flops <= 0:
-        compute_s = 0.0 if flops <= 0 else flops / peak
+    g = op.gemm
+    if g is not None:
+        table = eff.gemm_table(kind, dtype)
+        if table is not None:
+            return table(g.m, g.k)
+        size = g.flops_per_gemm
     else:
-        curve = eff.grouped if kind == "grouped_matmul" else eff.matmul_frac
-        compute_s = flops / (peak * curve(size))
-    memory_s = 0.0
-    if bytes_moved > 0:
-        memory_s = bytes_moved / (profile.accelerator.memory_bandwidth_bytes_per_s * eff.memory_frac(bytes_moved))
-    overhead_s = num_kernels * eff.kernel_overhead_s
-    body = max(compute_s, memory_s)
-    if overhead_s > body:
-        bound: Bound = "latency"
+        size = op.flops
+    curve = eff.matmul_frac if kind == "matmul" else eff.grouped
+    if _scalar(size):
+        return curve(max(float(size), 1e-30))
+    return curve(np.maximum(np.asarray(size, dtype=float), 1e-30))
+
+
+def op_terms(profile: HardwareProfile, op: "Op", dtype: str) -> tuple[Any, Any, Any]:
+    """(compute_s, memory_s, overhead_s) of ``op`` (scalars, or arrays when the op's sizes are arrays)."""
+    eff = profile.efficiency
+    acc = profile.accelerator
+    d = op.dtype or dtype
+    peak = acc.peak_for(d)
+    flops = op.flops
+    if op.compute_kind in ("matmul", "grouped_matmul", "batched_matmul") and not (_scalar(flops) and flops <= 0):
+        compute = flops / (peak * gemm_efficiency(profile, op.compute_kind, d, op))
     else:
-        bound = "compute" if compute_s >= memory_s else "memory"
-    return OpTime(time_s=body + overhead_s, compute_s=compute_s, memory_s=memory_s, overhead_s=overhead_s, bound=bound)
-
-
-def compute_time_array(
-    profile: HardwareProfile,
-    flops: np.ndarray,
-    bytes_moved: np.ndarray,
-    dtype: str = "bf16",
-    kind: ComputeKind = "matmul",
-    num_kernels: float = 1.0,
-) -> np.ndarray:
-    """Vectorised :func:`compute_op_time`, returning ``time_s`` only (for large searches)."""
-    eff = profile.efficiency
-    flops = np.asarray(flops, dtype=float)
-    bytes_moved = np.asarray(bytes_moved, dtype=float)
-    peak = profile.accelerator.peak_for(dtype)
-    curve = eff.grouped if kind == "grouped_matmul" else eff.matmul_frac
-    with np.errstate(divide="ignore", invalid="ignore"):
-        compute = np.where(flops > 0, flops / (peak * (curve(flops) if kind != "elementwise" else 1.0)), 0.0)
-        memory = np.where(
-            bytes_moved > 0,
-            bytes_moved / (profile.accelerator.memory_bandwidth_bytes_per_s * eff.memory_frac(bytes_moved)),
-            0.0,
-        )
-    return np.maximum(compute, memory) + num_kernels * eff.kernel_overhead_s
-
-
-def op_time_s(
-    profile: HardwareProfile,
-    flops: float | np.ndarray,
-    bytes_moved: float | np.ndarray,
-    dtype: str = "bf16",
-    kind: ComputeKind = "matmul",
-    num_kernels: int = 1,
-    flops_for_efficiency: float | np.ndarray | None = None,
-) -> float | np.ndarray:
-    """``time_s`` of :func:`compute_op_time` for scalars or numpy arrays of sizes (no bound, no record).
-
-    Zero FLOPs or bytes give a zero term (``0 / x``), so no masking is needed.
-    """
-    eff = profile.efficiency
-    peak = profile.accelerator.peak_for(dtype)
-    flops = np.asarray(flops, dtype=float)
-    if kind == "elementwise":
         compute = flops / peak
+    w = acc.memory_bandwidth_bytes_per_s
+    act, wts = op.bytes_moved, op.weight_bytes
+    if _scalar(act):
+        mem_a = act / (w * eff.memory_frac(max(float(act), 1e-30))) if act > 0 else 0.0
     else:
-        curve = eff.grouped if kind == "grouped_matmul" else eff.matmul_frac
-        size = flops if flops_for_efficiency is None else np.asarray(flops_for_efficiency, dtype=float)
-        compute = flops / (peak * curve(np.maximum(size, 1e-30)))
-    b = np.asarray(bytes_moved, dtype=float)
-    memory = b / (profile.accelerator.memory_bandwidth_bytes_per_s * eff.memory_frac(np.maximum(b, 1e-30)))
-    return np.maximum(compute, memory) + num_kernels * eff.kernel_overhead_s
+        a = np.asarray(act, dtype=float)
+        mem_a = a / (w * eff.memory_frac(np.maximum(a, 1e-30)))
+    mem_w = wts / (w * eff.streaming_memory_frac)
+    overhead = op.num_kernels * eff.kernel_overhead_s
+    return compute, mem_a + mem_w, overhead
+
+
+def op_time_s(profile: HardwareProfile, op: "Op", dtype: str) -> Any:
+    """``time_s`` of ``op`` (scalar or numpy array): ``max(compute, memory) + overhead``."""
+    c, m, o = op_terms(profile, op, dtype)
+    if _scalar(c) and _scalar(m):
+        return max(c, m) + o
+    return np.maximum(c, m) + o
+
+
+def time_op(profile: HardwareProfile, op: "Op", dtype: str) -> OpTime:
+    """:func:`op_time_s` with its terms and bound, for scalar sizes."""
+    c, m, o = (float(x) for x in op_terms(profile, op, dtype))
+    body = max(c, m)
+    bound: Bound = "latency" if o > body else ("compute" if c >= m else "memory")
+    return OpTime(time_s=body + o, compute_s=c, memory_s=m, overhead_s=o, bound=bound)
+
+
+def compute_op_time(profile: HardwareProfile, *, flops: float, bytes_moved: float, dtype: str = "bf16",
+                    kind: ComputeKind = "matmul", num_kernels: int = 1, weight_bytes: float = 0.0,
+                    gemm: Any = None) -> OpTime:
+    """:func:`time_op` of an operation given by its numbers (microbenchmarks, optimizer passes)."""
+    from .layer import Op
+    from .ops import OpKind
+
+    op = Op(OpKind.EXPERTS, flops=flops, bytes_moved=bytes_moved, weight_bytes=weight_bytes,
+            compute_kind=kind, num_kernels=num_kernels, gemm=gemm)
+    return time_op(profile, op, dtype)
+
+
+def host_bound_s(profile: HardwareProfile, device_s: Any, kernels: Any, *, graph: bool) -> Any:
+    """A pass bound by the larger of device time and the host's issue time (see module docstring)."""
+    t_issue = profile.efficiency.host_issue_s
+    if graph or t_issue is None or t_issue <= 0:
+        return device_s
+    host = kernels * t_issue
+    if _scalar(device_s) and _scalar(host):
+        return max(device_s, host)
+    return np.maximum(device_s, host)

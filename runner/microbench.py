@@ -118,6 +118,26 @@ def run_overhead(b: OverheadBench, device: torch.device, target_s: float) -> Mea
         "bincount": lambda: torch.bincount(experts, minlength=4),
         "softmax": lambda: torch.softmax(rows, dim=-1),
     }
+    if b.op == "issue":  # host seconds per kernel of a chain issued without synchronising (GPU launch cost)
+        import time
+
+        chain = 200
+
+        def issue_chain() -> float:
+            synchronize(device)
+            t0 = time.perf_counter()
+            for _ in range(chain):
+                torch.add(x, y, out=out)
+            t1 = time.perf_counter()
+            synchronize(device)
+            return (t1 - t0) / chain
+
+        for _ in range(3):
+            issue_chain()
+        from .timing import summarise
+
+        t = summarise([issue_chain() for _ in range(30)])
+        return _measurement(b, t, f"host time per torch.add issued in a chain of {chain}")
     t = bench(fns[b.op], device, min_reps=50, max_reps=2000, target_s=target_s, flush_cache=False)
     return _measurement(b, t, f"torch {b.op} on a few elements")
 

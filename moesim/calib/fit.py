@@ -18,9 +18,13 @@ The fit inverts it, family by family, in this order:
    datasheet peaks stay and the curves are fractions of them.
 3. ``eta_m``: for every memory op, ``B / (W * (t - t_kernel))``; medians over
    factor-of-two bins of ``B`` become the curve's points.
-4. ``eta_f`` (``matmul_frac``): ``F / (P * (t - t_kernel))`` for every GEMM,
-   medians over half-octave bins of ``F``; ``grouped_matmul_frac`` likewise over the FLOPs of one
-   group (the grouped GEMM of small experts runs at small-GEMM efficiency).
+4. ``eta_f``: for every GEMM ``F / (P[dtype] * (t - t_kernel))``. The shape
+   tables (:class:`moesim.hardware.GemmTable`, one per kind -- plain ``mm``,
+   jagged ``grouped_mm``, padded ``bmm`` -- and dtype) take the median over the
+   measured ``N`` at each (rows per group ``M``, inner ``K``) of the grid;
+   ``matmul_frac`` / ``grouped_matmul_frac`` (over one GEMM's FLOPs, medians
+   over half-octave bins, reference dtype) stay as the fallback for dtypes and
+   kinds without a table. Each dtype's peak is its highest measured rate.
 5. Collectives: weighted least squares of ``t = t_coll + X / W_link`` over the
    all-to-all sizes (weights ``1/t``, so small and large messages count
    alike); all-reduce is fitted the same way (ring: ``X = 2 S (R-1)/R``) and
@@ -32,10 +36,13 @@ the median ``|predicted / measured - 1|`` is reported per family. The SwiGLU
 activation benchmark (``swiglu``) is not fitted: it checks the layer model's
 activation cost (family ``activation``).
 
-Left out: shape effects beyond FLOPs (two GEMMs of equal FLOPs but different
-aspect ratios share one efficiency), per-dtype curves (one curve over all
-dtypes, each relative to its own peak), cache effects beyond what the size
-bins capture, and thermal or frequency drift during the run.
+6. Host issue (GPUs): ``host_issue_s`` = host seconds per kernel of a chain of
+   tiny kernels issued without synchronising (``overhead:issue``); on a CPU the
+   host is the device and this cost is in ``t_kernel``.
+
+Left out: efficiency changes with ``N`` at fixed ``M`` and ``K`` (the residuals
+show them), cache effects beyond what the size bins capture, and thermal or
+frequency drift during the run.
 """
 
 from __future__ import annotations
@@ -48,9 +55,9 @@ from typing import Any
 import numpy as np
 
 from ..hardware import Calibration, Curve, HardwareProfile
+from ..layer import GemmShape, Op, activation_op
 from ..ops import OpKind
-from ..timing import compute_op_time
-from .layer_model import swiglu_activation_op
+from ..timing import time_op
 from .records import (
     BYTES_PER_ELEMENT,
     CollectiveBench,
@@ -162,21 +169,6 @@ def reference_dtype(gemms: list[Measurement]) -> str | None:
     return max(counts, key=lambda d: (counts[d], -order.get(d, 9)))
 
 
-def dtype_level(gemms: list[Measurement], t_kernel: float, curve_of: Any) -> float | None:
-    """A dtype's peak such that ``peak * curve(F)`` best matches its GEMM rates.
-
-    The median of ``rate / curve(F)`` over the larger half of the GEMMs (by the
-    FLOPs the curve is read at), where the curve's shape matters least.
-    """
-    if not gemms:
-        return None
-    sizes = [(m.bench.flops_per_group if isinstance(m.bench, GroupedMatmulBench) else m.bench.flops) for m in gemms]
-    cut = float(np.median(sizes))
-    ratios = [m.bench.flops / _busy_s(m, t_kernel) / float(curve_of(m.bench))
-              for m, s in zip(gemms, sizes) if s >= cut]
-    return float(np.median(ratios)) if ratios else None
-
-
 def _busy_s(m: Measurement, t_kernel: float, kernels: int = 1) -> float:
     """Measured time minus fixed overheads, never below 10 % of the measurement."""
     return max(m.median_s - kernels * t_kernel, 0.1 * m.median_s)
@@ -184,6 +176,57 @@ def _busy_s(m: Measurement, t_kernel: float, kernels: int = 1) -> float:
 
 def _median_rel(points: list[FitPoint]) -> float:
     return float(np.median([abs(p.rel_error) for p in points])) if points else float("nan")
+
+
+def gemm_kind(b: MatmulBench | GroupedMatmulBench) -> str:
+    """The compute kind a GEMM benchmark measures: plain, jagged grouped or padded batched."""
+    if isinstance(b, MatmulBench):
+        return "matmul"
+    return "batched_matmul" if b.op == "bmm" else "grouped_matmul"
+
+
+def bench_op(b: MatmulBench | GroupedMatmulBench) -> Op:
+    """A GEMM benchmark as the operation the layer builder would make of it (weights apart)."""
+    e = BYTES_PER_ELEMENT[b.dtype]
+    if isinstance(b, MatmulBench):
+        g, m = 1, b.m
+    else:
+        g, m = b.num_groups, b.m_per_group
+    return Op(OpKind.EXPERTS, b.key, flops=b.flops, bytes_moved=float(g * (m * b.k + m * b.n) * e),
+              weight_bytes=float(g * b.k * b.n * e), compute_kind=gemm_kind(b),  # type: ignore[arg-type]
+              gemm=GemmShape(m=float(m), n=float(b.n), k=float(b.k), groups=float(g)))
+
+
+def gemm_tables(gemms: list[Measurement], t_kernel: float, peak: Any) -> list[dict[str, Any]]:
+    """Shape tables (rows per group x inner dimension) per GEMM kind and dtype; see the module docstring.
+
+    Cells the grid did not measure take the nearest measured cell of their row
+    (in log K), else of the nearest row.
+    """
+    cells: dict[tuple[str, str], dict[tuple[int, int], list[float]]] = defaultdict(lambda: defaultdict(list))
+    for m in gemms:
+        b = m.bench
+        rows = b.m if isinstance(b, MatmulBench) else b.m_per_group  # type: ignore[union-attr]
+        frac = b.flops / (peak(b.dtype) * _busy_s(m, t_kernel))
+        cells[(gemm_kind(b), b.dtype)][(rows, b.k)].append(frac)  # type: ignore[union-attr, arg-type]
+    out = []
+    for (kind, dtype), grid in sorted(cells.items()):
+        ms = sorted({mk[0] for mk in grid})
+        ks = sorted({mk[1] for mk in grid})
+        table = []
+        for mi in ms:
+            row = []
+            for kj in ks:
+                if (mi, kj) in grid:
+                    vals = grid[(mi, kj)]
+                else:
+                    near = min(grid, key=lambda c: (abs(math.log(c[0] / mi)), abs(math.log(c[1] / kj))))
+                    vals = grid[near]
+                row.append(float(min(1.0, max(MIN_FRAC, float(np.median(vals))))))
+            table.append(row)
+        out.append({"kind": kind, "dtype": dtype, "rows": [float(x) for x in ms], "inner": [float(x) for x in ks],
+                    "frac": table})
+    return out
 
 
 # --------------------------------------------------------------------------- the fit
@@ -214,8 +257,9 @@ def fit_profile(
     stamp = f"moesim calibrate on {device_name or 'this device'}, {calibration.get('date_utc', '')}".rstrip(", ")
 
     # 1. per-kernel overhead
-    if by_kind["overhead"]:
-        t_kernel = float(np.median([m.median_s for m in by_kind["overhead"]]))
+    tiny = [m for m in by_kind["overhead"] if getattr(m.bench, "op", "") != "issue"]
+    if tiny:
+        t_kernel = float(np.median([m.median_s for m in tiny]))
     else:
         t_kernel = eff.kernel_overhead_s
         notes.append("no overhead measurements: kernel_overhead_s kept from the base profile")
@@ -268,25 +312,20 @@ def fit_profile(
                           [m.bench.flops / (peak(m.bench.dtype) * _busy_s(m, t_kernel)) for m in mms_c], GEMM_BIN_RATIO)
     gr_pts = binned_curve([m.bench.flops_per_group for m in grs_c],  # type: ignore[union-attr]
                           [m.bench.flops / (peak(m.bench.dtype) * _busy_s(m, t_kernel)) for m in grs_c], GEMM_BIN_RATIO)
-    if use_measured_peaks and ref is not None and (mm_pts or gr_pts):
-        mm_curve = Curve(points=mm_pts) if mm_pts else eff.matmul_frac
-        gr_curve = Curve(points=gr_pts) if gr_pts else (eff.grouped_matmul_frac or mm_curve)
-        for dt in sorted({m.bench.dtype for m in gemms} - {ref}):
-            level = dtype_level(
-                [m for m in gemms if m.bench.dtype == dt], t_kernel,
-                lambda b: mm_curve(b.flops) if isinstance(b, MatmulBench) else gr_curve(b.flops_per_group),
-            )
-            if level:
-                peaks[dt] = level
-                sources[f"accelerator.peak_flops_per_s.{dt}"] = (
-                    f"fitted: the {dt} level that best fits the {ref}-shaped efficiency curves to the {dt} GEMMs "
-                    f"(median of rate / curve over the larger half of them; {stamp}); the datasheet placeholder "
-                    "is replaced"
-                )
     if mm_pts is None:
         notes.append("no matmul measurements: matmul_frac kept from the base profile")
     if gr_pts is None:
         notes.append("no grouped-matmul measurements: grouped_matmul_frac kept from the base profile")
+
+    tables = gemm_tables(gemms, t_kernel, peak)
+
+    # 6. host issue cost on an asynchronous device
+    host_issue = eff.host_issue_s
+    issue = [m for m in by_kind["overhead"] if getattr(m.bench, "op", "") == "issue"]
+    if acc.kind == "gpu" and issue:
+        host_issue = float(np.median([m.median_s for m in issue]))
+    elif acc.kind == "cpu":
+        host_issue = None
 
     # 5. collectives
     links: dict[str, LinkFit] = {}
@@ -308,6 +347,9 @@ def fit_profile(
         eff_update["matmul_frac"] = {"points": mm_pts}
     if gr_pts:
         eff_update["grouped_matmul_frac"] = {"points": gr_pts}
+    if tables:
+        eff_update["gemm_tables"] = tables
+    eff_update["host_issue_s"] = host_issue
     node = base.node.model_dump()
     if "all_to_all" in links:
         lf = links["all_to_all"]
@@ -360,24 +402,23 @@ def predict_points(profile: HardwareProfile, measurements: list[Measurement],
     for m in measurements:
         b = m.bench
         fam: str
-        if isinstance(b, MatmulBench):
-            fam = "matmul"
-            t = compute_op_time(profile, flops=b.flops, bytes_moved=b.bytes_moved, dtype=b.dtype, kind="matmul").time_s
-        elif isinstance(b, GroupedMatmulBench):
-            fam = "grouped_matmul"
-            t = compute_op_time(profile, flops=b.flops, bytes_moved=b.bytes_moved, dtype=b.dtype,
-                                kind="grouped_matmul", flops_for_efficiency=b.flops_per_group).time_s
+        if isinstance(b, (MatmulBench, GroupedMatmulBench)):
+            fam = b.kind
+            t = time_op(profile, bench_op(b), b.dtype).time_s
         elif isinstance(b, MemoryBench) and b.op == "swiglu":
             fam = "activation"
-            op = swiglu_activation_op(OpKind.EXPERTS, "swiglu", b.num_elements, BYTES_PER_ELEMENT[b.dtype], 2)
-            t = compute_op_time(profile, flops=op.flops, bytes_moved=op.bytes_moved, dtype=op.compute_dtype or b.dtype,
-                                kind="elementwise", num_kernels=op.num_kernels).time_s
+            op = activation_op(OpKind.EXPERTS, "swiglu", b.num_elements, BYTES_PER_ELEMENT[b.dtype], num_kernels=2)
+            t = time_op(profile, op, b.dtype).time_s
         elif isinstance(b, MemoryBench):
             fam = "memory"
-            t = compute_op_time(profile, flops=0.0, bytes_moved=b.bytes_moved, dtype=b.dtype, kind="elementwise").time_s
+            op = Op(OpKind.EXPERTS, "memory", bytes_moved=b.bytes_moved, compute_kind="elementwise")
+            t = time_op(profile, op, b.dtype).time_s
         elif isinstance(b, OverheadBench):
             fam = "overhead"
             t = profile.efficiency.kernel_overhead_s
+            if b.op == "issue":
+                fam = "host_issue"
+                t = profile.efficiency.host_issue_s or profile.efficiency.kernel_overhead_s
         elif isinstance(b, CollectiveBench):
             fam = b.op
             lf = links.get(b.op)

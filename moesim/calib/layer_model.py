@@ -1,82 +1,43 @@
-"""Predicted time and peak memory of one MoE FFN layer, built stage by stage (pure; no torch).
+"""Predicted time and peak memory of one MoE FFN layer as the reference runner executes it (pure; no torch).
 
-:func:`moe_layer_ops` lists the operations of each stage (:class:`moesim.ops.OpKind`)
-with their FLOPs, bytes moved and kernel count, for a given per-expert load;
-:func:`predict_layer` times each with :func:`moesim.timing.compute_op_time` on a
-(calibrated) profile and adds the all-to-all of expert parallelism. The step
-model reuses :func:`moe_layer_ops` for the MoE FFN of a transformer layer.
+There is no layer formula here: :func:`layer_ops` calls the shared builder
+:func:`moesim.layer.moe_ffn_ops` (the one the step model runs) with EP and TP
+of the case, the measured rows per expert and the runner's implementation as
+the kernel plan, and :func:`predict_layer` times each operation with the one
+roofline of :mod:`moesim.timing`. What ``moesim validate`` checks is therefore
+the model that ``moesim estimate`` and ``moesim plan`` run, with the runner's
+eager kernels instead of a fused engine's.
 
-Symbols: ``T`` tokens per rank, ``D`` model width, ``F`` expert width, ``E``
-experts, ``L`` local experts, ``K`` top-k, ``A`` assignments routed by the rank
-(``T K``), ``n_e`` rows of expert ``e`` on the rank, ``C`` capacity, ``S``
-shared width, ``b`` bytes per element. A SwiGLU expert costs three GEMMs of
-``2 n D F`` FLOPs (Shazeer 2020, "GLU Variants Improve Transformer").
+Symbols: ``T`` tokens per rank, ``D`` model width, ``E`` experts, ``K``
+top-k, ``n_e`` rows of expert ``e`` on the rank.
 
-Per implementation (matching ``moesim.runner.layers``):
-
-* ``loop``: every expert is its own set of kernels: dispatch scans the ``A``
-  assignments once per expert (``E`` compare + nonzero passes) and gathers its
-  rows; each non-empty expert runs 3 GEMMs at the efficiency of an ``n_e``-row
-  GEMM plus 2 elementwise kernels; combine weights and scatter-adds per expert.
-* ``padded`` (GShard / Switch): dispatch builds the position of every
-  assignment in its expert (a one-hot cumsum over ``A x E``) and fills an
-  ``[E, C, D]`` buffer; the experts compute all ``E C`` rows whatever the load
-  (3 batched GEMMs at the efficiency of a ``C``-row GEMM); dropped rows cost
-  nothing in combine.
-* ``grouped`` (dropless): one sort of ``A`` assignments, one gather, 3 grouped
-  GEMMs whose groups run at the efficiency of their own size
-  (``flops_for_efficiency`` = one expert's GEMM), one weighted scatter-add.
-  Experts with equal loads share an operation, so the list stays short.
-
-Expert parallelism (``ep_size = R``): the dispatch adds an all-to-all of the
-per-expert counts and one of the rows (``X`` bytes leave the rank), the
-combine the reverse; each costs ``t_coll + X / (W_link * frac_link)``. The
-layer takes as long as its slowest rank (the straggler sets the time). When
+Expert parallelism (``ep_size = R``): the runner exchanges per-expert counts,
+then the rows (``X`` bytes leave the rank), and the reverse in the combine;
+each call costs ``t_coll`` and the bytes cross the host's one link at the
+fitted ``W_link * frac_link`` (the calibrated local link is the whole
+topology of a single host). The layer takes as long as its slowest rank. When
 ``R`` CPU ranks share one machine each gets ``compute_share`` of its FLOP/s and
 bandwidth.
 
-Left out: overlap of stages, the router's auxiliary losses, activation
-checkpointing, backward; sort cost is modelled as ``log2(A)`` passes over the
-keys; Python overhead is folded into the per-kernel cost the calibration fits.
+Left out: overlap of stages (the runner is sequential), the router's auxiliary
+losses, activation checkpointing, backward.
 """
 
 from __future__ import annotations
 
-import math
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from ..hardware import HardwareProfile
+from ..layer import INDEX_BYTES, MoEShape, Op, RowsPerExpert, moe_ffn_ops, num_kernels
 from ..ops import OpKind
-from ..timing import ComputeKind, OpTime, compute_op_time
+from ..timing import host_bound_s, time_op
 from .layer_spec import MoELayerSpec
 
-INDEX_BYTES = 8  # int64 indices
-#: Arithmetic cost of SiLU, x * sigmoid(x), in fp32 FLOP-equivalents per element (a vectorised exp and a
-#: division). Set from this project's CPU measurement: torch 2.13's AVX-512 SiLU ran about 4.5e9 elements/s on
-#: 2 cores whose fp32 GEMMs peaked at 196 GFLOP/s (~44 FLOP/element); the calibration's ``swiglu`` benchmark
-#: reports how well this holds on another machine (fit residual family ``activation``). On GPUs the activation
-#: is memory-bound and this term never binds.
-SILU_FLOPS_PER_ELEMENT = 40.0
-
-
-@dataclass(frozen=True)
-class LayerOp:
-    """One operation of a layer stage: work, traffic and kernel count (no hardware)."""
-
-    kind: OpKind
-    name: str
-    flops: float
-    bytes_moved: float
-    num_kernels: int
-    compute_kind: ComputeKind = "elementwise"
-    flops_for_efficiency: float | None = None
-    comm_bytes: float = 0.0
-    num_collectives: int = 0
-    compute_dtype: str | None = None  # dtype whose peak times the FLOPs (None: the layer's)
+__all__ = ["INDEX_BYTES", "LayerMemory", "LayerPrediction", "RankLoad", "RankPrediction", "TimedOp",
+           "collective_time_s", "layer_ops", "layer_peak_memory", "predict_layer", "rank_loads", "scaled_profile"]
 
 
 @dataclass(frozen=True)
@@ -112,111 +73,31 @@ def rank_loads(spec: MoELayerSpec, counts_RE: np.ndarray) -> list[RankLoad]:
     return out
 
 
-def _sort_bytes(n: int) -> float:
-    """A comparison sort of ``n`` int64 keys (+ indices) modelled as log2(n) passes."""
-    return 2.0 * n * INDEX_BYTES * max(1.0, math.log2(max(n, 2)))
+def layer_shape(spec: MoELayerSpec) -> MoEShape:
+    """The case's layer for the shared builder (SwiGLU experts, the case's router and EP size)."""
+    return MoEShape(d_model=spec.d_model, expert_ffn=spec.d_expert_ffn, num_experts=spec.num_experts,
+                    top_k=spec.top_k, num_local_experts=spec.num_local_experts, ffn_matrices=3,
+                    num_groups=spec.num_groups, expert_choice=spec.router == "expert_choice",
+                    shared_ffn=float(spec.shared_ffn_dim), ep_size=spec.ep_size)
 
 
-def swiglu_activation_op(kind: OpKind, name: str, num_elements: float, b: int, num_kernels: int) -> LayerOp:
-    """``silu(h1) * h3`` over ``num_elements``: SiLU arithmetic at the fp32 rate, 5 element-moves of traffic."""
-    return LayerOp(kind=kind, name=name, flops=SILU_FLOPS_PER_ELEMENT * num_elements, bytes_moved=5.0 * num_elements * b,
-                   num_kernels=num_kernels, compute_kind="elementwise", compute_dtype="fp32")
-
-
-def _ffn_ops(kind: OpKind, name: str, rows_by_group: Sequence[int], D: int, Fd: int, b: int, *,
-             compute_kind: ComputeKind, kernels_per_group: bool) -> list[LayerOp]:
-    """SwiGLU FFN over groups of rows: 3 GEMMs + silu * mul, one GEMM op per distinct group size.
-
-    Per group (``kernels_per_group``, the loop): 3 weight selections, 3 GEMMs,
-    silu and mul; otherwise 3 grouped GEMMs and 2 elementwise calls in all.
-    """
-    ops: list[LayerOp] = []
-    sizes = Counter(int(n) for n in rows_by_group if n > 0)
-    nonempty = sum(sizes.values())
-    if not nonempty:
-        return ops
-    for n, num in sorted(sizes.items()):
-        gemm_flops = 2.0 * n * D * Fd
-        # w1 and w3: [n, D] @ [D, F]; w2: [n, F] @ [F, D]
-        bytes_moved = num * 3 * (n * D * b + D * Fd * b + n * Fd * b)
-        ops.append(LayerOp(kind=kind, name=f"{name}_gemm_n{n}", flops=3 * num * gemm_flops, bytes_moved=bytes_moved,
-                           num_kernels=3 * num if kernels_per_group else 3 if not ops else 0,
-                           compute_kind=compute_kind, flops_for_efficiency=gemm_flops))
-    rows = sum(n * c for n, c in sizes.items())
-    ops.append(swiglu_activation_op(kind, f"{name}_act", rows * Fd, b, 5 * nonempty if kernels_per_group else 2))
-    return ops
-
-
-def moe_layer_ops(spec: MoELayerSpec, load: RankLoad | Sequence[int]) -> list[LayerOp]:
-    """Operations of one rank's MoE FFN, by stage (see module docstring).
+def layer_ops(spec: MoELayerSpec, load: RankLoad | Sequence[int]) -> list[Op]:
+    """Operations of one rank's MoE FFN as the runner issues them (the shared builder, eager plan).
 
     ``load`` is a :class:`RankLoad`, or for one rank just the rows per expert.
     """
     if not isinstance(load, RankLoad):
         counts = tuple(int(c) for c in load)
         load = RankLoad(rank=0, routed_rows=int(sum(counts)), local_counts=counts)
-    T, D, Fd, E, K = spec.num_tokens, spec.d_model, spec.d_expert_ffn, spec.num_experts, spec.top_k
     b = spec.bytes_per_element
-    A = load.routed_rows
-    B = load.received_rows
-    L = len(load.local_counts)
-    impl = spec.implementation
-    ops: list[LayerOp] = []
-
-    # ROUTER: logits GEMM, then scores / top-k / probs in fp32
-    ops.append(LayerOp(OpKind.ROUTER, "router_logits", 2.0 * T * D * E, (T * D + D * E + T * E) * b, 1, "matmul",
-                       2.0 * T * D * E))
-    if spec.router == "expert_choice":
-        ops.append(LayerOp(OpKind.ROUTER, "router_expert_choice", 0.0, T * E * 4 * 4.0 + A * (INDEX_BYTES + 4) * 2, 16))
-    else:
-        extra = 8 if spec.num_groups > 1 else 0
-        ops.append(LayerOp(OpKind.ROUTER, "router_topk", 0.0,
-                           T * E * 4 * (3.0 + (2 if spec.num_groups > 1 else 0)) + T * K * (INDEX_BYTES + 4) * 4,
-                           18 + extra))
-
-    ep = spec.ep_size > 1
-    if ep:
-        x_bytes = load.sent_remote_rows * D * b
-        ops.append(LayerOp(OpKind.DISPATCH, "dispatch_sort", 0.0, _sort_bytes(A) + A * INDEX_BYTES * 3, 8))
-        ops.append(LayerOp(OpKind.DISPATCH, "dispatch_gather", 0.0, 2.0 * A * D * b, 2))
-        ops.append(LayerOp(OpKind.DISPATCH, "dispatch_counts_all_to_all", 0.0, 0.0, 0, comm_bytes=0.0,
-                           num_collectives=1))
-        ops.append(LayerOp(OpKind.DISPATCH, "dispatch_all_to_all", 0.0, 0.0, 2, comm_bytes=x_bytes, num_collectives=1))
-        ops.append(LayerOp(OpKind.DISPATCH, "dispatch_permute", 0.0, _sort_bytes(B) + 2.0 * B * D * b, 9))
-        per_group = impl == "loop"
-        ops += _ffn_ops(OpKind.EXPERTS, "experts", load.local_counts, D, Fd, b,
-                        compute_kind="matmul" if per_group else "grouped_matmul", kernels_per_group=per_group)
-        ops.append(LayerOp(OpKind.COMBINE, "combine_unpermute", 0.0, 2.0 * B * D * b, 2))
-        ops.append(LayerOp(OpKind.COMBINE, "combine_all_to_all", 0.0, 0.0, 1, comm_bytes=x_bytes, num_collectives=1))
-        ops.append(LayerOp(OpKind.COMBINE, "combine_scatter_add", 0.0, T * D * b + 6.0 * A * D * b, 5))
-    elif impl == "loop":
-        ops.append(LayerOp(OpKind.DISPATCH, "dispatch_select", 0.0, L * A * (INDEX_BYTES + 1.0), 3 * L))
-        ops.append(LayerOp(OpKind.DISPATCH, "dispatch_gather", 0.0, 2.0 * A * D * b + A * (INDEX_BYTES + b) * 2, 3 * L))
-        ops += _ffn_ops(OpKind.EXPERTS, "experts", load.local_counts, D, Fd, b, compute_kind="matmul",
-                        kernels_per_group=True)
-        nonempty = sum(1 for c in load.local_counts if c)
-        ops.append(LayerOp(OpKind.COMBINE, "combine_scatter_add", 0.0, T * D * b + 6.0 * A * D * b, 1 + 3 * nonempty))
-    elif impl == "padded":
-        C = min(spec.capacity, T) if spec.router == "expert_choice" else spec.capacity
-        kept = int(sum(min(c, C) for c in load.local_counts))
-        ops.append(LayerOp(OpKind.DISPATCH, "dispatch_positions", 0.0,
-                           _sort_bytes(A) + A * E * INDEX_BYTES * 5.0 + A * INDEX_BYTES * 8, 15))
-        ops.append(LayerOp(OpKind.DISPATCH, "dispatch_fill", 0.0, E * C * D * b + 2.0 * kept * D * b, 4))
-        ops += _ffn_ops(OpKind.EXPERTS, "experts", [C] * E, D, Fd, b, compute_kind="grouped_matmul",
-                        kernels_per_group=False)
-        ops.append(LayerOp(OpKind.COMBINE, "combine_scatter_add", 0.0, T * D * b + 8.0 * kept * D * b, 6))
-    else:  # grouped
-        ops.append(LayerOp(OpKind.DISPATCH, "dispatch_sort", 0.0, _sort_bytes(A) + A * INDEX_BYTES * 4, 5))
-        ops.append(LayerOp(OpKind.DISPATCH, "dispatch_gather", 0.0, 2.0 * A * D * b, 1))
-        ops += _ffn_ops(OpKind.EXPERTS, "experts", load.local_counts, D, Fd, b, compute_kind="grouped_matmul",
-                        kernels_per_group=False)
-        ops.append(LayerOp(OpKind.COMBINE, "combine_scatter_add", 0.0, T * D * b + 6.0 * A * D * b, 5))
-
-    if spec.shared_ffn_dim:
-        S = spec.shared_ffn_dim
-        ops += _ffn_ops(OpKind.SHARED_EXPERTS, "shared", [T], D, S, b, compute_kind="matmul", kernels_per_group=True)
-        ops.append(LayerOp(OpKind.SHARED_EXPERTS, "shared_add", 0.0, 3.0 * T * D * b, 1))
-    return ops
+    capacity = None
+    if spec.implementation == "padded":
+        capacity = min(spec.capacity, spec.num_tokens) if spec.router == "expert_choice" else spec.capacity
+    tokens = spec.num_tokens
+    # expert choice routes E * C assignments whatever K is: the builder's A = T K becomes the routed rows
+    return moe_ffn_ops(layer_shape(spec), tokens=tokens, rows=RowsPerExpert.exact(load.local_counts),
+                       plan=spec.implementation, act_bytes=b, weight_bytes_per_element=b,
+                       sent_rows=load.sent_remote_rows, capacity=capacity, routed_rows=load.routed_rows)
 
 
 # --------------------------------------------------------------------------- timing on a profile
@@ -224,7 +105,7 @@ def moe_layer_ops(spec: MoELayerSpec, load: RankLoad | Sequence[int]) -> list[La
 
 @dataclass(frozen=True)
 class TimedOp:
-    op: LayerOp
+    op: Op
     time_s: float
     bound: str
 
@@ -236,6 +117,14 @@ class RankPrediction:
     by_stage_s: dict[OpKind, float]
     ops: list[TimedOp] = field(repr=False)
 
+    @property
+    def by_op_s(self) -> dict[str, float]:
+        """Seconds per named operation (router_topk, permute, experts_up, experts_act, ...)."""
+        out: dict[str, float] = {}
+        for t in self.ops:
+            out[t.op.name] = out.get(t.op.name, 0.0) + t.time_s
+        return out
+
 
 @dataclass(frozen=True)
 class LayerPrediction:
@@ -245,6 +134,10 @@ class LayerPrediction:
     by_stage_s: dict[OpKind, float]
     slowest_rank: int
     ranks: list[RankPrediction] = field(repr=False)
+
+    @property
+    def by_op_s(self) -> dict[str, float]:
+        return self.ranks[self.slowest_rank].by_op_s
 
 
 def scaled_profile(profile: HardwareProfile, compute_share: float) -> HardwareProfile:
@@ -259,10 +152,10 @@ def scaled_profile(profile: HardwareProfile, compute_share: float) -> HardwarePr
     return profile.model_copy(update={"accelerator": new_acc})
 
 
-def collective_time_s(profile: HardwareProfile, comm_bytes: float) -> float:
-    """One all-to-all call: ``t_coll + X / (W_link * frac_link)`` (scale-up link of the profile)."""
+def collective_time_s(profile: HardwareProfile, comm_bytes: float, num_calls: int = 1) -> float:
+    """All-to-all calls over the host's link: ``calls * t_coll + X / (W_link * frac_link)``."""
     eff = profile.efficiency
-    t = eff.collective_overhead_s
+    t = num_calls * eff.collective_overhead_s
     if comm_bytes > 0:
         bw = profile.node.scale_up_bandwidth_per_accelerator_bytes_per_s
         if bw is None:
@@ -271,17 +164,15 @@ def collective_time_s(profile: HardwareProfile, comm_bytes: float) -> float:
     return t
 
 
-def time_ops(profile: HardwareProfile, ops: Sequence[LayerOp], dtype: str) -> list[TimedOp]:
+def time_ops(profile: HardwareProfile, ops: Sequence[Op], dtype: str) -> list[TimedOp]:
     out = []
     for op in ops:
-        if op.num_collectives:
-            t = op.num_collectives * collective_time_s(profile, op.comm_bytes)
+        if op.compute_kind == "comm":
+            t = collective_time_s(profile, float(op.comm_bytes), op.num_collectives)
             t += op.num_kernels * profile.efficiency.kernel_overhead_s
             out.append(TimedOp(op, t, "communication"))
             continue
-        ot: OpTime = compute_op_time(profile, flops=op.flops, bytes_moved=op.bytes_moved, dtype=op.compute_dtype or dtype,
-                                     kind=op.compute_kind, num_kernels=op.num_kernels,
-                                     flops_for_efficiency=op.flops_for_efficiency)
+        ot = time_op(profile, op, dtype)
         out.append(TimedOp(op, ot.time_s, ot.bound))
     return out
 
@@ -293,7 +184,8 @@ def predict_layer(
     *,
     compute_share: float = 1.0,
 ) -> LayerPrediction:
-    """Predicted forward time of the layer: per rank, the sum of its timed ops; the layer, the slowest rank.
+    """Predicted forward time of the layer: per rank, the sum of its timed ops (bound by the host's issue
+    time on an asynchronous device); the layer, the slowest rank.
 
     ``counts_RE[r, e]`` are the rows rank ``r`` routes to expert ``e`` (a 1-D
     array is taken as one rank's counts).
@@ -302,11 +194,14 @@ def predict_layer(
     prof = scaled_profile(profile, compute_share)
     ranks = []
     for load in rank_loads(spec, counts):
-        timed = time_ops(prof, moe_layer_ops(spec, load), spec.dtype)
+        ops = layer_ops(spec, load)
+        timed = time_ops(prof, ops, spec.dtype)
         stages: dict[OpKind, float] = {}
         for t in timed:
             stages[t.op.kind] = stages.get(t.op.kind, 0.0) + t.time_s
-        ranks.append(RankPrediction(rank=load.rank, time_s=sum(stages.values()), by_stage_s=stages, ops=timed))
+        device = sum(stages.values())
+        total = float(host_bound_s(prof, device, num_kernels(ops), graph=False))
+        ranks.append(RankPrediction(rank=load.rank, time_s=total, by_stage_s=stages, ops=timed))
     slow = max(ranks, key=lambda r: r.time_s)
     return LayerPrediction(time_s=slow.time_s, by_stage_s=slow.by_stage_s, slowest_rank=slow.rank, ranks=ranks)
 

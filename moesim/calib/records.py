@@ -117,7 +117,7 @@ class OverheadBench(_Frozen):
 
     kind: Literal["overhead"] = "overhead"
     op: Literal["add", "index_select", "index", "nonzero", "index_add", "mm", "topk", "argsort", "bincount",
-                "softmax"] = Field(description="Tiny op timed (the kinds of call an MoE layer makes).")
+                "softmax", "issue"] = Field(description="Tiny op timed (the kinds of call an MoE layer makes).")
 
     @property
     def key(self) -> str:

@@ -43,7 +43,8 @@ from ..hardware import HardwareProfile
 from ..model import ModelSpec
 from ..ops import OpKind
 from ..scenario import Scenario, ServeWorkload, TrainWorkload, load_scenario
-from ..timing import compute_op_time, op_time_s
+from ..layer import num_kernels
+from ..timing import compute_op_time, host_bound_s, op_time_s, time_op
 from . import bridge
 from .memory import MemoryBreakdown, kv_bytes_per_sequence, layer_activation_bytes, stage_params
 from .ops import (
@@ -147,8 +148,7 @@ class _Timer:
             if op.collective == "all_to_all":
                 return self.a2a.get(op.kind, 0.0)
             return bridge.collective_time_s(self.hw, self.par, op.collective, op.comm_bytes, op.group)
-        return op_time_s(self.hw, op.flops, op.bytes_moved, op.dtype or self.dtype, op.compute_kind, op.num_kernels,
-                         op.flops_for_efficiency)
+        return op_time_s(self.hw, op, self.dtype)
 
     def op(self, op: Op) -> tuple[float, str]:
         if op.compute_kind == "comm":
@@ -157,9 +157,7 @@ class _Timer:
             else:
                 t = bridge.collective_time_s(self.hw, self.par, op.collective, op.comm_bytes, op.group)
             return t, "communication"
-        kind = op.compute_kind
-        ot = compute_op_time(self.hw, flops=op.flops, bytes_moved=op.bytes_moved, dtype=op.dtype or self.dtype, kind=kind,
-                             num_kernels=op.num_kernels, flops_for_efficiency=op.flops_for_efficiency)
+        ot = time_op(self.hw, op, self.dtype)
         return ot.time_s, ot.bound
 
 
@@ -176,6 +174,10 @@ def layer_pass(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Paralle
     if vector:
         n = np.asarray(n, dtype=float)
     timer = _Timer(sc, model, hw, par, compute_dtype)
+    launch = sc.schedule.launch
+    graph = launch == "graph" or (launch == "auto" and bool(np.any(np.asarray(decode_batch) > 0)))
+    plan = sc.schedule.kernel_plan
+    issue_factor = 2.0 if backward else 1.0  # dgrad and wgrad kernels
     wb = bytes_per_element(weight_dtype)
     ewb = bytes_per_element(expert_weight_dtype) if expert_weight_dtype else wb
     attn = attention_ops(model, par, n, keys, decode_batch=decode_batch, context=context, weight_bytes=wb,
@@ -197,6 +199,7 @@ def layer_pass(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Paralle
         else:
             total = critical_path_s(kind, dur, overlap_shared=overlap_shared, comm_overlap=comm_overlap,
                                     overlap_slowdown_frac=sc.schedule.overlap_slowdown_frac)[0]
+        total = host_bound_s(hw, total, issue_factor * num_kernels(ops), graph=graph)
         return total, {}, dur
 
     def run(kind: str, ops: list[Op], record: bool = True) -> tuple[float, dict[str, float], dict[str, float]]:
@@ -214,6 +217,10 @@ def layer_pass(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Paralle
             details.append((name, op, t, b))
         total, path = critical_path_s(kind, dur, overlap_shared=overlap_shared, comm_overlap=comm_overlap,
                                       overlap_slowdown_frac=sc.schedule.overlap_slowdown_frac)
+        device_total = total
+        total = host_bound_s(hw, total, issue_factor * num_kernels(ops), graph=graph)
+        if total > device_total:
+            bound["host_issue"] = "latency"
         by_stage: dict[str, float] = {}
         longest: dict[str, float] = {}
         for name, op, t, b in details:
@@ -225,7 +232,7 @@ def layer_pass(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Paralle
                 bound[stage] = b
             if record and not backward:
                 timings.append(OpTiming.model_construct(
-                    kind=stage, layer=kind, time_s=t, flops=op.flops, bytes_moved=op.bytes_moved,
+                    kind=stage, layer=kind, time_s=t, flops=op.flops, bytes_moved=op.total_bytes,
                     comm_bytes=op.comm_bytes, group=op.group, bound=b, on_critical_path=on))
         return total, by_stage, dur
 
@@ -241,17 +248,17 @@ def layer_pass(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Paralle
             mean_load, p99_load, load_summary = bridge.rank_load(sc, model, hw, par, n_src)
         d, c = bridge.a2a_times_s(sc, model, hw, par, n_src, bpc, mean_load)
         timer.a2a = {OpKind.DISPATCH: d, OpKind.COMBINE: c}
-        moe_ops_mean = attn + moe_ops(model, par, n, mean_load, bytes_per_copy=bpc, weight_bytes=wb, expert_weight_bytes=ewb)
+        moe_ops_mean = attn + moe_ops(model, par, n, mean_load, bytes_per_copy=bpc, weight_bytes=wb, expert_weight_bytes=ewb, plan=plan)
         moe_s, by_moe, _ = run("moe", moe_ops_mean)
     if detail and model.moe is not None and model.num_moe_layers:
         d, c = bridge.a2a_times_s(sc, model, hw, par, n_src, bpc, p99_load)
         timer.a2a = {OpKind.DISPATCH: d, OpKind.COMBINE: c}
-        moe_ops_p99 = attn + moe_ops(model, par, n, p99_load, bytes_per_copy=bpc, weight_bytes=wb, expert_weight_bytes=ewb)
+        moe_ops_p99 = attn + moe_ops(model, par, n, p99_load, bytes_per_copy=bpc, weight_bytes=wb, expert_weight_bytes=ewb, plan=plan)
         moe_p99_s, _, _ = run("moe", moe_ops_p99, record=False)
     dense_s = 0.0
     by_dense: dict[str, float] = {}
     if model.num_dense_layers:
-        dense_s, by_dense, _ = run("dense", attn + dense_ffn_ops(model, par, n, weight_bytes=wb))
+        dense_s, by_dense, _ = run("dense", attn + dense_ffn_ops(model, par, n, weight_bytes=wb, plan=plan))
     lm = lm_head_op(model, par, n if lm_tokens is None else lm_tokens, weight_bytes=wb)
     if backward:
         lm = lm.scaled(2.0)
@@ -265,7 +272,7 @@ def layer_pass(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Paralle
     lm_t, lm_b = timer.op(lm)
     bound["lm_head"] = lm_b
     if not backward:
-        timings.append(OpTiming(kind="lm_head", layer="model", time_s=lm_t, flops=lm.flops, bytes_moved=lm.bytes_moved,
+        timings.append(OpTiming(kind="lm_head", layer="model", time_s=lm_t, flops=lm.flops, bytes_moved=lm.total_bytes,
                                 comm_bytes=0.0, group="", bound=lm_b, on_critical_path=True))
     return Pass(moe_s, moe_p99_s, dense_s, by_moe, by_dense, bound, timings, load_summary, emb_t, lm_t)
 

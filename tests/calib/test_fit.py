@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from moesim.calib.fit import binned_curve, fit_link, fit_profile, predict_points
+from moesim.calib.fit import bench_op, binned_curve, fit_link, fit_profile, predict_points
 from moesim.calib.records import (
     CollectiveBench,
     GroupedMatmulBench,
@@ -17,7 +17,9 @@ from moesim.calib.records import (
     OverheadBench,
 )
 from moesim.hardware import Curve, HardwareProfile, load_hardware
-from moesim.timing import compute_op_time
+from moesim.layer import Op
+from moesim.ops import OpKind
+from moesim.timing import time_op
 
 PROV = dict(base_profile="local-cpu", device_name="Test CPU", date_utc="2025-01-01T00:00:00Z",
             measurements_file="m.jsonl", measurements_sha256="0" * 64)
@@ -38,6 +40,9 @@ def _truth() -> HardwareProfile:
         "grouped_matmul_frac": {"points": [(1e6, 0.1), (1e8, 0.5), (1e10, 0.9)]},
         "memory_frac": {"points": [(1e4, 0.3), (1e6, 1.0), (1e8, 0.4)]},
         "kernel_overhead_s": 2e-6,
+        # fp32 GEMMs follow a shape table: efficiency rises with rows M and with the inner dimension K
+        "gemm_tables": [{"kind": "matmul", "dtype": "fp32", "rows": [4, 64, 1024], "inner": [256, 1024],
+                         "frac": [[0.05, 0.1], [0.3, 0.5], [0.8, 1.0]]}],
     }
     return HardwareProfile.model_validate(raw)
 
@@ -48,15 +53,14 @@ def _synthetic(truth: HardwareProfile) -> list[Measurement]:
         for m in (4, 16, 64, 256, 1024, 4096):
             for k, n in ((256, 512), (1024, 2048)):
                 b = MatmulBench(dtype=dt, m=m, k=k, n=n)
-                out.append(_m(b, compute_op_time(truth, flops=b.flops, bytes_moved=0, dtype=dt).time_s))
+                out.append(_m(b, time_op(truth, bench_op(b), dt).time_s))
         for g, m in ((4, 16), (16, 64), (8, 1024)):
             b = GroupedMatmulBench(dtype=dt, num_groups=g, m_per_group=m, k=512, n=1024)
-            t = compute_op_time(truth, flops=b.flops, bytes_moved=0, dtype=dt, kind="grouped_matmul",
-                                flops_for_efficiency=b.flops_per_group).time_s
-            out.append(_m(b, t))
+            out.append(_m(b, time_op(truth, bench_op(b), dt).time_s))
     for p in range(10, 27):
         b = MemoryBench(op="copy", dtype="fp32", num_elements=1 << p)
-        out.append(_m(b, compute_op_time(truth, flops=0, bytes_moved=b.bytes_moved, kind="elementwise").time_s))
+        op = Op(OpKind.EXPERTS, bytes_moved=b.bytes_moved, compute_kind="elementwise")
+        out.append(_m(b, time_op(truth, op, "fp32").time_s))
     for s in (1 << 10, 1 << 14, 1 << 18, 1 << 22):
         b = CollectiveBench(op="all_to_all", world_size=2, message_bytes=s)
         out.append(_m(b, 100e-6 + b.cross_bytes / 2e9))
@@ -78,7 +82,14 @@ def test_fit_recovers_the_profile_that_generated_the_measurements():
     assert lf.overhead_s == pytest.approx(100e-6, rel=0.01)
     assert lf.bandwidth_bytes_per_s == pytest.approx(2e9, rel=0.01)
     eff = res.profile.efficiency
-    assert eff.matmul_frac(2 * 64 * 1024 * 2048) == pytest.approx(truth.efficiency.matmul_frac(2 * 64 * 1024 * 2048), rel=0.1)
+    table = eff.gemm_table("matmul", "fp32")
+    assert table is not None and table.rows == [4, 16, 64, 256, 1024, 4096] and table.inner == [256, 1024]
+    for m in (4, 64, 1024):
+        for k in (256, 1024):
+            assert table(m, k) == pytest.approx(truth.efficiency.gemm_table("matmul", "fp32")(m, k), rel=0.02)
+    # bf16 had no table in the truth: its fitted table reproduces the FLOPs curve at the measured shapes
+    bf = eff.gemm_table("matmul", "bf16")
+    assert bf(64, 1024) == pytest.approx(truth.efficiency.matmul_frac(2 * 64 * 1024 * 2048), rel=0.05)
 
 
 def test_calibrated_profile_carries_provenance_and_round_trips_through_json(tmp_path):
@@ -136,6 +147,6 @@ def test_fit_link_recovers_latency_and_bandwidth_and_never_goes_negative():
 def test_predict_points_reproduces_a_measurement_made_by_the_same_profile():
     truth = _truth()
     b = MatmulBench(dtype="fp32", m=128, k=512, n=512)
-    t = compute_op_time(truth, flops=b.flops, bytes_moved=b.bytes_moved, dtype="fp32").time_s
+    t = time_op(truth, bench_op(b), "fp32").time_s
     (pt,) = predict_points(truth, [_m(b, t)])
     assert pt.family == "matmul" and pt.rel_error == pytest.approx(0.0, abs=1e-12)

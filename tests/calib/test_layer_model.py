@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 
 from moesim.calib.layer_model import (
-    SILU_FLOPS_PER_ELEMENT,
     collective_time_s,
+    layer_ops,
     layer_peak_memory,
-    moe_layer_ops,
     predict_layer,
     rank_loads,
     scaled_profile,
 )
+from moesim.layer import SILU_FLOPS_PER_ELEMENT
 from moesim.calib.layer_spec import MoELayerSpec
 from moesim.hardware import HardwareProfile, load_hardware
 from moesim.ops import OpKind
@@ -42,7 +42,7 @@ UNIFORM = [T * K // E] * E
 
 @pytest.mark.parametrize("impl", ["loop", "grouped"])
 def test_dropless_expert_flops_are_three_gemms_over_all_assignments(impl):
-    ops = moe_layer_ops(_spec(implementation=impl), UNIFORM)
+    ops = layer_ops(_spec(implementation=impl), UNIFORM)
     assert _flops(ops, OpKind.EXPERTS) == pytest.approx(3 * 2 * T * K * D * F)
     assert _flops(ops, OpKind.ROUTER) == pytest.approx(2 * T * D * E)
 
@@ -53,23 +53,34 @@ def test_padded_experts_compute_capacity_rows_whatever_the_load():
     assert C == int(np.ceil(1.5 * T * K / E))
     skewed = [T * K] + [0] * (E - 1)
     for load in (UNIFORM, skewed):
-        assert _flops(moe_layer_ops(spec, load), OpKind.EXPERTS) == pytest.approx(3 * 2 * E * C * D * F)
+        assert _flops(layer_ops(spec, load), OpKind.EXPERTS) == pytest.approx(3 * 2 * E * C * D * F)
 
 
-def test_grouped_gemms_use_the_efficiency_of_one_expert_and_equal_loads_share_an_op():
-    ops = [o for o in moe_layer_ops(_spec(), UNIFORM) if o.kind == OpKind.EXPERTS and o.compute_kind != "elementwise"]
-    assert len(ops) == 1
-    assert ops[0].compute_kind == "grouped_matmul"
-    assert ops[0].flops_for_efficiency == pytest.approx(2 * (T * K // E) * D * F)
+def test_grouped_gemms_carry_their_own_shape_and_equal_loads_share_an_op():
+    ops = [o for o in layer_ops(_spec(), UNIFORM) if o.kind == OpKind.EXPERTS and o.compute_kind != "elementwise"]
+    assert [o.name for o in ops] == ["experts_up", "experts_down"]
+    assert all(o.compute_kind == "grouped_matmul" for o in ops)
+    up, down = ops
+    n = T * K // E
+    assert (up.gemm.m, up.gemm.k, up.gemm.n, up.gemm.groups) == (n, D, F, 2 * E)  # w1 and w3: two calls
+    assert (down.gemm.m, down.gemm.k, down.gemm.n, down.gemm.groups) == (n, F, D, E)
+    assert up.weight_bytes == 2 * E * D * F * 4 and down.weight_bytes == E * F * D * 4
     skew = [400, 200, 100, 100, 100, 50, 50, 24]
-    ops = [o for o in moe_layer_ops(_spec(), skew) if o.kind == OpKind.EXPERTS and o.compute_kind != "elementwise"]
-    assert sorted(o.flops_for_efficiency for o in ops) == sorted(2.0 * n * D * F for n in set(skew))
+    ops = [o for o in layer_ops(_spec(), skew) if o.kind == OpKind.EXPERTS and o.name == "experts_down"]
+    assert sorted(o.gemm.m for o in ops) == sorted(set(skew))
+    assert sum(o.gemm.groups for o in ops) == E
+
+
+def test_backward_scaling_keeps_the_gemm_shape():
+    (up,) = [o for o in layer_ops(_spec(), UNIFORM) if o.name == "experts_up"]
+    bwd = up.scaled(2.0)
+    assert bwd.flops == 2 * up.flops and bwd.gemm == up.gemm
 
 
 def test_loop_kernel_count_grows_with_experts_and_grouped_does_not():
     def kernels(impl: str, e: int) -> int:
         spec = _spec(implementation=impl, num_experts=e)
-        return sum(o.num_kernels for o in moe_layer_ops(spec, [T * K // e] * e))
+        return sum(o.num_kernels for o in layer_ops(spec, [T * K // e] * e))
 
     assert kernels("loop", 64) > 6 * kernels("loop", 8) / 2
     assert kernels("grouped", 64) == kernels("grouped", 8)
@@ -85,21 +96,21 @@ def test_load_concentrated_on_one_ep_rank_makes_the_layer_slower():
 
 
 def test_one_expert_top1_costs_what_a_dense_ffn_costs():
-    moe = moe_layer_ops(_spec(num_experts=1, top_k=1), [T])
-    dense = moe_layer_ops(_spec(num_experts=1, top_k=1, num_shared_experts=1), [T])
+    moe = layer_ops(_spec(num_experts=1, top_k=1), [T])
+    dense = layer_ops(_spec(num_experts=1, top_k=1, num_shared_experts=1), [T])
     assert _flops(moe, OpKind.EXPERTS) == pytest.approx(_flops(dense, OpKind.SHARED_EXPERTS))
 
 
 def test_swiglu_activation_is_timed_at_the_fp32_rate_with_five_element_moves():
-    (act,) = [o for o in moe_layer_ops(_spec(dtype="bf16"), UNIFORM) if o.name == "experts_act"]
-    assert act.compute_kind == "elementwise" and act.compute_dtype == "fp32"
+    (act,) = [o for o in layer_ops(_spec(dtype="bf16"), UNIFORM) if o.name == "experts_act"]
+    assert act.compute_kind == "elementwise" and act.dtype == "fp32"
     assert act.bytes_moved == 5 * T * K * F * 2
     assert act.flops == pytest.approx(SILU_FLOPS_PER_ELEMENT * T * K * F)
 
 
 def test_no_all_to_all_without_expert_parallelism():
     for impl in ("loop", "padded", "grouped"):
-        ops = moe_layer_ops(_spec(implementation=impl), UNIFORM)
+        ops = layer_ops(_spec(implementation=impl), UNIFORM)
         assert all(o.num_collectives == 0 and o.comm_bytes == 0 for o in ops)
 
 

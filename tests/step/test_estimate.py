@@ -50,8 +50,8 @@ def test_every_bundled_scenario_estimates():
 
 def test_ep1_has_no_all_to_all():
     est = estimate(_serve(layout={"tp": 1, "ep": 1}, num_gpus=1, hardware="h200"))
-    a2a = [o for o in est.ops if o.group == "ep"]
-    assert len(a2a) == 2 and all(o.time_s == 0.0 for o in a2a)
+    assert not [o for o in est.ops if o.group == "ep"]
+    assert all(o.time_s > 0 for o in est.ops if o.kind == "experts")
     with_ep = estimate(_serve(layout={"tp": 1, "ep": 8}, num_gpus=8, hardware="h200"))
     assert all(o.time_s > 0.0 for o in with_ep.ops if o.group == "ep")
 
@@ -101,13 +101,13 @@ def test_one_expert_top1_moe_costs_what_the_dense_ffn_costs(tmp_path):
 
 def test_decode_at_batch_one_reads_only_the_experts_it_touches():
     est = estimate(_serve(workload={"batch_size": 1}, layout={"tp": 1, "ep": 1}, num_gpus=1, hardware="h200"))
-    experts = next(o for o in est.ops if o.kind == "experts")
+    expert_bytes = sum(o.bytes_moved for o in est.ops if o.kind == "experts" and o.layer == "moe")
     m = load_model("mixtral-8x7b")
     from moesim.params import expert_params
 
     one_expert = expert_params(m) * 2.0
     # one token, top-2: two experts' weights, not eight
-    assert experts.bytes_moved == pytest.approx(2 * one_expert, rel=0.01)
+    assert expert_bytes == pytest.approx(2 * one_expert, rel=0.01)
     assert est.load.experts_touched_per_rank == pytest.approx(2.0)
 
 
