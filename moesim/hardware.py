@@ -238,6 +238,12 @@ class Efficiency(_Frozen):
         description="Shape-aware GEMM efficiency (rows per group x inner dimension) per kind and dtype; where a "
         "kind / dtype has no table, matmul_frac / grouped_matmul_frac over one GEMM's FLOPs apply.",
     )
+    elementwise_compute_frac: float = Field(
+        1.0, gt=0, le=1,
+        description="Fraction of the dtype's dense peak that arithmetic inside elementwise kernels reaches (the "
+        "SiLU's exp and division): vector units without FMA pairing and transcendental sequences run below the GEMM "
+        "peak; fitted from the calibration's swiglu benchmark, 1 (never binding on GPUs) by default.",
+    )
     host_issue_s: Seconds | None = Field(
         None,
         description="Host time to issue one kernel from an eager framework on an asynchronous device, seconds; a "
@@ -311,6 +317,13 @@ class HardwareProfile(_Frozen):
                 f"({n.accelerators_per_node}) must divide one another"
             )
         return self
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """A digest of the whole profile: equal contents, equal key (caches keyed on it hit across loads)."""
+        import hashlib
+
+        return hashlib.sha1(self.model_dump_json().encode()).hexdigest()
 
     @property
     def max_accelerators(self) -> int | None:

@@ -13,8 +13,9 @@ device with dense peak ``P`` (for the op's dtype) and memory bandwidth ``W``::
 ``eta_f`` for a GEMM is read at the GEMM's own shape: the profile's 2-D table
 over rows per group ``M`` and inner dimension ``K`` (:class:`moesim.hardware.GemmTable`,
 fitted by ``moesim calibrate``) when it has one for the op's kind and dtype,
-otherwise its curve over one GEMM's FLOPs ``2 M N K``. Elementwise work runs at
-the fp32 (or op dtype) peak with ``eta_f = 1``. ``eta_m`` is the memory curve
+otherwise its curve over one GEMM's FLOPs ``2 M N K``. Arithmetic in elementwise
+kernels (the SiLU) runs at the op dtype's peak times the profile's
+``elementwise_compute_frac``. ``eta_m`` is the memory curve
 over bytes moved: activations are read where the previous kernel left them (the
 curve at their size, cache regime when small), weights are streamed from device
 memory (each layer's weights were evicted by the other layers since their last
@@ -90,7 +91,7 @@ def op_terms(profile: HardwareProfile, op: "Op", dtype: str) -> tuple[Any, Any, 
     if op.compute_kind in ("matmul", "grouped_matmul", "batched_matmul") and not (_scalar(flops) and flops <= 0):
         compute = flops / (peak * gemm_efficiency(profile, op.compute_kind, d, op))
     else:
-        compute = flops / peak
+        compute = flops / (peak * eff.elementwise_compute_frac)
     w = acc.memory_bandwidth_bytes_per_s
     act, wts = op.bytes_moved, op.weight_bytes
     if _scalar(act):

@@ -46,6 +46,7 @@ def run_case(case: ValidationCase, profile: HardwareProfile, device: str, *, tar
         num_samples=meas.num_samples,
         error_frac=pred.time_s / meas.median_s - 1.0,
         predicted_by_stage_s=stage_dict(pred),
+        predicted_by_op_s=pred.by_op_s,
         measured_by_stage_s=meas.by_stage_s,
         tokens_per_expert_max=int(per_expert.max()),
         tokens_per_expert_mean=float(np.mean(per_expert)),

@@ -229,6 +229,27 @@ def gemm_tables(gemms: list[Measurement], t_kernel: float, peak: Any) -> list[di
     return out
 
 
+def elementwise_frac(mems: list[Measurement], t_kernel: float, peak_fp32: float, bandwidth: float,
+                     memory_frac: Curve) -> float | None:
+    """``elementwise_compute_frac`` from the ``swiglu`` benchmarks: for each, the SiLU's FLOP-equivalents over
+    ``P_fp32 * (t - t_kernel)`` where that busy time exceeds the memory term (arithmetic-bound sizes); the
+    median, clipped to ``(0, 1]``. None when no size is arithmetic-bound (the default 1 stays)."""
+    from ..layer import SILU_FLOPS_PER_ELEMENT
+
+    fracs = []
+    for m in mems:
+        b = m.bench
+        if not (isinstance(b, MemoryBench) and b.op == "swiglu"):
+            continue
+        busy = _busy_s(m, t_kernel, 2)
+        mem_s = b.bytes_moved / (bandwidth * float(memory_frac(b.bytes_moved)))
+        if busy > 1.2 * mem_s:
+            fracs.append(SILU_FLOPS_PER_ELEMENT * b.num_elements / (peak_fp32 * busy))
+    if not fracs:
+        return None
+    return float(min(1.0, max(MIN_FRAC, float(np.median(fracs)))))
+
+
 # --------------------------------------------------------------------------- the fit
 
 
@@ -319,6 +340,10 @@ def fit_profile(
 
     tables = gemm_tables(gemms, t_kernel, peak)
 
+    # 4b. arithmetic of elementwise kernels: the SiLU benchmark's time beyond its memory traffic
+    act_frac = elementwise_frac(by_kind["memory"], t_kernel, peak("fp32"), bandwidth,
+                                Curve(points=mem_pts) if mem_pts else eff.memory_frac)
+
     # 6. host issue cost on an asynchronous device
     host_issue = eff.host_issue_s
     issue = [m for m in by_kind["overhead"] if getattr(m.bench, "op", "") == "issue"]
@@ -349,6 +374,8 @@ def fit_profile(
         eff_update["grouped_matmul_frac"] = {"points": gr_pts}
     if tables:
         eff_update["gemm_tables"] = tables
+    if act_frac is not None:
+        eff_update["elementwise_compute_frac"] = act_frac
     eff_update["host_issue_s"] = host_issue
     node = base.node.model_dump()
     if "all_to_all" in links:

@@ -33,6 +33,10 @@ class CaseResult(_Frozen):
     error_frac: float = Field(description="predicted_s / measured_s - 1, dimensionless (signed).")
     predicted_by_stage_s: dict[str, float] = Field(description="Predicted seconds per stage (OpKind).")
     measured_by_stage_s: dict[str, float] = Field(description="Measured seconds per stage (OpKind), one separate pass.")
+    predicted_by_op_s: dict[str, float] = Field(
+        default_factory=dict,
+        description="Predicted seconds per operation of the slowest rank (router_logits, router_topk, permute, "
+        "dispatch_all_to_all, experts_up, experts_act, experts_down, unpermute, shared_*).")
     tokens_per_expert_max: int = Field(description="Rows routed to the most loaded expert (all ranks), count.")
     tokens_per_expert_mean: float = Field(description="Mean rows per expert (all ranks), count.")
     num_dropped: int = Field(0, description="Assignments dropped by capacity (padded), count.")

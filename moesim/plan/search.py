@@ -36,9 +36,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from ..errors import InputError
 from ..hardware import HardwareProfile, bundled_hardware, load_hardware
 from ..model import ModelSpec
-from ..params import count_params
 from ..scenario import Layout, Scenario, ServeWorkload, TrainWorkload, load_scenario
 from ..step.estimate import check_layout, serve_curve, train_figures
+from ..step.memory import StageParams, param_state_bytes, stage_params
+from ..step.parallel import Parallel
 
 Objective = Literal["cost", "throughput", "latency"]
 REJECTIONS = ("memory", "max_ttft_s", "max_tpot_s", "min_tokens_per_s", "max_usd_per_hour", "no_price", "invalid")
@@ -138,20 +139,25 @@ def layouts(model: ModelSpec, hw: HardwareProfile, num_gpus: int, training: bool
 
 
 def _weights_fit(model: ModelSpec, hw: HardwareProfile, lay: Layout, num_gpus: int, training: bool,
-                 weight_bytes: float) -> bool:
-    """Cheap lower bound: do the weights alone (plus optimizer states in training) fit one GPU?"""
-    c = count_params(model)
-    expert = c.by_component["routed_experts"]
-    dense = c.total - expert
+                 weight_bytes: float, master_weights_fp32: bool = True) -> bool:
+    """Cheap lower bound: do the weights alone (plus gradients and optimizer states in training) fit one GPU?
+
+    The step model's own memory formula (:func:`moesim.step.memory.param_state_bytes`) over the parameters
+    of an average pipeline stage, which no stage of the balanced split holds fewer of; activations, buffers
+    and KV cache only add, so a candidate rejected here cannot fit.
+    """
     dp = num_gpus // (lay.tp * lay.pp)
-    per_gpu = dense / (lay.tp * lay.pp) + expert / (lay.pp * lay.ep * lay.etp)
+    edp = max(1, dp * lay.tp // (lay.ep * lay.etp))
+    par = Parallel(num_gpus, lay.tp, lay.pp, dp, lay.ep, lay.etp, edp, lay.zero_stage, lay.sequence_parallel,
+                   hw.node.accelerators_per_node)
+    whole = stage_params(model, Parallel(num_gpus, lay.tp, 1, dp, lay.ep, lay.etp, edp, lay.zero_stage,
+                                         lay.sequence_parallel, hw.node.accelerators_per_node),
+                         list(range(model.num_layers)), True, True)
+    avg = StageParams(dense=whole.dense / lay.pp, expert=whole.expert / lay.pp)
     if training:
-        shard = dp if lay.zero_stage >= 1 else 1
-        per_gpu_bytes = per_gpu * (2 + 4) + per_gpu * 12 / max(1, shard // max(1, lay.ep // lay.tp))
-        if lay.zero_stage >= 3:
-            per_gpu_bytes = per_gpu * 18 / shard
+        per_gpu_bytes = sum(param_state_bytes(avg, par, master_weights_fp32=master_weights_fp32).values())
     else:
-        per_gpu_bytes = per_gpu * weight_bytes
+        per_gpu_bytes = (avg.dense + avg.expert) * weight_bytes
     return per_gpu_bytes <= hw.accelerator.memory_bytes
 
 
@@ -317,6 +323,7 @@ def plan(scenario: Scenario | str | None = None, *, hardware: list[str] | None =
     from ..dtypes import bytes_per_element
 
     wb = bytes_per_element(wdt)
+    master = bool(getattr(sc.workload, "master_weights_fp32", True))
     jobs = []
     for hw in profiles:
         price = sc.price_usd_per_gpu_hour or (hw.price.usd_per_accelerator_hour if hw.price else None)
@@ -329,7 +336,7 @@ def plan(scenario: Scenario | str | None = None, *, hardware: list[str] | None =
     for i, (hw, n, lay, price) in enumerate(jobs):
         if progress is not None and i % 64 == 0:
             progress(i, len(jobs))
-        if not _weights_fit(model, hw, lay, n, training, wb):
+        if not _weights_fit(model, hw, lay, n, training, wb, master):
             acc.count += per_job
             acc.rejected["memory"] += per_job
             continue

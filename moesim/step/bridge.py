@@ -4,8 +4,10 @@ Kept in one module so the step model's arithmetic does not know how those
 models are called, and so their results can be cached across the thousands of
 candidates a plan evaluates (the same EP size, tokens and distribution recur).
 Caches are keyed by plain tuples; a hardware profile (which holds dicts and so
-is not hashable) is keyed by identity and kept alive in :data:`_PROFILES` while
-its entries live.
+is not hashable) is keyed by a digest of its contents
+(:attr:`moesim.hardware.HardwareProfile.fingerprint`), so a profile loaded again
+hits the entries of the first load, and :data:`_PROFILES` holds one profile per
+distinct content.
 """
 
 from __future__ import annotations
@@ -28,11 +30,11 @@ from .ops import ExpertRankLoad
 from .parallel import Parallel
 from .result import LoadSummary
 
-_PROFILES: dict[int, HardwareProfile] = {}
+_PROFILES: dict[str, HardwareProfile] = {}
 
 
-def _hw_key(hw: HardwareProfile) -> int:
-    key = id(hw)
+def _hw_key(hw: HardwareProfile) -> str:
+    key = hw.fingerprint
     _PROFILES.setdefault(key, hw)
     return key
 
@@ -149,7 +151,7 @@ def group_spec(par: Parallel, group: str) -> GroupSpec:
 
 
 @lru_cache(maxsize=262144)
-def _collective_cached(hw: int, collective: str, size_bytes: float, size: int, per_node: int) -> float:
+def _collective_cached(hw: str, collective: str, size_bytes: float, size: int, per_node: int) -> float:
     return _collective_s(_PROFILES[hw], collective, size_bytes, GroupSpec(size=size, ranks_per_node=per_node))
 
 
@@ -212,7 +214,7 @@ def a2a_times_s(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Parall
 
 
 @lru_cache(maxsize=65536)
-def _a2a_cached(hw: int, num_experts: int, top_k: int, ep: int, per_node: int, bpc: float, distribution: str,
+def _a2a_cached(hw: str, num_experts: int, top_k: int, ep: int, per_node: int, bpc: float, distribution: str,
                 node_limit: int | None, algorithm: str, combine_scale: float, n_src: float,
                 noise: float) -> tuple[float, float]:
     probs = expert_probs(parse_distribution(distribution, source="routing.distribution"), num_experts)

@@ -46,7 +46,7 @@ from ..scenario import Scenario, ServeWorkload, TrainWorkload, load_scenario
 from ..layer import num_kernels
 from ..timing import compute_op_time, host_bound_s, op_time_s, time_op
 from . import bridge
-from .memory import MemoryBreakdown, kv_bytes_per_sequence, layer_activation_bytes, stage_params
+from .memory import MemoryBreakdown, kv_bytes_per_sequence, layer_activation_bytes, param_state_bytes, stage_params
 from .ops import (
     Op,
     attention_ops,
@@ -455,17 +455,8 @@ def train_memory(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Paral
     best: MemoryBreakdown | None = None
     for s, layers in enumerate(stages):
         p = sp[s]
-        z3d = par.dp if par.zero_stage >= 3 else 1
-        z3e = par.edp if par.zero_stage >= 3 else 1
-        weights = 2.0 * (p.dense / z3d + p.expert / z3e)
-        gb = 4.0 if w.master_weights_fp32 else 2.0
-        z2d = par.dp if par.zero_stage >= 2 else 1
-        z2e = par.edp if par.zero_stage >= 2 else 1
-        grads = gb * (p.dense / z2d + p.expert / z2e)
-        ob = 12.0 if w.master_weights_fp32 else 4.0
-        z1d = par.dp if par.zero_stage >= 1 else 1
-        z1e = par.edp if par.zero_stage >= 1 else 1
-        optim = ob * (p.dense / z1d + p.expert / z1e)
+        state = param_state_bytes(p, par, master_weights_fp32=w.master_weights_fp32)
+        weights, grads, optim = state["weights"], state["gradients"], state["optimizer"]
         n_moe = sum(1 for i in layers if i in moe_idx)
         acts_per_microbatch_bytes = n_moe * act_moe + (len(layers) - n_moe) * act_dense
         if w.recompute == "full" and layers:

@@ -98,6 +98,29 @@ def stage_params(model: ModelSpec, par: Parallel, layers: list[int], first: bool
     return StageParams(dense=dense, expert=expert)
 
 
+def param_state_bytes(p: StageParams, par: Parallel, *, master_weights_fp32: bool) -> dict[str, float]:
+    """Weights, gradients and optimizer states of one GPU holding ``p`` (mixed-precision Adam).
+
+    bf16 weights (``2`` bytes), gradients (``4`` fp32 or ``2``), Adam moments and
+    master weights (``12`` with fp32 masters, else ``4``); ZeRO stage ``z`` shards
+    optimizer states (z >= 1), gradients (z >= 2) and weights (z >= 3) over the
+    data-parallel group: dense parameters over DP, expert parameters over the
+    expert-data-parallel group EDP (Rajbhandari et al., ZeRO, SC20).
+    """
+    z = par.zero_stage
+
+    def shard(level: int) -> tuple[float, float]:
+        return (par.dp, par.edp) if z >= level else (1, 1)
+
+    d3, e3 = shard(3)
+    d2, e2 = shard(2)
+    d1, e1 = shard(1)
+    gb = 4.0 if master_weights_fp32 else 2.0
+    ob = 12.0 if master_weights_fp32 else 4.0
+    return {"weights": 2.0 * (p.dense / d3 + p.expert / e3), "gradients": gb * (p.dense / d2 + p.expert / e2),
+            "optimizer": ob * (p.dense / d1 + p.expert / e1)}
+
+
 def layer_activation_bytes(model: ModelSpec, par: Parallel, n: float, seq_len: float, recompute: str,
                            moe_copies: float, is_moe: bool, act_bytes: float = ACT) -> float:
     """Activation bytes one layer keeps for backward, ``n`` tokens per DP rank (see module docstring).

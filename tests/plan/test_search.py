@@ -116,3 +116,28 @@ def test_cli_plan_csv_and_plot(tmp_path):
     assert out.returncode == 0, out.stderr
     assert csv.read_text().splitlines()[0].startswith("hardware,num_gpus")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_weights_pre_check_never_rejects_a_layout_the_step_model_says_fits():
+    """The plan's cheap memory check is the step model's own formula over an average stage: a lower bound."""
+    from moesim.plan.search import _weights_fit
+    from moesim.step.estimate import check_layout, train_figures
+
+    sc0 = load_scenario("mixtral-8x22b-train-h100")
+    model = load_model(sc0.model)
+    checked = rejected = 0
+    for hw_name in ("h100-sxm", "h200"):
+        hw = load_hardware(hw_name)
+        for n in (16, 64, 128):
+            for lay in layouts(model, hw, n, training=True):
+                sc = sc0.model_copy(update={"num_gpus": n, "layout": lay, "hardware": hw_name})
+                try:
+                    check_layout(sc, model, hw)
+                    fits = train_figures(sc, model, hw).fits
+                except InputError:
+                    continue
+                checked += 1
+                if not _weights_fit(model, hw, lay, n, True, 2.0, sc.workload.master_weights_fp32):
+                    rejected += 1
+                    assert not fits, (hw_name, n, lay)
+    assert checked > 100 and rejected > 0

@@ -214,3 +214,15 @@ def test_serve_curve_matches_the_full_estimate_at_every_batch():
         assert cur["tpot_s"][i] == pytest.approx(est.tpot_s, rel=1e-9)
         assert cur["ttft_s"][i] == pytest.approx(est.ttft_s, rel=1e-9)
         assert cur["memory_per_gpu_bytes"][i] == pytest.approx(est.memory_per_gpu_bytes, rel=1e-9)
+
+
+def test_a_profile_loaded_again_hits_the_caches_of_the_first_load():
+    from moesim.hardware import load_hardware
+    from moesim.step import bridge
+
+    a, b = load_hardware("h800"), load_hardware("h800")
+    assert a is not b and a.fingerprint == b.fingerprint
+    before = len(bridge._PROFILES)
+    bridge._hw_key(a)
+    bridge._hw_key(b)
+    assert len(bridge._PROFILES) <= before + 1

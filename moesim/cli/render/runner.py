@@ -89,6 +89,25 @@ def show_validation(report: Any) -> None:
             f"[{style}]{_pct(err)}[/{style}]",
         )
     c.print(t)
+    st = Table(title="Per stage: predicted / measured - 1 (the stage that misses most by time in bold)",
+               header_style="bold")
+    st.add_column("case")
+    stages = [s for s in STAGE_ORDER if any(s in cr.predicted_by_stage_s or s in cr.measured_by_stage_s
+                                            for cr in report.cases)]
+    for s in stages:
+        st.add_column(s, justify="right")
+    for cr in report.cases:
+        cells, misses = [], {}
+        for s in stages:
+            p, m = cr.predicted_by_stage_s.get(s), cr.measured_by_stage_s.get(s)
+            if p is None or not m:
+                cells.append("-")
+                continue
+            misses[s] = abs(p - m)
+            cells.append(f"{_pct(p / m - 1)} ({seconds(m)})")
+        worst = max(misses, key=misses.get) if misses else None  # type: ignore[arg-type]
+        st.add_row(cr.name, *[f"[bold]{v}[/bold]" if s == worst else v for s, v in zip(stages, cells)])
+    c.print(st)
     c.print(f"median |error| [bold]{report.median_abs_error_frac * 100:.1f} %[/bold]   "
             f"p90 |error| [bold]{report.p90_abs_error_frac * 100:.1f} %[/bold]   "
             f"({len(report.cases)} cases, {seconds(report.elapsed_s)})")
