@@ -6,6 +6,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from . import limits as L
 from .data import models_dir
 from .errors import InputError, from_validation_error
 from .hf_import import load_hf_config, spec_from_hf_dict
@@ -31,9 +32,17 @@ def model_from_toml(path: Path) -> ModelSpec:
 
 def load_model(name_or_path: str | Path) -> ModelSpec:
     """Load a bundled model by name (``moesim models list``), a model TOML file, or a HF ``config.json``."""
+    if not isinstance(name_or_path, (str, Path)):
+        raise InputError(f"expected a model name or path, got {L.short(name_or_path)}", field="model")
+    L.PATH.check(str(name_or_path), field="model")
     p = Path(name_or_path)
-    if p.suffix == ".json" or p.is_dir():
-        if p.is_dir():
+    try:
+        is_dir = p.is_dir()
+    except (OSError, ValueError) as exc:  # a name too long for the file system
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not a valid path"
+        raise InputError(f"cannot use {L.short(str(name_or_path))} as a model ({reason})", field="model") from None
+    if p.suffix == ".json" or is_dir:
+        if is_dir:
             p = p / "config.json"
         return load_hf_config(p)
     if p.suffix == ".toml":
@@ -42,7 +51,7 @@ def load_model(name_or_path: str | Path) -> ModelSpec:
     key = str(name_or_path).lower()
     if key not in known:
         raise InputError(
-            f"unknown model {name_or_path!r}; known: {', '.join(known)} (or a path to a .toml or config.json)",
+            f"unknown model {L.short(str(name_or_path))}; known: {', '.join(known)} (or a path to a .toml or config.json)",
             field="model",
         )
     return model_from_toml(known[key])

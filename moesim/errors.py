@@ -8,6 +8,15 @@ Python API lets it propagate. Anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 
+def clip(text: str, width: int) -> str:
+    """``text`` kept to about ``width`` characters (its start and end, with the count left out between)."""
+    text = str(text)
+    if len(text) <= width:
+        return text
+    head, tail = width * 2 // 3, width // 4
+    return f"{text[:head]}...({len(text) - head - tail:,} characters)...{text[-tail:]}"
+
+
 class InputError(ValueError):
     """Bad user input, rendered as ``source: field: message``.
 
@@ -22,9 +31,9 @@ class InputError(ValueError):
         super().__init__(str(self))
 
     def __str__(self) -> str:
-        parts = [p for p in (self.source, self.field) if p]
-        parts.append(self.message)
-        return ": ".join(parts)
+        parts = [clip(p, 200) for p in (self.source, self.field) if p]
+        parts.append(clip(self.message, 1000))
+        return " ".join(": ".join(parts).split())
 
     def with_source(self, source: str) -> "InputError":
         """Return a copy that names ``source`` (kept if already set)."""
@@ -110,5 +119,6 @@ def from_validation_error(exc: "object", source: str | None, raw: object = None,
     if not errs:
         return InputError("invalid value", source=source)
     (first_field, first_msg), rest = errs[0], errs[1:]
-    msg = "; ".join([first_msg] + [f"{f}: {m}" for f, m in rest])
+    more = [f"{f}: {m}" for f, m in rest[:3]] + ([f"and {len(rest) - 3} more"] if len(rest) > 3 else [])
+    msg = "; ".join([first_msg] + more)
     return InputError(msg, source=source, field=first_field or None)

@@ -14,9 +14,7 @@ Peak FLOP/s are **dense** (never the 2:4-sparsity figure).
 from __future__ import annotations
 
 import bisect
-import json
 import math
-import tomllib
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -396,30 +394,38 @@ def bundled_hardware() -> dict[str, Path]:
 
 
 def read_profile_file(path: Path) -> HardwareProfile:
+    from .io import parse_json, parse_toml, read_text
+
     where = str(path)
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise InputError(f"cannot read file ({exc.strerror})", source=where) from None
-    try:
-        raw = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
-    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(f"not valid {path.suffix.lstrip('.').upper()}: {exc}", source=where) from None
+    text = read_text(path)
+    raw = parse_json(text, where) if path.suffix == ".json" else parse_toml(text, where)
+    if not isinstance(raw, dict):
+        raise InputError("expected an object at the top level", source=where)
     return parse_profile(raw, where)
 
 
 def load_hardware(name_or_path: str | Path) -> HardwareProfile:
     """Load a shipped profile by name (``moesim hardware list``) or a TOML / JSON file."""
+    from . import limits as L
+
+    if not isinstance(name_or_path, (str, Path)):
+        raise InputError(f"expected a profile name or path, got {L.short(name_or_path)}", field="hardware")
+    L.PATH.check(str(name_or_path), field="hardware")
     p = Path(name_or_path)
-    if p.suffix in (".toml", ".json") or p.exists():
-        if not p.exists():
+    try:
+        exists = p.exists()
+    except (OSError, ValueError) as exc:  # a name too long for the file system
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not a valid path"
+        raise InputError(f"cannot use {L.short(str(name_or_path))} as a profile ({reason})", field="hardware") from None
+    if p.suffix in (".toml", ".json") or exists:
+        if not exists:
             raise InputError("file not found", source=str(p))
         return read_profile_file(p)
     known = bundled_hardware()
     key = str(name_or_path).lower()
     if key not in known:
         raise InputError(
-            f"unknown hardware profile {name_or_path!r}; known: {', '.join(known)} (or a path to a .toml/.json file)",
+            f"unknown hardware profile {L.short(str(name_or_path))}; known: {', '.join(known)} (or a path to a .toml/.json file)",
             field="hardware",
         )
     return read_profile_file(known[key])

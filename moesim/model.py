@@ -23,10 +23,22 @@ from typing import Annotated, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from . import limits as L
 from .dtypes import DType
 
-PosInt = Annotated[int, Field(gt=0)]
-NonNegInt = Annotated[int, Field(ge=0)]
+# Every count and size is bounded by its physical range (moesim/limits.py).
+Layers = L.count(L.LAYERS)
+LayerIndex = L.count(L.LAYER_INDEX)
+Width = L.count(L.WIDTH)
+WidthOrZero = L.count(L.WIDTH_OR_ZERO)
+Heads = L.count(L.HEADS)
+Experts = L.count(L.EXPERTS)
+ExpertsOrZero = L.count(L.EXPERTS_OR_ZERO)
+Context = L.count(L.CONTEXT)
+Vocab = L.count(L.VOCAB)
+MTPModules = L.count(L.MTP_MODULES)
+Name = L.text(L.NAME)
+LayerList = Annotated[list[LayerIndex], Field(max_length=int(L.LAYERS.hi))]
 
 
 class _Spec(BaseModel):
@@ -39,15 +51,15 @@ class GQAAttention(_Spec):
     """Multi-head (num_kv_heads == num_heads), grouped-query or multi-query attention."""
 
     kind: Literal["gqa"] = "gqa"
-    num_heads: PosInt = Field(description="Query heads.")
-    num_kv_heads: PosInt = Field(description="Key/value heads (= num_heads for MHA, 1 for MQA).")
-    head_dim: PosInt = Field(description="Per-head dimension; may differ from hidden_size / num_heads (gpt-oss, Qwen3).")
+    num_heads: Heads = Field(description="Query heads.")
+    num_kv_heads: Heads = Field(description="Key/value heads (= num_heads for MHA, 1 for MQA).")
+    head_dim: Width = Field(description="Per-head dimension; may differ from hidden_size / num_heads (gpt-oss, Qwen3).")
     qkv_bias: bool = Field(False, description="Q, K, V projections carry a bias (Qwen2, gpt-oss).")
     out_bias: bool = Field(False, description="Output projection carries a bias (gpt-oss).")
     qk_norm: bool = Field(False, description="Per-head RMSNorm on q and k (Qwen3, OLMoE norms the full q/k width).")
     qk_norm_full_width: bool = Field(False, description="q/k norm spans all heads (OLMoE) rather than one head_dim.")
     sinks: bool = Field(False, description="Learned attention-sink logit per head (gpt-oss).")
-    sliding_window: PosInt | None = Field(None, description="Window, tokens, for the layers listed in sliding_layers.")
+    sliding_window: Context | None = Field(None, description="Window, tokens, for the layers listed in sliding_layers.")
     sliding_layers: Literal["none", "all", "even", "odd"] = Field(
         "none", description="Which layers use the sliding window (gpt-oss alternates: even layers)."
     )
@@ -85,12 +97,12 @@ class MLAAttention(_Spec):
     """
 
     kind: Literal["mla"] = "mla"
-    num_heads: PosInt = Field(description="Attention heads.")
-    q_lora_rank: PosInt | None = Field(None, description="Rank of the query down-projection; None = full-rank q.")
-    kv_lora_rank: PosInt = Field(description="Rank of the compressed KV latent.")
-    qk_nope_head_dim: PosInt = Field(description="Per-head q/k dimension without rope.")
-    qk_rope_head_dim: PosInt = Field(description="Per-head decoupled rope dimension (the rope key is shared by heads).")
-    v_head_dim: PosInt = Field(description="Per-head value dimension.")
+    num_heads: Heads = Field(description="Attention heads.")
+    q_lora_rank: Width | None = Field(None, description="Rank of the query down-projection; None = full-rank q.")
+    kv_lora_rank: Width = Field(description="Rank of the compressed KV latent.")
+    qk_nope_head_dim: Width = Field(description="Per-head q/k dimension without rope.")
+    qk_rope_head_dim: Width = Field(description="Per-head decoupled rope dimension (the rope key is shared by heads).")
+    v_head_dim: Width = Field(description="Per-head value dimension.")
 
     @property
     def qk_head_dim(self) -> int:
@@ -118,17 +130,21 @@ class AllLayers(_Spec):
 
 class Interleaved(_Spec):
     kind: Literal["interleaved"] = "interleaved"
-    step: PosInt = Field(description="Layer i is MoE when (i + 1) % step == 0.")
-    dense_layers: list[NonNegInt] = Field(default_factory=list, description="Layers forced dense (Qwen mlp_only_layers).")
+    step: Layers = Field(description="Layer i is MoE when (i + 1) % step == 0.")
+    dense_layers: LayerList = Field(default_factory=list, description="Layers forced dense (Qwen mlp_only_layers).")
+
+    @cached_property
+    def _dense(self) -> frozenset[int]:
+        return frozenset(self.dense_layers)
 
     def is_moe(self, i: int) -> bool:
-        return (i + 1) % self.step == 0 and i not in self.dense_layers
+        return (i + 1) % self.step == 0 and i not in self._dense
 
 
 class FirstKDense(_Spec):
     kind: Literal["first_k_dense"] = "first_k_dense"
-    k: NonNegInt = Field(description="The first k layers are dense (DeepSeek first_k_dense_replace).")
-    step: PosInt = Field(1, description="After them, layer i is MoE when i % step == 0 (DeepSeek moe_layer_freq).")
+    k: LayerIndex = Field(description="The first k layers are dense (DeepSeek first_k_dense_replace).")
+    step: Layers = Field(1, description="After them, layer i is MoE when i % step == 0 (DeepSeek moe_layer_freq).")
 
     def is_moe(self, i: int) -> bool:
         return i >= self.k and i % self.step == 0
@@ -136,10 +152,14 @@ class FirstKDense(_Spec):
 
 class ExplicitLayers(_Spec):
     kind: Literal["explicit"] = "explicit"
-    layers: list[NonNegInt] = Field(description="0-based indices of the MoE layers.")
+    layers: LayerList = Field(description="0-based indices of the MoE layers.")
+
+    @cached_property
+    def _moe(self) -> frozenset[int]:
+        return frozenset(self.layers)
 
     def is_moe(self, i: int) -> bool:
-        return i in self.layers
+        return i in self._moe
 
 
 MoELayers = Annotated[Union[AllLayers, Interleaved, FirstKDense, ExplicitLayers], Field(discriminator="kind")]
@@ -151,8 +171,8 @@ class RouterSpec(_Spec):
     """How tokens pick experts (Megatron vocabulary: logits -> scores -> probs -> routing_map)."""
 
     scoring: Literal["softmax", "sigmoid"] = Field("softmax", description="Score function over router logits.")
-    num_groups: PosInt = Field(1, description="Expert groups for group-limited routing (DeepSeek n_group).")
-    topk_groups: PosInt = Field(1, description="Groups a token may use (DeepSeek topk_group); = num_groups disables it.")
+    num_groups: Experts = Field(1, description="Expert groups for group-limited routing (DeepSeek n_group).")
+    topk_groups: Experts = Field(1, description="Groups a token may use (DeepSeek topk_group); = num_groups disables it.")
     norm_topk_prob: bool = Field(True, description="Renormalise the top-k probabilities to sum to 1.")
     bias: bool = Field(False, description="Router linear layer has a bias (gpt-oss).")
     score_correction_bias: bool = Field(False, description="Aux-loss-free per-expert bias (DeepSeek-V3).")
@@ -167,11 +187,11 @@ class RouterSpec(_Spec):
 class MoESpec(_Spec):
     """The routed and shared experts of one MoE FFN."""
 
-    num_experts: PosInt = Field(description="Routed experts per MoE layer.")
-    top_k: PosInt = Field(description="Routed experts each token uses.")
-    expert_ffn_dim: PosInt = Field(description="Intermediate width of one routed expert.")
-    num_shared_experts: NonNegInt = Field(0, description="Always-on shared experts.")
-    shared_expert_ffn_dim: NonNegInt = Field(
+    num_experts: Experts = Field(description="Routed experts per MoE layer.")
+    top_k: Experts = Field(description="Routed experts each token uses.")
+    expert_ffn_dim: Width = Field(description="Intermediate width of one routed expert.")
+    num_shared_experts: ExpertsOrZero = Field(0, description="Always-on shared experts.")
+    shared_expert_ffn_dim: WidthOrZero = Field(
         0, description="Intermediate width of ONE shared expert (Qwen2-MoE: the full shared_expert_intermediate_size)."
     )
     shared_expert_gate: bool = Field(False, description="A sigmoid gate (hidden -> 1) scales the shared expert (Qwen2-MoE).")
@@ -205,7 +225,7 @@ class MTPSpec(_Spec):
     projection 2h -> h and two RMSNorms, and shares the embedding and LM head.
     """
 
-    num_modules: NonNegInt = Field(0, description="MTP depth D (DeepSeek-V3: 1).")
+    num_modules: MTPModules = Field(0, description="MTP depth D (DeepSeek-V3: 1).")
     own_embedding_and_head: bool = Field(
         False, description="Count a separate copy of embedding and head per module (as the published checkpoint stores)."
     )
@@ -214,16 +234,16 @@ class MTPSpec(_Spec):
 class ModelSpec(_Spec):
     """An MoE (or dense) decoder-only transformer."""
 
-    name: str = Field(description="Display name.")
-    family: str = Field("custom", description="Family or HF model_type it came from.")
-    num_layers: PosInt = Field(description="Decoder layers.")
-    hidden_size: PosInt = Field(description="Model width d_model.")
-    vocab_size: PosInt = Field(description="Vocabulary size.")
+    name: Name = Field(description="Display name.")
+    family: Name = Field("custom", description="Family or HF model_type it came from.")
+    num_layers: Layers = Field(description="Decoder layers.")
+    hidden_size: Width = Field(description="Model width d_model.")
+    vocab_size: Vocab = Field(description="Vocabulary size.")
     tie_embeddings: bool = Field(False, description="LM head shares the embedding matrix.")
     attention: Attention
     gated_ffn: bool = Field(True, description="3-matrix gated FFN (SwiGLU); False = 2-matrix (up, down).")
     ffn_bias: bool = Field(False, description="Dense/shared FFN linears carry biases.")
-    dense_ffn_dim: NonNegInt = Field(0, description="Intermediate width of the dense FFN in non-MoE layers.")
+    dense_ffn_dim: WidthOrZero = Field(0, description="Intermediate width of the dense FFN in non-MoE layers.")
     moe: MoESpec | None = Field(None, description="Experts; None for a dense model.")
     moe_layers: MoELayers = Field(default_factory=AllLayers, description="Which layers carry the MoE FFN.")
     norm: Literal["rmsnorm", "layernorm", "layernorm_nobias"] = Field(
@@ -234,7 +254,9 @@ class ModelSpec(_Spec):
     expert_weight_dtype: DType | None = Field(
         None, description="Storage dtype of routed-expert weights when it differs (gpt-oss: mxfp4)."
     )
-    max_context: PosInt | None = Field(None, description="Trained context length, tokens (informational).")
+    max_context: Context | None = Field(
+        None, description="Trained context length, tokens; a serving scenario with longer sequences is refused."
+    )
 
     @model_validator(mode="after")
     def _check(self) -> "ModelSpec":

@@ -14,14 +14,18 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from . import limits as L
 from .catalog import load_model
 from .data import scenarios_dir
 from .errors import InputError, from_validation_error
 from .hardware import HardwareProfile, load_hardware
-from .io import read_toml
+from .io import max_nesting, read_toml
 from .model import ModelSpec
 
-PosInt = Annotated[int, Field(gt=0)]
+# Every count, size and price is bounded by its physical range (moesim/limits.py).
+GPUs = L.count(L.GPUS)
+Sequences = L.count(L.SEQUENCES)
+Tokens = L.count(L.CONTEXT)
 
 
 class _Spec(BaseModel):
@@ -36,33 +40,33 @@ class Layout(_Spec):
     (``edp`` = expert data parallel, derived).
     """
 
-    tp: PosInt = Field(1, description="Tensor parallel size for attention and dense FFN.")
-    pp: PosInt = Field(1, description="Pipeline stages.")
-    dp: PosInt | None = Field(None, description="Data parallel size; default num_gpus / (tp * pp).")
-    ep: PosInt = Field(1, description="Expert parallel size (experts split over ep ranks).")
-    etp: PosInt = Field(1, description="Tensor parallel size inside each expert.")
+    tp: GPUs = Field(1, description="Tensor parallel size for attention and dense FFN.")
+    pp: GPUs = Field(1, description="Pipeline stages.")
+    dp: GPUs | None = Field(None, description="Data parallel size; default num_gpus / (tp * pp).")
+    ep: GPUs = Field(1, description="Expert parallel size (experts split over ep ranks).")
+    etp: GPUs = Field(1, description="Tensor parallel size inside each expert.")
     zero_stage: Literal[0, 1, 2, 3] = Field(
         0, description="ZeRO stage for training: 1 shards optimizer states, 2 also gradients, 3 (FSDP) also weights."
     )
     sequence_parallel: bool = Field(False, description="Megatron sequence parallelism with TP (activations sharded by tp).")
-    num_microbatches: PosInt | None = Field(None, description="Micro-batches per step per pipeline (training).")
+    num_microbatches: L.count(L.MICROBATCHES) | None = Field(None, description="Micro-batches per step per pipeline (training).")
 
 
 class RoutingSpec(_Spec):
     """Expert load: distribution of tokens over experts and how the layer executes."""
 
-    distribution: str = Field("uniform", description="'uniform', 'zipf:S', 'dirichlet:A', or 'hist:FILE' / 'hist:a,b,...'.")
-    capacity_factor: float | None = Field(None, gt=0, description="Expert capacity factor; None = dropless.")
+    distribution: L.text(L.DISTRIBUTION) = Field("uniform", description="'uniform', 'zipf:S', 'dirichlet:A', or 'hist:FILE' / 'hist:a,b,...'.")
+    capacity_factor: L.number(L.CAPACITY_FACTOR) | None = Field(None, description="Expert capacity factor; None = dropless.")
     placement: Literal["contiguous", "round_robin", "load_aware"] = Field("contiguous", description="Expert placement.")
-    redundant_experts: int = Field(0, ge=0, description="Extra expert replicas in total (EPLB), spread over EP ranks.")
-    node_limit: PosInt | None = Field(
+    redundant_experts: L.count(L.EXPERTS_OR_ZERO) = Field(0, description="Extra expert replicas in total (EPLB), spread over EP ranks.")
+    node_limit: L.count(L.NODES) | None = Field(
         None, description="Each token reaches at most this many nodes (DeepSeek-V3: 4); inactive when the EP group "
         "spans no more nodes than this."
     )
     dispatch_dtype: Literal["bf16", "fp8"] = Field("bf16", description="Element type of dispatched activations.")
     algorithm: Literal["direct", "hierarchical"] = Field("direct", description="All-to-all algorithm.")
-    samples: PosInt = Field(200, description="Monte Carlo samples for the per-rank load tail.")
-    seed: int = Field(0, description="Seed of the load model.")
+    samples: L.count(L.SAMPLES) = Field(200, description="Monte Carlo samples for the per-rank load tail.")
+    seed: L.count(L.SEED) = Field(0, description="Seed of the load model (0 to 2**63 - 1).")
 
 
 class Schedule(_Spec):
@@ -74,7 +78,7 @@ class Schedule(_Spec):
     )
     overlap_grad_reduce: bool = Field(True, description="Gradient reduction overlaps the last micro-batch's backward.")
     overlap_slowdown_frac: float = Field(
-        0.15, ge=0, lt=1,
+        0.15, ge=0, lt=1, allow_inf_nan=False,
         description="Computation slows by this fraction while overlapped communication kernels hold SMs "
         "(DeepSeek-V3 gives 20 of 132 SMs to communication: 0.15).",
     )
@@ -95,13 +99,19 @@ class TrainWorkload(_Spec):
     """One optimizer step of pre-training."""
 
     kind: Literal["train"] = "train"
-    seq_len: PosInt = Field(description="Tokens per sequence.")
-    global_batch_size: PosInt = Field(description="Sequences per optimizer step.")
-    micro_batch_size: PosInt = Field(1, description="Sequences per micro-batch per data-parallel rank.")
+    seq_len: Tokens = Field(description="Tokens per sequence.")
+    global_batch_size: Sequences = Field(description="Sequences per optimizer step.")
+    micro_batch_size: Sequences = Field(1, description="Sequences per micro-batch per data-parallel rank.")
     recompute: Literal["none", "selective", "full"] = Field("selective", description="Activation recomputation.")
     compute_dtype: Literal["bf16", "fp8"] = Field("bf16", description="GEMM precision.")
     master_weights_fp32: bool = Field(True, description="Mixed precision: fp32 master weights and fp32 Adam moments.")
-    total_tokens: float | None = Field(None, gt=0, description="Tokens of the whole run, for GPU-hours and cost.")
+    total_tokens: L.number(L.RUN_TOKENS) | None = Field(None, description="Tokens of the whole run, for GPU-hours and cost.")
+
+    @model_validator(mode="after")
+    def _tokens(self) -> "TrainWorkload":
+        _step_tokens(self.global_batch_size * self.seq_len, "global_batch_size", "global_batch_size x seq_len",
+                     f"{self.global_batch_size:,} x {self.seq_len:,}")
+        return self
 
 
 class ServeWorkload(_Spec):
@@ -109,17 +119,41 @@ class ServeWorkload(_Spec):
 
     kind: Literal["serve"] = "serve"
     phase: Literal["both", "prefill", "decode"] = Field("both", description="Which phase this deployment runs.")
-    batch_size: PosInt = Field(description="Concurrent sequences per model replica (the decode batch).")
-    prefill_batch_size: PosInt | None = Field(
+    batch_size: Sequences = Field(description="Concurrent sequences per model replica (the decode batch).")
+    prefill_batch_size: Sequences | None = Field(
         None,
         description="Sequences prefilled together. Default: 1 when the deployment also decodes (requests arrive and "
         "are prefilled one at a time, so TTFT is one prompt's prefill), batch_size for a prefill-only deployment.",
     )
-    prompt_tokens: PosInt = Field(description="Prompt length, tokens.")
-    output_tokens: PosInt = Field(1, description="Generated tokens per sequence.")
+    prompt_tokens: Tokens = Field(description="Prompt length, tokens.")
+    output_tokens: Tokens = Field(1, description="Generated tokens per sequence.")
     compute_dtype: Literal["bf16", "fp8", "fp4"] = Field("bf16", description="GEMM precision.")
-    weight_dtype: str | None = Field(None, description="Weight storage dtype; default the model's published dtype.")
+    weight_dtype: L.text(L.NAME) | None = Field(None, description="Weight storage dtype; default the model's published dtype.")
     kv_dtype: Literal["bf16", "fp8"] = Field("bf16", description="KV-cache element type.")
+
+    @property
+    def context_tokens(self) -> int:
+        """Tokens one sequence holds at the end: the prompt, plus the output unless only prefilled."""
+        return self.prompt_tokens + (self.output_tokens if self.phase != "prefill" else 0)
+
+    @model_validator(mode="after")
+    def _tokens(self) -> "ServeWorkload":
+        ctx = self.context_tokens
+        if ctx > L.CONTEXT.hi:
+            raise ValueError(f"prompt_tokens + output_tokens ({self.prompt_tokens:,} + {self.output_tokens:,}) must "
+                             f"be at most {int(L.CONTEXT.hi):,} tokens per sequence ({L.CONTEXT.why})")
+        _step_tokens(self.batch_size * ctx, "batch_size", "batch_size x context", f"{self.batch_size:,} x {ctx:,}")
+        pb = self.prefill_batch_size or (self.batch_size if self.phase == "prefill" else 1)
+        _step_tokens(pb * self.prompt_tokens, "prefill_batch_size", "prefill_batch_size x prompt_tokens",
+                     f"{pb:,} x {self.prompt_tokens:,}")
+        return self
+
+
+def _step_tokens(total: int, field: str, what: str, product: str) -> None:
+    """Refuse a batch holding more tokens than :data:`moesim.limits.STEP_TOKENS` allows."""
+    if total > L.STEP_TOKENS.hi:
+        raise ValueError(f"{what} ({product} = {total:.3g} tokens) must be at most {L.STEP_TOKENS.hi:.3g} tokens "
+                         f"({L.STEP_TOKENS.why}); lower {field}")
 
 
 Workload = Annotated[Union[TrainWorkload, ServeWorkload], Field(discriminator="kind")]
@@ -128,20 +162,22 @@ Workload = Annotated[Union[TrainWorkload, ServeWorkload], Field(discriminator="k
 class Scenario(_Spec):
     """A what-if question: this model, on this hardware and layout, doing this workload."""
 
-    name: str = Field("scenario", description="Short name.")
-    description: str = Field("", description="What the scenario represents, with sources for its settings.")
-    model: str = Field(description="Bundled model name, model TOML path, or config.json path.")
-    hardware: str = Field(description="Hardware profile name or file.")
-    num_gpus: PosInt = Field(description="Accelerators used.")
+    name: L.text(L.NAME) = Field("scenario", description="Short name.")
+    description: L.text(L.DESCRIPTION) = Field("", description="What the scenario represents, with sources for its settings.")
+    model: L.text(L.PATH) = Field(description="Bundled model name, model TOML path, or config.json path.")
+    hardware: L.text(L.PATH) = Field(description="Hardware profile name or file.")
+    num_gpus: GPUs = Field(description="Accelerators used.")
     layout: Layout = Field(default_factory=Layout)
     workload: Workload
     routing: RoutingSpec = Field(default_factory=RoutingSpec)
     schedule: Schedule = Field(default_factory=Schedule)
-    price_usd_per_gpu_hour: float | None = Field(None, gt=0, description="Overrides the profile's price.")
-    workspace_bytes: float = Field(
-        2.5e9, ge=0, description="Per-GPU allowance for CUDA context, library workspaces and communication buffers."
+    price_usd_per_gpu_hour: L.number(L.PRICE_PER_GPU_HOUR) | None = Field(
+        None, description="Overrides the profile's price, USD per accelerator-hour."
     )
-    base_dir: str = Field(".", description="Folder that relative paths resolve against (set by the loader).")
+    workspace_bytes: L.number(L.WORKSPACE_BYTES) = Field(
+        2.5e9, description="Per-GPU allowance for CUDA context, library workspaces and communication buffers."
+    )
+    base_dir: L.text(L.PATH) = Field(".", description="Folder that relative paths resolve against (set by the loader).")
 
     @model_validator(mode="after")
     def _layout(self) -> "Scenario":
@@ -177,7 +213,44 @@ class Scenario(_Spec):
         return self.layout.tp * self.dp // (self.layout.ep * self.layout.etp)
 
     def resolve_model(self) -> ModelSpec:
-        return load_model(_rel(self.model, self.base_dir))
+        """The scenario's model, checked against the scenario (:meth:`check_model`)."""
+        model = load_model(_rel(self.model, self.base_dir))
+        self.check_model(model)
+        return model
+
+    def check_model(self, model: ModelSpec) -> None:
+        """Raise InputError when the workload does not make sense for ``model``.
+
+        * a serving sequence (prompt, plus output unless prefill-only) longer than the
+          model's stated context (``max_context``; no limit when the model states none);
+        * load-model tables (samples x experts, EP ranks x experts, samples x EP ranks)
+          over :data:`moesim.limits.LOAD_MODEL_CELLS`.
+        """
+        src = f"scenario {L.short(self.name, 40)}"
+        w = getattr(self, "workload", None)  # absent on a probe built with model_construct
+        if isinstance(w, ServeWorkload) and model.max_context is not None and w.context_tokens > model.max_context:
+            if w.phase == "prefill":
+                what, field = f"workload.prompt_tokens ({w.prompt_tokens:,})", "workload.prompt_tokens"
+            else:
+                what = (f"workload.prompt_tokens + workload.output_tokens ({w.prompt_tokens:,} + "
+                        f"{w.output_tokens:,} = {w.context_tokens:,} tokens)")
+                field = "workload.prompt_tokens" if w.prompt_tokens > model.max_context else "workload.output_tokens"
+            raise InputError(f"{what} exceeds the {model.max_context:,}-token context of model {model.name} "
+                             f"(its max_context); allowed: at most {model.max_context:,} tokens per sequence",
+                             source=src, field=field)
+        if model.moe is not None:
+            experts = model.moe.num_experts + self.routing.redundant_experts
+            cells = L.LOAD_MODEL_CELLS.hi
+            for field, what, n in (
+                ("routing.samples", f"routing.samples x experts ({self.routing.samples:,} x {experts:,})",
+                 self.routing.samples * experts),
+                ("layout.ep", f"layout.ep x experts ({self.layout.ep:,} x {experts:,})", self.layout.ep * experts),
+                ("routing.samples", f"routing.samples x layout.ep ({self.routing.samples:,} x {self.layout.ep:,})",
+                 self.routing.samples * self.layout.ep),
+            ):
+                if n > cells:
+                    raise InputError(f"{what} = {n:,} must be at most {int(cells):,} ({L.LOAD_MODEL_CELLS.why})",
+                                     source=src, field=field)
 
     def resolve_hardware(self) -> HardwareProfile:
         return load_hardware(_rel(self.hardware, self.base_dir))
@@ -203,15 +276,32 @@ def parse_set(assignments: tuple[str, ...] | list[str]) -> list[tuple[list[str],
     """Parse ``field.path=value`` overrides; values are TOML literals or bare strings."""
     out = []
     for a in assignments:
-        if "=" not in a:
-            raise InputError(f"expected FIELD=VALUE, got {a!r}", source="--set")
+        if not isinstance(a, str) or "=" not in a:
+            raise InputError(f"expected FIELD=VALUE, got {L.short(a)}", source="--set")
         key, _, text = a.partition("=")
-        try:
-            value = tomllib.loads(f"v = {text}")["v"]
-        except tomllib.TOMLDecodeError:
-            value = text
-        out.append((key.strip().split("."), value))
+        path = key.strip().split(".")
+        if any(not p.strip() for p in path) or len(path) > L.MAX_FIELD_PARTS:
+            raise InputError(f"expected FIELD=VALUE with a dotted field of at most {L.MAX_FIELD_PARTS} parts "
+                             f"(e.g. layout.ep=8), got {L.short(a)}", source="--set")
+        L.PATH.check(key, source="--set")
+        L.DISTRIBUTION.check(text, source="--set", field=key.strip())
+        out.append(([p.strip() for p in path], parse_value(text, key.strip())))
     return out
+
+
+def parse_value(text: str, field: str | None = None) -> Any:
+    """A ``--set`` / ``--vary`` value: a TOML literal (``8``, ``1.25``, ``true``, ``"x"``, ``[1, 2]``) or else
+    the bare text. Nesting deeper than :data:`moesim.limits.MAX_NESTING` is refused before parsing."""
+    if "\n" in text or "\r" in text:  # one line only: a newline would start another TOML key
+        return text
+    if max_nesting(text, toml=True) > L.MAX_NESTING:
+        raise InputError(f"value nested more than {L.MAX_NESTING} deep", source="--set", field=field)
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+    except (RecursionError, ValueError):  # too deep for the parser, or an integer over 4300 digits
+        raise InputError(f"cannot read the value {L.short(text)}", source="--set", field=field) from None
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[tuple[list[str], Any]]) -> dict[str, Any]:
@@ -248,7 +338,7 @@ def read_scenario_raw(name_or_path: str | Path | None) -> tuple[dict[str, Any], 
     if p.suffix != ".toml":
         known = bundled_scenarios()
         if ref not in known:
-            raise InputError(f"unknown scenario {ref!r}; known: {', '.join(known)} (or a path to a .toml file)",
+            raise InputError(f"unknown scenario {L.short(ref)}; known: {', '.join(known)} (or a path to a .toml file)",
                              field="scenario")
         p = known[ref]
     return read_toml(p), str(p), str(p.parent)

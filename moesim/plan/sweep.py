@@ -316,7 +316,9 @@ def sweep(
         rec = est = err = None
         try:
             sc = scenario_from_dict(apply_overrides(raw, list(zip(paths, combo))), f"{where} (grid point {idx})", base)
-            est = estimate_resolved(sc, res.model(sc), res.hw(sc))
+            model = res.model(sc)
+            sc.check_model(model)
+            est = estimate_resolved(sc, model, res.hw(sc))
             rec = record(est, _batch(sc))
         except InputError as exc:
             err = _one_line(exc)
