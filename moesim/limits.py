@@ -84,8 +84,11 @@ class Limit:
             return f"> {_fmt(self.lo)} and at most {_fmt(self.hi)}"
         return f"{_fmt(self.lo)} to {_fmt(self.hi)}"
 
-    def problem(self, value: Any) -> str | None:
-        """Why ``value`` (an int or float) is outside this limit, or None when it is inside."""
+    def problem(self, value: Any, *, lower: bool = True) -> str | None:
+        """Why ``value`` (an int or float) is outside this limit, or None when it is inside.
+
+        ``lower=False`` leaves the lower bound to a later check with its own wording.
+        """
         if isinstance(value, bool):
             return f"expected a number, got {short(value)}"
         if isinstance(value, float) and not math.isfinite(value):
@@ -94,7 +97,7 @@ class Limit:
             return f"must be a whole number ({self.allowed}); got {short(value)}"
         if value > self.hi:
             return f"must be at most {_fmt(self.hi)} ({self.why}); got {short(value)}"
-        if value < self.lo or (self.lo_open and value <= self.lo):
+        if lower and (value < self.lo or (self.lo_open and value <= self.lo)):
             return self.below()
         return None
 
@@ -140,7 +143,7 @@ class Limit:
         hi: float = int(self.hi) if self.integer else self.hi
         return {key: lo, "maximum": hi}
 
-    def parse_text(self, text: str) -> int | float:
+    def parse_text(self, text: str, *, lower: bool = True) -> int | float:
         """A command-line value: ``16384``, ``16_384``, ``1e6`` (integral for integer limits), ``0.5``."""
         t = text.strip().replace("_", "")
         if len(t) > 64:
@@ -153,7 +156,7 @@ class Limit:
             except ValueError:
                 kind = "a whole number" if self.integer else "a number"
                 raise ValueError(f"expected {kind} ({self.allowed}); got {short(text)}") from None
-        msg = self.problem(v)
+        msg = self.problem(v, lower=lower)
         if msg is not None:
             raise ValueError(msg)
         return int(v) if self.integer else float(v)
@@ -254,8 +257,7 @@ SEED = Limit("a seed", 0, 2**63 - 1, "numpy seeds are non-negative 64-bit intege
 #: the load model keeps (samples x experts), (ranks x experts) and (samples x ranks) tables
 LOAD_MODEL_CELLS = Limit(
     "cells of the load model's tables", 1, 2**23,
-    "the load model keeps samples x experts, EP ranks x experts and samples x EP ranks tables; larger ones take "
-    "minutes and gigabytes (lower the samples, the EP size or the experts)",
+    "larger load-model tables take minutes and gigabytes",
 )
 
 # Money, bytes, time
@@ -276,8 +278,8 @@ TOKENS_PER_RANK = Limit("tokens per rank", 0, STEP_TOKENS.hi, STEP_TOKENS.why, i
 # Command-line only
 
 PLAN_TOP = Limit("candidates to print", 1, 10_000, "a table longer than this is better written with --csv")
-SWEEP_POINTS = Limit("sweep points", 1, 10_000,
-                     "every point is a full estimate; split larger grids or use moesim plan")
+SWEEP_POINTS = Limit("sweep points", 1, 1_000,
+                     "every point is a full estimate, so larger grids run for minutes; split them or use moesim plan")
 THREADS = Limit("threads or processes", 1, 4_096, "more than the cores of any one machine")
 
 # Text and files

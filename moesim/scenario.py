@@ -230,9 +230,9 @@ class Scenario(_Spec):
         w = getattr(self, "workload", None)  # absent on a probe built with model_construct
         if isinstance(w, ServeWorkload) and model.max_context is not None and w.context_tokens > model.max_context:
             if w.phase == "prefill":
-                what, field = f"workload.prompt_tokens ({w.prompt_tokens:,})", "workload.prompt_tokens"
+                what, field = f"prompt_tokens ({w.prompt_tokens:,})", "workload.prompt_tokens"
             else:
-                what = (f"workload.prompt_tokens + workload.output_tokens ({w.prompt_tokens:,} + "
+                what = (f"prompt_tokens + output_tokens ({w.prompt_tokens:,} + "
                         f"{w.output_tokens:,} = {w.context_tokens:,} tokens)")
                 field = "workload.prompt_tokens" if w.prompt_tokens > model.max_context else "workload.output_tokens"
             raise InputError(f"{what} exceeds the {model.max_context:,}-token context of model {model.name} "

@@ -7,7 +7,8 @@ from typing import Any, Callable
 
 import click
 
-from .common import emit_json, json_option
+from .. import limits as L
+from .common import Bounded, emit_json, json_option, writable
 
 #: API field -> the flag that sets it (errors name the flag)
 FLAGS = {
@@ -58,13 +59,14 @@ def _size(text: str | None, flag: str) -> float | None:
 
     if text is None:
         return None
+    L.NAME.check(text, source=flag)
     try:
         v = parse_quantity(text, "bytes")
     except ValueError as exc:
         raise InputError(str(exc), source=flag) from None
     if v <= 0:
-        raise InputError(f"must be a positive size such as 64MB or 1GiB, got {text!r}", source=flag)
-    return v
+        raise InputError(f"must be a positive size such as 64MB or 1GiB, got {L.short(text)}", source=flag)
+    return L.MESSAGE_BYTES.check(v, source=flag)
 
 
 def _sweep(text: str | None) -> list[float] | None:
@@ -75,7 +77,7 @@ def _sweep(text: str | None) -> list[float] | None:
         return None
     lo_t, sep, hi_t = text.partition(":")
     if not sep:
-        raise InputError(f"expected MIN:MAX such as 1KB:1GB, got {text!r}", source="--sweep")
+        raise InputError(f"expected MIN:MAX such as 1KB:1GB, got {L.short(text)}", source="--sweep")
     lo, hi = _size(lo_t, "--sweep"), _size(hi_t, "--sweep")
     assert lo is not None and hi is not None
     if hi < lo:
@@ -96,7 +98,8 @@ def _check_plot(plot_path: Path | None) -> None:
     if plot_path is None:
         return
     if plot_path.suffix.lower() != ".png":
-        raise InputError(f"plot file must end in .png, got {plot_path.name!r}", source="--plot")
+        raise InputError(f"plot file must end in .png, got {L.short(plot_path.name)}", source="--plot")
+    writable(plot_path, "--plot")
     from .render.comm import plot_available
 
     if not plot_available():
@@ -105,8 +108,9 @@ def _check_plot(plot_path: Path | None) -> None:
 
 hardware_option = click.option("--hardware", "-H", "hardware", required=True, metavar="NAME_OR_PATH",
                                help="Hardware profile (moesim hardware list) or a .toml/.json file.")
-ranks_option = click.option("--ranks", "-n", "ranks", type=int, required=True, help="Ranks in the group.")
-rpn_option = click.option("--ranks-per-node", "ranks_per_node", type=int, default=None,
+ranks_option = click.option("--ranks", "-n", "ranks", type=Bounded(L.GPUS, lower=False), required=True,
+                            help="Ranks in the group.")
+rpn_option = click.option("--ranks-per-node", "ranks_per_node", type=Bounded(L.GPUS, lower=False), default=None,
                           help="Ranks of the group per node (default: fill nodes).")
 plot_option = click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
                            metavar="FILE.png", help="Plot time and bandwidth over a size sweep (needs matplotlib).")
@@ -180,17 +184,19 @@ _collective_command("sendrecv", "sendrecv", ("auto", "direct"),
 @hardware_option
 @ranks_option
 @rpn_option
-@click.option("--tokens-per-rank", "-t", "tokens_per_rank", type=float, default=None, help="Tokens entering each rank.")
-@click.option("--top-k", "-k", "top_k", type=int, default=None, help="Experts per token.")
-@click.option("--experts", "-e", "experts", type=int, default=None, help="Routed experts (placed contiguously).")
+@click.option("--tokens-per-rank", "-t", "tokens_per_rank", type=Bounded(L.TOKENS_PER_RANK, lower=False), default=None,
+              help="Tokens entering each rank.")
+@click.option("--top-k", "-k", "top_k", type=Bounded(L.EXPERTS, lower=False), default=None, help="Experts per token.")
+@click.option("--experts", "-e", "experts", type=Bounded(L.EXPERTS, lower=False), default=None,
+              help="Routed experts (placed contiguously).")
 @click.option("--bytes-per-token", "bytes_per_token", default=None, metavar="SIZE",
               help="Bytes of one dispatched token copy, e.g. 7392 or 14KiB (or give --hidden).")
-@click.option("--hidden", "hidden", type=int, default=None, help="Hidden size; with --dispatch-dtype gives the token bytes.")
+@click.option("--hidden", "hidden", type=Bounded(L.WIDTH, lower=False), default=None, help="Hidden size; with --dispatch-dtype gives the token bytes.")
 @click.option("--dispatch-dtype", "dispatch_dtype", default="bf16", show_default=True, metavar="DTYPE",
               help="bf16 | fp16 | fp32 | fp8 (fp8 adds one 4-byte scale per 128 elements).")
 @click.option("--combine-bytes-per-token", "combine_bytes_per_token", default=None, metavar="SIZE",
               help="Bytes of one combined token copy (default: bf16 of --hidden, else --bytes-per-token).")
-@click.option("--node-limit", "-m", "node_limit", type=int, default=None, help="Each token reaches at most M nodes.")
+@click.option("--node-limit", "-m", "node_limit", type=Bounded(L.NODES, lower=False), default=None, help="Each token reaches at most M nodes.")
 @click.option("--algorithm", "-a", default=None, metavar="NAME",
               help="direct | hierarchical (once per node over the network, then scale-up, as DeepEP); "
                    "default: hierarchical, or direct in nccl-tests mode.")

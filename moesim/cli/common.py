@@ -14,6 +14,40 @@ import click
 json_option = click.option("--json", "as_json", is_flag=True, help="Print only JSON (units in field names).")
 
 
+class Bounded(click.ParamType):
+    """A numeric flag inside a :class:`moesim.limits.Limit` (one place for the bounds of flags and files).
+
+    Integers may be written ``16384``, ``16_384`` or ``1e6``. ``lower=False`` checks
+    only finiteness and the upper bound, for flags whose lower bound a later check
+    already words (the load and comm models name the field).
+    """
+
+    def __init__(self, limit, *, lower: bool = True) -> None:  # noqa: ANN001
+        self.limit = limit
+        self.lower = lower
+        self.name = "integer" if limit.integer else "float"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            msg = self.limit.problem(value, lower=self.lower)
+            if msg is None:
+                return int(value) if self.limit.integer else float(value)
+            self.fail(msg, param, ctx)
+        try:
+            return self.limit.parse_text(str(value), lower=self.lower)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+def writable(path: Any, flag: str) -> None:
+    """Refuse an output path that cannot be written before any work runs (``-`` is stdout)."""
+    if path is None or str(path) == "-":
+        return
+    from ..io import check_writable
+
+    check_writable(path, flag)
+
+
 def to_jsonable(obj: Any) -> Any:
     """Convert pydantic models, dataclasses, numpy values and enums to plain JSON types."""
     if hasattr(obj, "model_dump"):

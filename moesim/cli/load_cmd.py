@@ -7,7 +7,8 @@ from typing import Any
 
 import click
 
-from .common import emit_json, json_option
+from .. import limits as L
+from .common import Bounded, emit_json, json_option, writable
 
 #: LoadSpec / router field -> the flag that sets it (errors name the flag)
 FLAGS = {
@@ -54,26 +55,32 @@ def _named(exc: Exception) -> Exception:
 @click.command()
 @click.argument("scenario", required=False)
 @click.option("--model", "model_name", metavar="NAME_OR_PATH", help="Take experts, top-k and router from a model.")
-@click.option("--experts", "num_experts", type=int, help="Routed experts E.")
-@click.option("--top-k", "top_k", type=int, help="Experts per token k (mean for --router threshold).")
-@click.option("--ep", "ep_size", type=int, default=None, help="Expert-parallel ranks [default: 8, or the scenario's].")
-@click.option("--tokens", "num_tokens", type=int, default=None,
+@click.option("--experts", "num_experts", type=Bounded(L.EXPERTS, lower=False), help="Routed experts E.")
+@click.option("--top-k", "top_k", type=Bounded(L.EXPERTS, lower=False),
+              help="Experts per token k (mean for --router threshold).")
+@click.option("--ep", "ep_size", type=Bounded(L.GPUS, lower=False), default=None,
+              help="Expert-parallel ranks [default: 8, or the scenario's].")
+@click.option("--tokens", "num_tokens", type=Bounded(L.STEP_TOKENS, lower=False), default=None,
               help="Tokens per step entering the layer, summed over the EP group [default: 16384, or the scenario's].")
 @click.option("--distribution", "-d", default=None, metavar="DIST",
               help="uniform | zipf:S[:SEED] | dirichlet:ALPHA[:SEED] | hist:N,N,... | hist:FILE.json|FILE.csv[@LAYER].")
 @click.option("--router", type=click.Choice(ROUTERS), default=None, help="Router (default: the model's, else top_k).")
 @click.option("--scoring", type=click.Choice(["softmax", "sigmoid"]), default=None, help="Router score function.")
-@click.option("--groups", "num_groups", type=int, help="Expert groups for --router group_limited.")
-@click.option("--topk-groups", "topk_groups", type=int, help="Groups a token may use (group_limited).")
-@click.option("--mean-experts", "mean_experts", type=float, help="Mean experts per token for --router threshold.")
-@click.option("--capacity-factor", "-c", "capacity_factor", type=float, default=None,
+@click.option("--groups", "num_groups", type=Bounded(L.EXPERTS, lower=False),
+              help="Expert groups for --router group_limited.")
+@click.option("--topk-groups", "topk_groups", type=Bounded(L.EXPERTS, lower=False),
+              help="Groups a token may use (group_limited).")
+@click.option("--mean-experts", "mean_experts", type=Bounded(L.MEAN_EXPERTS, lower=False),
+              help="Mean experts per token for --router threshold.")
+@click.option("--capacity-factor", "-c", "capacity_factor", type=Bounded(L.CAPACITY_FACTOR, lower=False), default=None,
               help="Capacity factor (padded execution, drops); omit for dropless.")
 @click.option("--placement", type=click.Choice(["contiguous", "round_robin", "load_aware"]), default=None,
               help="Expert placement over ranks [default: contiguous, or the scenario's].")
-@click.option("--redundant-experts", "num_redundant", type=int, default=None,
+@click.option("--redundant-experts", "num_redundant", type=Bounded(L.EXPERTS_OR_ZERO, lower=False), default=None,
               help="Redundant replicas of hot experts (EPLB) [default: 0, or the scenario's].")
-@click.option("--samples", "num_samples", type=int, default=None, help="Monte Carlo steps [default: 256].")
-@click.option("--seed", type=int, default=None, help="Monte Carlo seed [default: 0].")
+@click.option("--samples", "num_samples", type=Bounded(L.SAMPLES, lower=False), default=None,
+              help="Monte Carlo steps [default: 256].")
+@click.option("--seed", type=Bounded(L.SEED, lower=False), default=None, help="Monte Carlo seed [default: 0].")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               metavar="FILE.png", help="Draw per-expert and per-rank load (needs matplotlib).")
 @json_option
@@ -194,7 +201,8 @@ def _run(
 
     if plot_path is not None:
         if plot_path.suffix.lower() != ".png":
-            raise InputError(f"plot file must end in .png, got {plot_path.name!r}", source="--plot")
+            raise InputError(f"plot file must end in .png, got {L.short(plot_path.name)}", source="--plot")
+        writable(plot_path, "--plot")
         from .render.load import plot_available
 
         if not plot_available():
@@ -269,6 +277,7 @@ def _run(
 
         spec = _spec(None, fields)
 
+    _check_load_size(spec, "--tokens" if model is None or num_tokens is not None else "moesim load")
     title = model.name if model is not None else None
     from .render import load as render
 
@@ -290,3 +299,19 @@ def _run(
         render.plot_load(result1, plot_path)
         if not as_json:
             click.echo(f"wrote {plot_path}", err=True)
+
+
+def _check_load_size(spec: Any, tokens_source: str) -> None:
+    """Refuse a load model too large to evaluate in seconds (limits.STEP_TOKENS, limits.LOAD_MODEL_CELLS)."""
+    from ..errors import InputError
+
+    L.STEP_TOKENS.check(spec.num_tokens, source=tokens_source, field="num_tokens")
+    experts = spec.num_experts + spec.num_redundant_experts
+    for flag, what, n in (
+        ("--samples", f"--samples x experts ({spec.num_samples:,} x {experts:,})", spec.num_samples * experts),
+        ("--ep", f"--ep x experts ({spec.ep_size:,} x {experts:,})", spec.ep_size * experts),
+        ("--samples", f"--samples x --ep ({spec.num_samples:,} x {spec.ep_size:,})", spec.num_samples * spec.ep_size),
+    ):
+        if n > L.LOAD_MODEL_CELLS.hi:
+            raise InputError(f"{what} = {n:,} must be at most {int(L.LOAD_MODEL_CELLS.hi):,} "
+                             f"({L.LOAD_MODEL_CELLS.why})", source=flag)

@@ -1,8 +1,9 @@
 """Entry point: a click group whose commands are imported only when used.
 
 Each command lives in its own module (``moesim/cli/<name>_cmd.py``) so that
-``moesim --help`` stays instant. User errors (:class:`moesim.errors.InputError`)
-print one line to stderr and exit 2; ``-v`` shows the traceback instead.
+``moesim --help`` stays instant. User errors (:class:`moesim.errors.InputError`,
+bad flags) print one line to stderr and exit 2, in the group itself so that
+click's ``CliRunner`` sees the same; ``-v`` shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -33,7 +34,68 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
 }
 
 
+#: exceptions that only input of an impossible size can cause once the bounds of moesim/limits.py hold; a last
+#: net so that even a case the bounds missed ends as one line and exit 2 (``-v`` shows the traceback)
+_SIZE_ERRORS = (OverflowError, RecursionError, MemoryError, FloatingPointError)
+
+
+def one_line(text: str, width: int = 1200) -> str:
+    """``text`` on one line, at most about ``width`` characters."""
+    from ..errors import clip
+
+    return clip(" ".join(str(text).split()), width)
+
+
+def _usage_line(exc: click.UsageError) -> str:
+    cmd = exc.ctx.command_path if exc.ctx is not None else "moesim"
+    return one_line(f"error: {exc.format_message()} (see '{cmd} --help')")
+
+
 class LazyGroup(click.Group):
+    """The ``moesim`` group: lazy subcommands, and the one error path of the CLI.
+
+    Whether it runs as the console script or under click's ``CliRunner``, a bad
+    input (:class:`~moesim.errors.InputError`, a bad flag, a size the bounds
+    missed) prints one line ``error: ...`` to stderr and exits with status 2;
+    ``-v`` re-raises it with its traceback.
+    """
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):  # noqa: ANN001
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.UsageError as exc:
+            click.echo(_usage_line(exc), err=True)
+            sys.exit(2)
+        except click.exceptions.Abort:
+            click.echo("aborted", err=True)
+            sys.exit(130)
+        except click.ClickException as exc:
+            exc.show()
+            sys.exit(exc.exit_code)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+    def invoke(self, ctx: click.Context):  # noqa: ANN201
+        try:
+            return super().invoke(ctx)
+        except InputError as exc:
+            if (ctx.obj or {}).get("verbose"):
+                raise
+            click.echo(one_line(f"error: {exc}"), err=True)
+            ctx.exit(2)
+        except click.UsageError as exc:  # a subcommand's flags (the group's own are parsed before invoke)
+            if (ctx.obj or {}).get("verbose"):
+                raise
+            click.echo(_usage_line(exc), err=True)
+            ctx.exit(2)
+        except _SIZE_ERRORS as exc:
+            if (ctx.obj or {}).get("verbose"):
+                raise
+            click.echo(one_line(f"error: input too large to compute ({type(exc).__name__}: {exc}); "
+                                "check the sizes given (moesim -v shows the traceback)"), err=True)
+            ctx.exit(2)
+
     def list_commands(self, ctx: click.Context) -> list[str]:
         return [n for n, (mod, _, _) in COMMANDS.items() if importlib.util.find_spec(mod) is not None]
 
@@ -62,22 +124,9 @@ def cli(ctx: click.Context, verbose: bool) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    verbose = "-v" in (argv if argv is not None else sys.argv[1:]) or "--verbose" in (argv or sys.argv[1:])
+    """Run the CLI and exit with its status (0, 2 for bad input, 130 when interrupted)."""
     try:
-        cli.main(args=argv, prog_name="moesim", standalone_mode=False)
-    except InputError as exc:
-        if verbose:
-            raise
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(2)
-    except click.exceptions.Abort:
-        click.echo("aborted", err=True)
-        sys.exit(130)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(2 if isinstance(exc, click.UsageError) else exc.exit_code)
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
+        cli.main(args=argv, prog_name="moesim")
     except BrokenPipeError:
         sys.exit(0)
 

@@ -6,20 +6,24 @@ from pathlib import Path
 
 import click
 
-from .common import emit_json, json_option
+from .. import limits as L
+from .common import Bounded, emit_json, json_option, writable
 
 
 @click.command()
 @click.argument("scenario", required=False)
 @click.option("--hardware", "hardware", metavar="A,B,...", help="Profiles to search (default: every shipped GPU profile).")
-@click.option("--max-gpus", type=int, default=512, show_default=True, help="Largest cluster to consider.")
-@click.option("--max-ttft-s", type=float, help="Time-to-first-token limit, seconds.")
-@click.option("--max-tpot-s", type=float, help="Time-per-output-token limit, seconds.")
-@click.option("--min-tokens-per-s", type=float, help="Throughput floor, tokens/s.")
-@click.option("--max-usd-per-hour", type=float, help="Budget: price of the whole cluster per hour, USD.")
+@click.option("--max-gpus", type=Bounded(L.GPUS, lower=False), default=512, show_default=True,
+              help="Largest cluster to consider.")
+@click.option("--max-ttft-s", type=Bounded(L.SECONDS, lower=False), help="Time-to-first-token limit, seconds.")
+@click.option("--max-tpot-s", type=Bounded(L.SECONDS, lower=False), help="Time-per-output-token limit, seconds.")
+@click.option("--min-tokens-per-s", type=Bounded(L.TOKENS_PER_S, lower=False), help="Throughput floor, tokens/s.")
+@click.option("--max-usd-per-hour", type=Bounded(L.CLUSTER_USD_PER_HOUR, lower=False),
+              help="Budget: price of the whole cluster per hour, USD.")
 @click.option("--objective", default="cost", show_default=True, metavar="cost|throughput|latency",
               help="What to optimise: USD per million tokens, tokens/s, or TPOT (TTFT for prefill).")
-@click.option("--top", type=int, default=5, show_default=True, help="How many of the best to print.")
+@click.option("--top", type=Bounded(L.PLAN_TOP), default=5, show_default=True,
+              help="How many of the best to print (1 or more).")
 @click.option("--set", "overrides", multiple=True, metavar="FIELD=VALUE", help="Override a scenario field first.")
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False, path_type=Path), help="Write every feasible candidate.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE.png",
@@ -43,12 +47,27 @@ def plan(scenario, hardware, max_gpus, max_ttft_s, max_tpot_s, min_tokens_per_s,
     except ValidationError as exc:
         err = from_validation_error(exc, None)
         raise InputError(err.message, source="--" + (err.field or "").replace("_", "-")) from None
+    writable(csv_path, "--csv")
+    if plot_path is not None:
+        if plot_path.suffix.lower() != ".png":
+            raise InputError(f"plot file must end in .png, got {L.short(plot_path.name)}", source="--plot")
+        writable(plot_path, "--plot")
+        import importlib.util
+
+        if importlib.util.find_spec("matplotlib") is None:
+            raise InputError("matplotlib is not installed; install it with: pip install 'moesim[plot]'", source="--plot")
+    _check_objective_name(objective)
     names = [h.strip() for h in hardware.split(",") if h.strip()] if hardware else None
+    if hardware is not None and not names:
+        raise InputError("give one or more profile names, e.g. --hardware h100-sxm,h200", source="--hardware")
     if names:
         from ..hardware import load_hardware
 
         for n in names:
-            load_hardware(n)  # unknown names fail here with the list of known ones
+            try:
+                load_hardware(n)  # unknown names fail here with the list of known ones
+            except InputError as exc:
+                raise exc.with_source("--hardware") from None
     feasible: list[dict] = []
     if as_json:
         result = run_plan(scenario, hardware=names, constraints=cons, objective=objective, top=top,
@@ -76,3 +95,11 @@ def plan(scenario, hardware, max_gpus, max_ttft_s, max_tpot_s, min_tokens_per_s,
     from .render.plan import render_plan
 
     render_plan(result)
+
+
+def _check_objective_name(objective: str) -> None:
+    from ..errors import InputError
+
+    if objective not in ("cost", "throughput", "latency"):
+        raise InputError(f"unknown objective {L.short(objective)}; allowed: cost, throughput, latency",
+                         source="--objective")

@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from .common import emit_json, json_option, to_jsonable
+from .common import emit_json, json_option, to_jsonable, writable
 
 #: grids larger than this show a progress bar (on stderr)
 PROGRESS_MIN_POINTS = 50
@@ -47,6 +47,10 @@ def _check_outputs(csv_path: str | None, jsonl_path: str | None, as_json: bool, 
     to_stdout = [f for f, p in (("--csv", csv_path), ("--jsonl", jsonl_path)) if p == "-"] + (["--json"] if as_json else [])
     if len(to_stdout) > 1:
         raise InputError(f"only one output can go to stdout; got {' and '.join(to_stdout)}", source=to_stdout[1])
+    if csv_path is not None and csv_path == jsonl_path and csv_path != "-":
+        raise InputError("--csv and --jsonl name the same file", source="--jsonl")
+    writable(csv_path, "--csv")
+    writable(jsonl_path, "--jsonl")
     if plot_path is None:
         for flag, val in (("--x", x), ("--y", y), ("--hue", hue)):
             if val is not None:
@@ -54,6 +58,7 @@ def _check_outputs(csv_path: str | None, jsonl_path: str | None, as_json: bool, 
         return None, None
     if plot_path.suffix.lower() != ".png":
         raise InputError(f"plot file must end in .png, got {plot_path.name!r}", source="--plot")
+    writable(plot_path, "--plot")
     numeric = [f for f in RECORD_FIELDS if f not in ("hardware", "fits")]
     if y is None:
         raise InputError(f"--plot needs --y METRIC; allowed: {', '.join(numeric)}", source="--y")

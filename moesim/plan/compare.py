@@ -235,6 +235,7 @@ def compare_scenarios(sa: Scenario, sb: Scenario) -> Comparison:
 def _estimate(sc: Scenario, model: ModelSpec, hw: HardwareProfile, side: str) -> Estimate:
     """Estimate one side; a layout that cannot run names the side."""
     try:
+        sc.check_model(model)  # the model may be shared with the other side, loaded (and checked) once for it
         return estimate_resolved(sc, model, hw)
     except InputError as exc:
         raise InputError(exc.message, source=f"{exc.source or 'scenario ' + sc.name} (side {side})", field=exc.field) from None

@@ -31,6 +31,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from .. import limits as L
 from ..errors import InputError, field_errors
 from ..hardware import HardwareProfile
 from ..model import ModelSpec
@@ -146,19 +147,32 @@ def parse_vary(specs: Sequence[str], *, source: str = "--vary") -> dict[str, lis
     strings (``zipf:1.2``, ``h100-sxm``).
     """
     out: dict[str, list[Any]] = {}
+    points = 1
     for spec in specs:
         field, eq, text = spec.partition("=")
         field = field.strip()
         if not eq or not field or any(not part.strip() for part in field.split(".")):
-            raise InputError(f"expected FIELD=V1,V2,... (e.g. layout.ep=8,16,32), got {spec!r}", source=source)
+            raise InputError(f"expected FIELD=V1,V2,... (e.g. layout.ep=8,16,32), got {L.short(spec)}", source=source)
         if field in out:
             raise InputError("field given twice; list all its values in one --vary", source=source, field=field)
         items = split_values(text)
         if not text.strip() or any(not i for i in items):
-            raise InputError(f"empty value in {text!r}; give one or more comma-separated values (e.g. {field}=8,16)",
-                             source=source, field=field)
-        out[field] = [parse_set([f"{field}={i}"])[0][1] for i in items]
+            raise InputError(f"empty value in {L.short(text)}; give one or more comma-separated values "
+                             f"(e.g. {field}=8,16)", source=source, field=field)
+        points *= len(items)
+        _check_points(points, source)
+        try:
+            out[field] = [parse_set([f"{field}={i}"])[0][1] for i in items]
+        except InputError as exc:
+            raise InputError(exc.message, source=source, field=exc.field or field) from None
     return out
+
+
+def _check_points(points: int, source: str) -> None:
+    """Refuse a grid of more points than :data:`moesim.limits.SWEEP_POINTS` allows."""
+    if points > L.SWEEP_POINTS.hi:
+        raise InputError(f"the grid has {points:,} points; at most {int(L.SWEEP_POINTS.hi):,} "
+                         f"({L.SWEEP_POINTS.why})", source=source)
 
 
 # ----------------------------------------------------------------------------- validation
@@ -191,8 +205,8 @@ def _check_value(raw: dict[str, Any], base_errors: set[tuple[str, str]], field: 
     errs = [e for e in _field_errors(new) if e not in base_errors]
     if errs:
         where, msg = errs[0]
-        if where == field and not msg.startswith("unknown key"):
-            msg = f"{msg} (got {value!r})"
+        if where == field and not msg.startswith("unknown key") and "; got " not in msg:
+            msg = f"{msg} (got {L.short(value)})"
         raise InputError(msg, source=source, field=where)
     if path == ["routing", "distribution"]:
         from ..load.distributions import parse_distribution
@@ -299,6 +313,10 @@ def sweep(
         if not values:
             raise InputError("empty value list; give one or more values", source=VARY, field=field)
         axes.append(SweepAxis(field=field, values=values))
+    points = 1
+    for ax in axes:
+        points *= len(ax.values)
+    _check_points(points, VARY)
     raw, where, base = _base_raw(scenario, overrides)
     base_errors = set(_field_errors(raw))
     for ax in axes:
