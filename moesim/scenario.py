@@ -159,6 +159,49 @@ def _step_tokens(total: int, field: str, what: str, product: str) -> None:
 Workload = Annotated[Union[TrainWorkload, ServeWorkload], Field(discriminator="kind")]
 
 
+class ServingPool(_Spec):
+    """One pool of a disaggregated deployment: ``num_instances`` identical engines of ``num_gpus`` each."""
+
+    num_gpus: GPUs = Field(description="Accelerators of one engine instance of this pool.")
+    layout: Layout = Field(default_factory=Layout, description="Parallel layout of one instance.")
+    num_instances: GPUs = Field(1, description="Engine instances in the pool (requests go round-robin).")
+
+
+class ServingSpec(_Spec):
+    """Serving under load (``moesim simulate``): the engine's iteration scheduler and the deployment's pools.
+
+    The scheduler is vLLM / SGLang style (see docs/serving.md): a running batch of at most
+    ``max_num_seqs`` sequences and ``max_num_batched_tokens`` tokens per iteration per DP rank,
+    prefill chunks sharing iterations with decode, paged KV blocks of ``kv_block_tokens``.
+    With ``prefill`` and ``decode`` pools given, prompts run on the prefill pool and their KV
+    cache moves to the decode pool; otherwise every instance (the scenario's ``num_gpus`` and
+    ``layout``) does both.
+    """
+
+    max_num_seqs: Sequences | None = Field(
+        None, description="Most sequences in the running batch per DP rank; default the workload's batch_size.")
+    max_num_batched_tokens: L.count(L.STEP_TOKENS) = Field(
+        8192, description="Most tokens (decode tokens plus prefill chunks) in one iteration per DP rank.")
+    chunked_prefill: bool = Field(
+        True, description="Prompts are split into chunks that share iterations with decode; false: a prompt is "
+        "prefilled whole in an iteration of its own (decode waits).")
+    kv_block_tokens: L.count(L.CONTEXT) = Field(16, description="Tokens per paged KV-cache block.")
+    num_instances: GPUs = Field(1, description="Aggregated engine instances (each num_gpus with layout), round-robin.")
+    prefill: ServingPool | None = Field(None, description="Prefill pool of a disaggregated deployment.")
+    decode: ServingPool | None = Field(None, description="Decode pool of a disaggregated deployment.")
+
+    @model_validator(mode="after")
+    def _pools(self) -> "ServingSpec":
+        if (self.prefill is None) != (self.decode is None):
+            raise ValueError("serving.prefill and serving.decode go together (a disaggregated deployment needs both "
+                             f"pools); got only serving.{'prefill' if self.prefill is not None else 'decode'}")
+        if self.max_num_seqs is not None and self.max_num_batched_tokens < self.max_num_seqs:
+            raise ValueError(f"serving.max_num_batched_tokens ({self.max_num_batched_tokens:,}) must be at least "
+                             f"serving.max_num_seqs ({self.max_num_seqs:,}): every running sequence takes a token "
+                             "per iteration")
+        return self
+
+
 class Scenario(_Spec):
     """A what-if question: this model, on this hardware and layout, doing this workload."""
 
@@ -171,6 +214,7 @@ class Scenario(_Spec):
     workload: Workload
     routing: RoutingSpec = Field(default_factory=RoutingSpec)
     schedule: Schedule = Field(default_factory=Schedule)
+    serving: ServingSpec = Field(default_factory=ServingSpec, description="Serving under load (moesim simulate).")
     price_usd_per_gpu_hour: L.number(L.PRICE_PER_GPU_HOUR) | None = Field(
         None, description="Overrides the profile's price, USD per accelerator-hour."
     )
