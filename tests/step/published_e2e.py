@@ -304,5 +304,22 @@ def table() -> str:
     return "\n".join(lines) + "\n\nSources and settings:\n\n" + "\n".join(srcs)
 
 
+def write_doc(path: str = "docs/published-comparisons.md") -> None:
+    """Replace the table section of the doc (from ``## Table`` to the next heading) with :func:`table`."""
+    from pathlib import Path
+
+    from moesim.io import atomic_write_text
+
+    doc = Path(path).read_text()
+    head, rest = doc.split("## Table\n", 1)
+    _, tail = rest.split("\n## ", 1)
+    atomic_write_text(Path(path), head + "## Table\n\n" + table() + "\n\n## " + tail)
+
+
 if __name__ == "__main__":  # pragma: no cover
-    print(table())
+    import sys
+
+    if "--write" in sys.argv:
+        write_doc()
+    else:
+        print(table())
