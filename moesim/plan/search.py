@@ -37,7 +37,7 @@ from ..errors import InputError
 from ..hardware import HardwareProfile, bundled_hardware, load_hardware
 from ..model import ModelSpec
 from ..scenario import Layout, Scenario, ServeWorkload, TrainWorkload, load_scenario
-from ..step.estimate import check_layout, serve_curve, train_figures
+from ..step.estimate import check_layout, price_usd_per_gpu_hour, serve_curve, train_figures
 from ..step.memory import StageParams, param_state_bytes, stage_params
 from ..step.parallel import Parallel
 
@@ -326,7 +326,7 @@ def plan(scenario: Scenario | str | None = None, *, hardware: list[str] | None =
     master = bool(getattr(sc.workload, "master_weights_fp32", True))
     jobs = []
     for hw in profiles:
-        price = sc.price_usd_per_gpu_hour or (hw.price.usd_per_accelerator_hour if hw.price else None)
+        price = price_usd_per_gpu_hour(sc, hw)
         for n in cluster_sizes(hw, cons.max_gpus):
             for lay in layouts(model, hw, n, training):
                 jobs.append((hw, n, lay, price))

@@ -314,14 +314,15 @@ def _by_stage_total(p: Pass, counts: list[tuple[int, int, bool, bool]], mtp: int
     return out
 
 
-def _price(sc: Scenario, hw: HardwareProfile) -> float | None:
+def price_usd_per_gpu_hour(sc: Scenario, hw: HardwareProfile) -> float | None:
+    """The scenario's price per GPU-hour, else the profile's, else None."""
     if sc.price_usd_per_gpu_hour is not None:
         return sc.price_usd_per_gpu_hour
     return hw.price.usd_per_accelerator_hour if hw.price else None
 
 
 def _cost(sc: Scenario, hw: HardwareProfile, tokens_per_s: float, run_tokens: float | None) -> CostResult:
-    price = _price(sc, hw)
+    price = price_usd_per_gpu_hour(sc, hw)
     gpu_h_per_m = sc.num_gpus / 3600.0 / tokens_per_s * 1e6 if tokens_per_s > 0 else math.inf
     run_h = run_usd = run_days = None
     if run_tokens:

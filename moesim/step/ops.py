@@ -23,7 +23,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from ..dtypes import bytes_per_element
 from ..flops import attention_score_flops
 from ..layer import GemmShape, KernelPlan, MoEShape, Op, RowsPerExpert, ffn_gemm_ops, moe_ffn_ops
 from ..memory import kv_elements_per_token_per_layer
@@ -148,9 +147,9 @@ def lm_head_op(model: ModelSpec, par: Parallel, n: float, *, weight_bytes: float
 
 
 def dispatch_bytes_per_copy(model: ModelSpec, dispatch_dtype: str) -> float:
-    """Bytes of one dispatched token copy: ``h`` elements, plus one fp32 scale per 128 for fp8 (DeepSeek-V3 3.3)."""
-    h = model.hidden_size
-    b = h * bytes_per_element(dispatch_dtype)
-    if dispatch_dtype == "fp8":
-        b += 4.0 * h / 128.0
-    return b
+    """Bytes of one dispatched token copy: the communication model's
+    :func:`moesim.comm.api.dispatch_bytes_per_token` (``h`` elements, plus one fp32 scale per started block
+    of 128 for fp8, DeepSeek-V3 3.3)."""
+    from ..comm.api import dispatch_bytes_per_token
+
+    return dispatch_bytes_per_token(model.hidden_size, dispatch_dtype)
