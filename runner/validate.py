@@ -11,7 +11,7 @@ import torch
 from moesim.calib.cases import ValidationCase
 from moesim.calib.layer_model import predict_layer
 from moesim.calib.routing import counts_per_rank, forced_experts
-from moesim.calib.validation import CaseResult, ValidationReport, error_summary, stage_dict
+from moesim.calib.validation import CaseResult, ValidationReport, class_summary, error_summary, stage_dict
 from moesim.hardware import HardwareProfile
 
 from .cases import measure_case
@@ -72,5 +72,6 @@ def run_validation(
         device=device, device_name=str(env.get("device_name", "")), profile=profile.name,
         profile_calibrated_on=profile.calibration.device_name if profile.calibration else None,
         cases_file=cases_file, cases=results, median_abs_error_frac=med, p90_abs_error_frac=p90,
+        by_class=class_summary(results),
         elapsed_s=time.perf_counter() - t0, env=env, warnings=warnings,
     )

@@ -58,9 +58,48 @@ class ValidationReport(_Frozen):
     cases: list[CaseResult]
     median_abs_error_frac: float = Field(description="Median |predicted / measured - 1| over the cases.")
     p90_abs_error_frac: float = Field(description="90th percentile of |predicted / measured - 1| over the cases.")
+    by_class: dict[str, dict[str, float]] = Field(
+        default_factory=dict,
+        description="Per case class (decode, fine_grained, wide, padded, loop, shared, ep, bf16, skewed): "
+        "num_cases, median_abs_error_frac, p90_abs_error_frac.")
     elapsed_s: float = Field(description="Wall time of the validation run, seconds.")
     env: dict[str, Any] = Field(default_factory=dict, description="Environment (versions, threads, load average).")
     warnings: list[str] = Field(default_factory=list, description="Warnings raised while validating.")
+
+
+def case_classes(layer: dict[str, Any]) -> list[str]:
+    """The classes a case belongs to (a case may be in several): ``decode`` (at most 64 tokens per rank),
+    ``fine_grained`` (expert width at most half the model width), ``wide`` (expert width at least 3x the
+    model width), ``padded`` and ``loop`` (implementation), ``shared`` (shared experts), ``ep`` (expert
+    parallel), ``bf16`` (16-bit), ``skewed`` (non-uniform forced routing)."""
+    out = []
+    if layer["num_tokens"] <= 64:
+        out.append("decode")
+    if layer["d_expert_ffn"] * 2 <= layer["d_model"]:
+        out.append("fine_grained")
+    if layer["d_expert_ffn"] >= 3 * layer["d_model"]:
+        out.append("wide")
+    if layer.get("implementation") in ("padded", "loop"):
+        out.append(str(layer["implementation"]))
+    if layer.get("num_shared_experts"):
+        out.append("shared")
+    if layer.get("ep_size", 1) > 1:
+        out.append("ep")
+    if layer.get("dtype") in ("bf16", "fp16"):
+        out.append("bf16")
+    if str(layer.get("routing", "uniform")) != "uniform":
+        out.append("skewed")
+    return out
+
+
+def class_summary(cases: list[CaseResult]) -> dict[str, dict[str, float]]:
+    """Per case class: number of cases, median and p90 of ``|predicted / measured - 1|``."""
+    groups: dict[str, list[float]] = {}
+    for c in cases:
+        for k in case_classes(c.layer):
+            groups.setdefault(k, []).append(abs(c.error_frac))
+    return {k: {"num_cases": float(len(v)), "median_abs_error_frac": float(np.median(v)),
+                "p90_abs_error_frac": float(np.percentile(v, 90))} for k, v in sorted(groups.items())}
 
 
 def error_summary(predicted_s: list[float], measured_s: list[float]) -> tuple[float, float]:

@@ -155,3 +155,22 @@ def test_error_summary_median_and_p90_by_hand():
 def test_measurement_json_names_carry_units():
     d = json.loads(_meas().model_dump_json())
     assert {"median_s", "p10_s", "p90_s", "num_samples"} <= set(d)
+
+
+def test_case_classes_and_their_error_summary():
+    from moesim.calib.validation import CaseResult, case_classes, class_summary
+
+    layer = {"num_tokens": 32, "d_model": 1024, "d_expert_ffn": 256, "implementation": "loop", "dtype": "bf16",
+             "num_shared_experts": 1, "routing": "zipf:1.2", "ep_size": 1}
+    assert case_classes(layer) == ["decode", "fine_grained", "loop", "shared", "bf16", "skewed"]
+    assert case_classes(layer | {"num_tokens": 4096, "d_expert_ffn": 4096, "implementation": "grouped",
+                                 "dtype": "fp32", "num_shared_experts": 0, "routing": "uniform"}) == ["wide"]
+
+    def case(name, err, **kw):
+        return CaseResult(name=name, layer=layer | kw, predicted_s=1 + err, measured_s=1.0, measured_p10_s=1.0,
+                          measured_p90_s=1.0, num_samples=5, error_frac=err, predicted_by_stage_s={},
+                          measured_by_stage_s={}, tokens_per_expert_max=1, tokens_per_expert_mean=1.0)
+
+    summary = class_summary([case("a", 0.1), case("b", -0.3), case("c", 0.05, num_tokens=512)])
+    assert summary["decode"]["num_cases"] == 2 and summary["decode"]["median_abs_error_frac"] == pytest.approx(0.2)
+    assert summary["loop"]["num_cases"] == 3 and summary["loop"]["median_abs_error_frac"] == pytest.approx(0.1)

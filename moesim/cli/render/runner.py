@@ -111,6 +111,10 @@ def show_validation(report: Any) -> None:
     c.print(f"median |error| [bold]{report.median_abs_error_frac * 100:.1f} %[/bold]   "
             f"p90 |error| [bold]{report.p90_abs_error_frac * 100:.1f} %[/bold]   "
             f"({len(report.cases)} cases, {seconds(report.elapsed_s)})")
+    if report.by_class:
+        c.print("by class: " + "   ".join(
+            f"{k} {v['median_abs_error_frac'] * 100:.1f} % / {v['p90_abs_error_frac'] * 100:.1f} % ({int(v['num_cases'])})"
+            for k, v in report.by_class.items()) + "   (median / p90 |error|, cases)")
     for w in report.warnings:
         c.print(f"[yellow]warning:[/yellow] {w}")
 
