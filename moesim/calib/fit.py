@@ -31,14 +31,15 @@ The fit inverts it, family by family, in this order:
    reported, but the profile's link numbers come from the all-to-all that MoE
    layers use.
 
-Residuals: every measurement is predicted back with the fitted profile and
-the median ``|predicted / measured - 1|`` is reported per family. The SwiGLU
-activation benchmark (``swiglu``) is not fitted: it checks the layer model's
-activation cost (family ``activation``).
-
-6. Host issue (GPUs): ``host_issue_s`` = host seconds per kernel of a chain of
+6. Elementwise arithmetic: ``elementwise_compute_frac`` from the SwiGLU
+   activation benchmark (``swiglu``) where its time exceeds its memory term
+   (family ``activation`` in the residuals).
+7. Host issue (GPUs): ``host_issue_s`` = host seconds per kernel of a chain of
    tiny kernels issued without synchronising (``overhead:issue``); on a CPU the
    host is the device and this cost is in ``t_kernel``.
+
+Residuals: every measurement is predicted back with the fitted profile and
+the median ``|predicted / measured - 1|`` is reported per family.
 
 Left out: efficiency changes with ``N`` at fixed ``M`` and ``K`` (the residuals
 show them), cache effects beyond what the size bins capture, and thermal or

@@ -164,7 +164,7 @@ def calibrate(device: str, quick: bool, out: Path, base: str | None, measurement
         "host": {
             "num_threads": env.get("num_threads"), "num_cpus": env.get("num_cpus"), "platform": env.get("platform"),
             "grid": size, "collective_world_size": world_size,
-            "peaks": ("measured: the reference dtype's highest GEMM rate, other dtypes a fitted level (datasheet "
+            "peaks": ("measured: each dtype's highest GEMM rate (datasheet "
                       "placeholder replaced)") if device == "cpu" else "datasheet",
         } | ({"driver_version": env.get("driver_version")} if device == "cuda" else {}),
         "measurements_file": rel,

@@ -23,7 +23,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..errors import InputError
-from .topology import NetworkSpec, check_cluster
+from .spec import NetworkSpec, check_cluster
 
 
 class GroupSpec(BaseModel):

@@ -148,3 +148,24 @@ def test_a_domain_spanning_several_nodes_routes_as_one_node_with_their_nics_pool
     la = api.route_traffic(rack, T, api.GroupSpec(size=144, ranks_per_node=72))
     lb = api.route_traffic(trays, T, api.GroupSpec(size=144, ranks_per_node=72))
     assert np.allclose(la.load_bytes, lb.load_bytes)
+
+
+def test_the_network_spec_is_a_leaf_and_one_call_clears_every_cache():
+    import subprocess
+    import sys
+
+    # placement imports the spec without going through the topology module (no import cycle)
+    code = ("import sys, moesim.comm.placement; "
+            "assert 'moesim.comm.topology' not in sys.modules and 'moesim.comm.routing' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)
+    from moesim.caches import clear_caches
+    from moesim.comm import topology
+    from moesim.hardware import load_hardware
+    from moesim.step import bridge
+    from moesim.step.estimate import estimate
+
+    estimate("mixtral-8x7b-serve-h100")
+    topology.build_topology(load_hardware("h100-sxm"), 2)
+    assert topology._CACHE and bridge._load.cache_info().currsize
+    clear_caches()
+    assert not topology._CACHE and bridge._load.cache_info().currsize == 0
