@@ -77,8 +77,32 @@ def capture_env(device: torch.device | str) -> dict[str, Any]:
             "mkldnn": bool(torch.backends.mkldnn.is_available()),
             "mkl": bool(torch.backends.mkl.is_available()),
             "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "cpu_bf16_instructions": cpu_bf16_instructions(),
         }
     return env
+
+
+def cpu_bf16_instructions() -> bool | None:
+    """Whether the CPU has bf16 dot-product instructions (AVX-512 BF16 or AMX-BF16); None where unknown.
+
+    Without them torch runs bf16 GEMMs through a conversion path far slower than fp32, whose rate also
+    falls with the GEMM's width (see docs/calibration.md).
+    """
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return None
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def bf16_warning(env: dict[str, Any], dtypes: set[str]) -> str | None:
+    """A warning for bf16 / fp16 layers on a CPU without bf16 instructions."""
+    if env.get("device_kind") == "cpu" and env.get("cpu_bf16_instructions") is False and dtypes & {"bf16", "fp16"}:
+        return ("this CPU has no bf16 instructions (AVX-512 BF16 / AMX): torch runs bf16 GEMMs through a slow "
+                "conversion path whose rate falls with the GEMM's width, which the shape tables describe only near "
+                "the calibrated widths; expect large errors on bf16 cases")
+    return None
 
 
 def load_average() -> float | None:

@@ -98,6 +98,11 @@ def validate(device: str, profile_name: str, cases_path: Path | None, out_dir: P
     cases = load_cases(cases_file)
     profile, env, warnings = prepare_run(device, profile_name, "validate", threads)
     check_ep_support(profile, cases)
+    from ..runner.env import bf16_warning
+
+    bw = bf16_warning(env, {c.dtype for c in cases})
+    if bw:
+        warnings.append(bw)
 
     from ..runner.validate import run_validation
 
