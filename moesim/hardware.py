@@ -22,6 +22,7 @@ from typing import Annotated, Any, Literal
 import numpy as np
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
+from . import limits as L
 from .data import hardware_dir
 from .errors import InputError, from_validation_error
 from .units import parse_quantity
@@ -182,12 +183,12 @@ class Accelerator(_Frozen):
 class Node(_Frozen):
     """A node (server) and its scale-up domain."""
 
-    accelerators_per_node: int = Field(ge=1, description="Accelerators in one node (or one NVL72 rack).")
+    accelerators_per_node: L.count(L.NODE_SIZE) = Field(description="Accelerators in one node (or one NVL72 rack).")
     scale_up: Literal["nvswitch", "nvlink_domain", "infinity_fabric", "pcie", "none"] = Field(
         description="Scale-up interconnect: NVSwitch 8-GPU nodes, a multi-node NVLink domain (GB200 NVL72), "
         "AMD Infinity Fabric full mesh, PCIe only, or none (one device)."
     )
-    scale_up_domain_size: int = Field(ge=1, description="Accelerators reachable over scale-up links (8, 72, ...).")
+    scale_up_domain_size: L.count(L.NODE_SIZE) = Field(description="Accelerators reachable over scale-up links (8, 72, ...).")
     scale_up_bandwidth_per_accelerator_bytes_per_s: BytesPerS | None = Field(
         None, description="Scale-up bandwidth per accelerator, per direction, bytes/s."
     )
@@ -205,13 +206,13 @@ class ScaleOut(_Frozen):
     """The network between nodes."""
 
     fabric: Literal["infiniband", "roce", "ethernet", "none"] = Field(description="Scale-out fabric kind.")
-    nics_per_node: int = Field(0, ge=0, description="Scale-out NICs per node (compute fabric only).")
+    nics_per_node: L.count(L.NICS) = Field(0, description="Scale-out NICs per node (compute fabric only).")
     bandwidth_per_nic_bytes_per_s: BytesPerS | None = Field(None, description="Per NIC, per direction, bytes/s.")
     latency_s: Seconds = Field(0.0, description="One-way small-message latency across the fabric, seconds.")
     rail_optimized: bool = Field(False, description="NIC i of every node connects to leaf switch (rail) i.")
-    oversubscription_ratio: float = Field(1.0, ge=1.0, description="Leaf downlink:uplink bandwidth ratio (1 = non-blocking).")
-    leaf_switch_ports: int = Field(64, ge=2, description="Ports per leaf switch (NDR Quantum-2: 64).")
-    max_nodes: int | None = Field(None, ge=1, description="Largest cluster the fabric is described for, in nodes.")
+    oversubscription_ratio: L.number(L.OVERSUBSCRIPTION) = Field(1.0, description="Leaf downlink:uplink bandwidth ratio (1 = non-blocking).")
+    leaf_switch_ports: L.count(L.SWITCH_PORTS) = Field(64, description="Ports per leaf switch (NDR Quantum-2: 64).")
+    max_nodes: L.count(L.NODES) | None = Field(None, description="Largest cluster the fabric is described for, in nodes.")
 
     @model_validator(mode="after")
     def _nics(self) -> "ScaleOut":
@@ -276,7 +277,7 @@ class Efficiency(_Frozen):
 
 
 class Price(_Frozen):
-    usd_per_accelerator_hour: float = Field(gt=0, description="Price per accelerator-hour, USD.")
+    usd_per_accelerator_hour: L.number(L.PRICE_PER_GPU_HOUR) = Field(description="Price per accelerator-hour, USD.")
 
 
 class Calibration(_Frozen):
@@ -406,8 +407,6 @@ def read_profile_file(path: Path) -> HardwareProfile:
 
 def load_hardware(name_or_path: str | Path) -> HardwareProfile:
     """Load a shipped profile by name (``moesim hardware list``) or a TOML / JSON file."""
-    from . import limits as L
-
     if not isinstance(name_or_path, (str, Path)):
         raise InputError(f"expected a profile name or path, got {L.short(name_or_path)}", field="hardware")
     L.PATH.check(str(name_or_path), field="hardware")

@@ -229,6 +229,8 @@ HEADS = Limit("attention heads", 1, 100_000, "published models have at most 128 
 VOCAB = Limit("vocabulary entries", 1, 10_000_000, "the largest published vocabularies have about 260,000 entries")
 EXPERTS = Limit("routed experts", 1, 16_384, "40x the most routed experts of a published MoE (Kimi K2: 384)")
 EXPERTS_OR_ZERO = Limit("experts (0 = none)", 0, EXPERTS.hi, EXPERTS.why)
+PARAMS = Limit("parameters of a model", 1, 1e15, "500x the largest published models, about 2 trillion parameters")
+ATTENTION_WIDTH = Limit("attention width (heads x head dimension)", 1, WIDTH.hi, WIDTH.why)
 MTP_MODULES = Limit("multi-token-prediction modules", 0, LAYERS.hi, "at most one per layer limit")
 CONTEXT = Limit("tokens per sequence", 1, 100_000_000,
                 "10x the longest published context window, Llama 4 Scout's 10M tokens")
@@ -247,12 +249,18 @@ GPUS = Limit("accelerators", 1, 1_000_000, "5x the largest GPU clusters built, a
 NODES = Limit("nodes", 1, GPUS.hi, "at most one node per accelerator limit")
 MICROBATCHES = Limit("micro-batches per step", 1, 1_000_000, "the pipeline schedule has one entry per micro-batch")
 
+NODE_SIZE = Limit("accelerators per node or scale-up domain", 1, 4_096,
+                  "7x the largest scale-up domain announced, NVL576")
+NICS = Limit("NICs per node", 0, 1_024, "nodes carry at most 8 to 16 NICs")
+SWITCH_PORTS = Limit("ports per switch", 2, 65_536, "switches have at most a few hundred ports")
+OVERSUBSCRIPTION = Limit("an oversubscription ratio", 1, 1_000, "fabrics are built at 1:1 to 4:1", integer=False)
+
 # Routing and load model
 
 CAPACITY_FACTOR = Limit("a capacity factor", 0, 1_000, "published runs use 1 to 2; above E / k it only adds padding",
                         integer=False, lo_open=True)
 MEAN_EXPERTS = Limit("mean experts per token", 0, EXPERTS.hi, EXPERTS.why, integer=False, lo_open=True)
-SAMPLES = Limit("Monte Carlo samples", 1, 100_000, "the tail of the load settles within a few thousand samples")
+SAMPLES = Limit("Monte Carlo samples", 1, 10_000, "the p99 tail of the load settles within a few thousand samples")
 SEED = Limit("a seed", 0, 2**63 - 1, "numpy seeds are non-negative 64-bit integers")
 #: the load model keeps (samples x experts), (ranks x experts) and (samples x ranks) tables
 LOAD_MODEL_CELLS = Limit(

@@ -70,6 +70,7 @@ class GQAAttention(_Spec):
             raise ValueError(f"num_heads ({self.num_heads}) must be a multiple of num_kv_heads ({self.num_kv_heads})")
         if self.sliding_layers != "none" and self.sliding_window is None:
             raise ValueError(f"sliding_layers = {self.sliding_layers!r} needs sliding_window")
+        _attention_width(self.num_heads, self.head_dim, "head_dim")
         return self
 
     @property
@@ -114,6 +115,18 @@ class MLAAttention(_Spec):
 
     sliding_window: None = None
     sliding_layers: Literal["none"] = "none"
+
+    @model_validator(mode="after")
+    def _width(self) -> "MLAAttention":
+        _attention_width(self.num_heads, max(self.qk_head_dim, self.v_head_dim), "qk / v head dims")
+        return self
+
+
+def _attention_width(heads: int, head_dim: int, what: str) -> None:
+    """Refuse heads x head_dim over :data:`moesim.limits.ATTENTION_WIDTH` (it sizes the KV cache and projections)."""
+    if heads * head_dim > L.ATTENTION_WIDTH.hi:
+        raise ValueError(f"num_heads x {what} ({heads:,} x {head_dim:,}) must be at most {int(L.ATTENTION_WIDTH.hi):,} "
+                         f"({L.ATTENTION_WIDTH.why})")
 
 
 Attention = Annotated[Union[GQAAttention, MLAAttention], Field(discriminator="kind")]
@@ -271,6 +284,13 @@ class ModelSpec(_Spec):
             raise ValueError(
                 f"{self.num_layers - len(moe_idx)} dense layer(s) need dense_ffn_dim > 0 (moe_layers = {self.moe_layers.kind})"
             )
+        # params imports this module; uncached: model_copy(update=...) would carry a cached count over
+        from .params import _count_params
+
+        total = _count_params(self).total
+        if total > L.PARAMS.hi:
+            raise ValueError(f"the model has {total:.3g} parameters; at most {L.PARAMS.hi:.3g} ({L.PARAMS.why}): "
+                             "check num_layers, hidden_size, the experts and the FFN widths")
         return self
 
     @cached_property

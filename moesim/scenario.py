@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from . import limits as L
 from .catalog import load_model
+from .dtypes import DType
 from .data import scenarios_dir
 from .errors import InputError, from_validation_error
 from .hardware import HardwareProfile, load_hardware
@@ -128,7 +129,7 @@ class ServeWorkload(_Spec):
     prompt_tokens: Tokens = Field(description="Prompt length, tokens.")
     output_tokens: Tokens = Field(1, description="Generated tokens per sequence.")
     compute_dtype: Literal["bf16", "fp8", "fp4"] = Field("bf16", description="GEMM precision.")
-    weight_dtype: L.text(L.NAME) | None = Field(None, description="Weight storage dtype; default the model's published dtype.")
+    weight_dtype: DType | None = Field(None, description="Weight storage dtype; default the model's published dtype.")
     kv_dtype: Literal["bf16", "fp8"] = Field("bf16", description="KV-cache element type.")
 
     @property
