@@ -11,7 +11,8 @@ from typing import Any
 
 import click
 
-from .common import emit_json, json_option
+from .. import limits as L
+from .common import Bounded, emit_json, json_option, writable
 
 DEFAULT_BASE = {"cpu": "local-cpu", "cuda": "h100-sxm"}
 
@@ -55,9 +56,10 @@ class _Interrupted(Exception):
 @click.option("--measurements", type=click.Path(dir_okay=False, path_type=Path), default=None, metavar="FILE.jsonl",
               help="Measurements file, appended as it goes [default: OUT with .measurements.jsonl].")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from its measurements file.")
-@click.option("--world-size", type=int, default=None,
+@click.option("--world-size", type=Bounded(L.THREADS, lower=False), default=None,
               help="Processes for the all-to-all / all-reduce benchmarks [default: 2 on cpu, all GPUs on cuda; 1 skips].")
-@click.option("--threads", type=int, default=None, help="CPU threads for torch [default: torch's default].")
+@click.option("--threads", type=Bounded(L.THREADS, lower=False), default=None,
+              help="CPU threads for torch [default: torch's default].")
 @click.option("--grid", type=click.Choice(["tiny", "quick", "full"]), default=None, hidden=True)
 @json_option
 def calibrate(device: str, quick: bool, out: Path, base: str | None, measurements: Path | None, resume: bool,
@@ -84,6 +86,9 @@ def calibrate(device: str, quick: bool, out: Path, base: str | None, measurement
         raise InputError(f"must be >= 1, got {world_size}", source="--world-size")
     if threads is not None and threads < 1:
         raise InputError(f"must be >= 1, got {threads}", source="--threads")
+    writable(out, "--out")
+    if measurements is not None:
+        writable(measurements, "--measurements")
     base_prof = _base_profile(device, base)
     torch = require_device(device, "calibrate")
     if threads is not None:
@@ -105,7 +110,11 @@ def calibrate(device: str, quick: bool, out: Path, base: str | None, measurement
                 "measurements file exists from an earlier run; pass --resume to continue it, or remove it to start over",
                 source=str(meas_path),
             )
-        repair_tail(meas_path)
+        from ..io import read_bytes, read_text
+
+        read_bytes(meas_path)  # a regular file of sane size, before the tail is repaired in place
+        repair_tail(meas_path)  # a run killed mid-write leaves at most one partial last line
+        read_text(meas_path)  # UTF-8 (a partial multi-byte character went with the partial line)
         prev = read_measurements(meas_path)
         if prev.header is not None and prev.header.device != device:
             raise InputError(

@@ -156,6 +156,42 @@ def test_interrupted_calibration_keeps_measurements_and_the_old_profile_then_res
     assert load_hardware(out).calibration.measurements_sha256 == sha256_file(meas)
 
 
+def test_calibration_killed_with_sigkill_keeps_a_readable_measurements_file_and_the_old_profile_then_resumes(tmp_path):
+    """SIGKILL gives the process no chance to clean up: what it wrote must still be usable."""
+    out = tmp_path / "p.json"
+    out.write_text('{"sentinel": "previous profile"}\n')
+    meas = tmp_path / "p.measurements.jsonl"
+    args = ["calibrate", "--grid", "tiny", "--world-size", "2", "--out", str(out)]
+    proc = subprocess.Popen([*MOESIM, *args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if meas.exists() and meas.read_text(errors="replace").count("\n") >= 4:
+            break
+        time.sleep(0.005)
+    proc.kill()
+    proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    assert out.read_text() == '{"sentinel": "previous profile"}\n'
+    kept = read_measurements(meas)  # complete lines, at most one partial last line ignored
+    assert kept.header is not None and len(kept.measurements) >= 3 and kept.num_bad_lines <= 1
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []  # the profile write never began
+    r = moesim(*args, "--resume")
+    assert r.returncode == 0, r.stderr
+    done = read_measurements(meas)
+    keys = [m.key for m in done.measurements]
+    assert len(keys) == len(set(keys)) == len(calibration_grid("cpu", "tiny", 2)) and done.num_bad_lines == 0
+    assert keys[: len(kept.measurements)] == [m.key for m in kept.measurements]
+    assert load_hardware(out).calibration.measurements_sha256 == sha256_file(meas)
+
+
+def test_resume_refuses_a_measurements_file_that_is_not_utf8_text(tmp_path):
+    out, meas = tmp_path / "p.json", tmp_path / "p.measurements.jsonl"
+    meas.write_bytes(b'{"kind": "env"}\n\xff\xfe\x00 binary\n')
+    r = moesim("calibrate", "--grid", "tiny", "--world-size", "1", "--out", str(out), "--resume")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "not UTF-8 text" in r.stderr, r.stderr
+    assert not out.exists()
+
+
 # ------------------------------------------------------------------ bad input: one line, exit 2, nothing written
 
 
