@@ -39,6 +39,8 @@ _API = {
     "all_reduce": "moesim.comm.api",
     "plan": "moesim.plan.search",
     "sweep": "moesim.plan.sweep",
+    "simulate": "moesim.serving.api",
+    "simulate_rates": "moesim.serving.api",
 }
 
 __all__ = sorted(_API) + ["__version__"]
@@ -70,4 +72,5 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from .plan.search import plan
     from .plan.sweep import sweep
     from .scenario import Scenario, load_scenario
+    from .serving.api import simulate, simulate_rates
     from .step.estimate import estimate

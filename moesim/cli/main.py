@@ -31,6 +31,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "plan": ("moesim.cli.plan_cmd", "plan", "Search hardware x layout x batch under constraints."),
     "sweep": ("moesim.cli.sweep_cmd", "sweep", "Evaluate a scenario over a grid of field values."),
     "compare": ("moesim.cli.compare_cmd", "compare", "Two scenarios side by side."),
+    "simulate": ("moesim.cli.simulate_cmd", "simulate", "Serving under load: a request stream, latency percentiles."),
 }
 
 

@@ -1,0 +1,84 @@
+"""The adapter to the step, memory and communication models: same figures as the step model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from moesim.memory import kv_bytes_per_token
+from moesim.scenario import load_scenario
+from moesim.serving import costs
+from moesim.step.estimate import serve_curve
+
+
+@pytest.fixture(scope="module")
+def mixtral():
+    sc = load_scenario("mixtral-8x7b-serve-h100")
+    model, hw = sc.resolve_model(), sc.resolve_hardware()
+    return sc, model, hw, costs.iteration_cost(sc, model, hw, max_tokens=8192, max_keys=4096, max_kv_read=500_000)
+
+
+@pytest.mark.parametrize("batch", [1, 16, 64])
+def test_decode_iteration_is_the_step_models_decode_step(mixtral, batch):
+    sc, model, hw, cost = mixtral
+    w = sc.workload
+    ctx = w.prompt_tokens + w.output_tokens / 2
+    tpot = float(serve_curve(sc, model, hw, [batch])["tpot_s"][0])
+    assert cost.exact_s(batch, ctx, batch * ctx, batch) == pytest.approx(tpot, rel=1e-12)
+    assert cost.decode_s(batch, ctx) == pytest.approx(tpot, rel=2e-3)  # the interpolated table
+
+
+def test_prefill_iteration_is_the_step_models_ttft(mixtral):
+    sc, model, hw, cost = mixtral
+    P = sc.workload.prompt_tokens
+    ttft = float(serve_curve(sc, model, hw, [1])["ttft_s"][0])
+    assert cost.exact_s(P, (P + 1) / 2, 0.0, 1.0) == pytest.approx(ttft, rel=1e-12)
+    assert cost.prefill_s(P) == pytest.approx(ttft, rel=2e-3)
+
+
+def test_interpolated_table_is_within_half_a_percent_of_the_step_model(mixtral):
+    *_, cost = mixtral
+    rng = np.random.default_rng(0)
+    for _ in range(25):
+        n = float(rng.integers(1, 8000))
+        keys = float(rng.uniform(1, 4000))
+        kv = float(rng.uniform(0, 400_000))
+        lm = float(rng.integers(1, int(n) + 1))
+        assert cost.iteration_s(n, keys, kv, lm) == pytest.approx(cost.exact_s(n, keys, kv, lm), rel=5e-3)
+
+
+def test_pipeline_stages_match_the_step_model_too():
+    sc = load_scenario("mixtral-8x7b-serve-h100", ["layout.tp=4", "layout.pp=2", "layout.etp=4"])
+    model, hw = sc.resolve_model(), sc.resolve_hardware()
+    cost = costs.iteration_cost(sc, model, hw, max_tokens=8192, max_keys=4096, max_kv_read=100_000)
+    cur = serve_curve(sc, model, hw, [8])
+    ctx = sc.workload.prompt_tokens + sc.workload.output_tokens / 2
+    assert cost.decode_s(8, ctx) == pytest.approx(float(cur["tpot_s"][0]), rel=2e-3)
+    assert cost.prefill_s(sc.workload.prompt_tokens) == pytest.approx(float(cur["ttft_s"][0]), rel=2e-3)
+
+
+def test_kv_capacity_uses_the_memory_models_bytes_per_token(mixtral):
+    sc, model, hw, _ = mixtral
+    kv = costs.kv_capacity(sc, model, hw, max_num_seqs=64, max_num_batched_tokens=8192, where="t")
+    # Mixtral: 32 layers x (K + V) x 8 KV heads x 128 x 2 bytes, split over TP 8 (8 KV heads)
+    assert kv.bytes_per_token_per_gpu == pytest.approx(kv_bytes_per_token(model, "bf16") / 8)
+    assert kv.bytes_per_token_per_gpu == 32 * 2 * 8 * 128 * 2 / 8
+    assert kv.tokens_per_dp_rank * kv.bytes_per_token_per_gpu <= kv.free_bytes_per_gpu
+    # more seats hold more activations: less room for the cache
+    more = costs.kv_capacity(sc, model, hw, max_num_seqs=1024, max_num_batched_tokens=8192, where="t")
+    assert more.tokens_per_dp_rank < kv.tokens_per_dp_rank
+
+
+def test_kv_capacity_refuses_a_deployment_whose_weights_fill_the_gpu():
+    sc = load_scenario("mixtral-8x7b-serve-h100", ["num_gpus=1", "layout.tp=1", "layout.etp=1"])
+    model, hw = sc.resolve_model(), sc.resolve_hardware()
+    with pytest.raises(costs.InputError, match="no room for a KV cache"):
+        costs.kv_capacity(sc, model, hw, max_num_seqs=64, max_num_batched_tokens=8192, where="t")
+
+
+def test_kv_transfer_goes_over_nvlink_inside_a_node_and_scales_with_bytes():
+    hw = load_scenario("mixtral-8x7b-serve-h100").resolve_hardware()
+    inside = costs.kv_transfer_s(hw, 1e9, same_node=True)
+    across = costs.kv_transfer_s(hw, 1e9, same_node=False)
+    assert inside < across
+    assert costs.kv_transfer_s(hw, 2e9, same_node=False) == pytest.approx(2 * across, rel=0.05)
