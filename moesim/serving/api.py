@@ -726,3 +726,29 @@ def _check_slo(x: float | None, name: str) -> None:
         return
     if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x) or x <= 0:
         raise InputError(f"must be a finite number of seconds > 0; got {x!r}", source="--" + name.replace("_", "-"))
+
+
+# ----------------------------------------------------------------------------- sizing (moesim plan --rate)
+
+
+def with_instances(dep: Deployment, counts: Sequence[int]) -> Deployment:
+    """``dep`` with ``counts[i]`` instances in pool ``i`` (engines reused, nothing rebuilt)."""
+    import dataclasses
+
+    pools = [dataclasses.replace(p, num_instances=int(k)) for p, k in zip(dep.pools, counts)]
+    return dataclasses.replace(dep, pools=pools)
+
+
+def pool_saturation(pool: Pool, stream: RequestStream, num_requests: int | None = None) -> float:
+    """Requests/s one instance of ``pool`` completes when overloaded with ``stream``'s lengths: prefill only
+    (prefill pool), decode only from a cached prompt (decode pool), or both (aggregated)."""
+    k = num_requests or int(min(20_000, max(1_000, 6 * pool.config.seats)))
+    idx = np.arange(k) % len(stream)
+    P = stream.prompt_tokens[idx]
+    O = stream.output_tokens[idx] if pool.role != "prefill" else np.ones(k, dtype=np.int64)
+    run = run_engine(np.zeros(k), P, O, pool.cost.iteration_s, pool.config, prefilled=np.full(k, pool.role == "decode"),
+                     sample_dt_s=1e9)
+    fin = np.sort(run.finish_s)
+    lo, hi = int(0.25 * k), int(0.75 * k)
+    window = fin[hi] - fin[lo]
+    return float((hi - lo) / window) if window > 0 else float(k / fin[-1])

@@ -28,8 +28,8 @@ of the queue, to prefill its prompt and generated tokens again.
 **Data parallel ranks** (attention DP with experts over EP, as DeepSeek-V3 is
 served): the ``dp`` ranks step together. Sequences, KV cache and token budget
 are pooled over the ranks, decode work is spread evenly (``b / dp`` per rank),
-and prefill chunks fill one rank before the next; the iteration takes the time
-of the busiest rank. With ``pp`` pipeline stages the decode batch runs as ``pp``
+and each prefill chunk goes to the rank with the most token budget left (a load
+balancer that spreads prompts); the iteration takes the time of the busiest rank. With ``pp`` pipeline stages the decode batch runs as ``pp``
 micro-batches (``b / (dp pp)`` tokens each), as the step model's decode does.
 
 **Skipping ahead**: iterations that only decode (nothing to prefill, nobody to
@@ -233,36 +233,39 @@ def run_engine(arrival_s, prompt_tokens, output_tokens, cost: Callable[[float, f
                 break
             preempt(victim)
 
-        # 2. prefill chunks of running prompts, then admissions from the queue (FCFS)
+        # 2. prefill chunks of running prompts, then admissions from the queue (FCFS); each chunk goes to the
+        #    DP rank with the most budget left, and the iteration takes the busiest rank's time
         d = b / div
-        per_rank = int(M - b / dp) if chunked else M
-        rank_left = per_rank
-        ranks_used = 1
+        per_rank = (M - b / dp) if chunked else M
         chunks: list[tuple[int, int]] = []
-        busy_n = 0
-        busy_pairs = 0.0
-        busy_read = 0.0
-        busy_lm = 0
+        loads: list[tuple[int, int]] = []  # (tokens placed, rank), a heap; empty until the first chunk
+        per: dict[int, list] = {}
+
+        def room() -> int:
+            return int(per_rank - (loads[0][0] if loads else 0))
+
+        def place(rid: int, q: int, rem: int) -> bool:
+            if not loads:
+                loads.extend((0, r) for r in range(dp))
+            a, r = loads[0]
+            left = int(per_rank - a)
+            if left < 1 or (rem > left and not chunked):
+                return False
+            c = rem if rem <= left else left
+            heapq.heapreplace(loads, (a + c, r))
+            chunks.append((rid, c))
+            st = per.get(r)
+            if st is None:
+                st = per[r] = [0, 0.0, 0.0, 0]
+            st[0] += c
+            st[1] += c * (q + (c + 1) / 2)
+            st[2] += q
+            st[3] += c == rem
+            return True
 
         for rid in prefilling:
-            q = pf_done[rid]
-            rem = pf_total[rid] - q
-            if rank_left < 1 or (not chunked and rem > rank_left):
-                if ranks_used >= dp:
-                    break
-                ranks_used += 1
-                rank_left = per_rank
-                if not chunked and rem > rank_left:
-                    break
-            c = rem if rem < rank_left else rank_left
-            chunks.append((rid, c))
-            rank_left -= c
-            if ranks_used == 1:
-                busy_n += c
-                busy_pairs += c * (q + (c + 1) / 2)
-                busy_read += q
-                if c == rem:
-                    busy_lm += 1
+            if not place(rid, pf_done[rid], pf_total[rid] - pf_done[rid]):
+                break
         kv_now = S + b * j + b * B1 + res
         while waiting and b + len(prefilling) < seats:
             rid = waiting[0]
@@ -283,12 +286,9 @@ def run_engine(arrival_s, prompt_tokens, output_tokens, cost: Callable[[float, f
             need = pf_total[rid] + B1
             if kv_now + need > cap:
                 break
-            rem = pf_total[rid]
-            if rank_left < 1 or (not chunked and rem > rank_left):
-                if ranks_used >= dp or (not chunked and rem > per_rank):
-                    break
-                ranks_used += 1
-                rank_left = per_rank
+            left = room()
+            if left < 1 or (not chunked and pf_total[rid] > left):
+                break
             waiting.popleft()
             state[rid] = _PREFILL
             prefilling.append(rid)
@@ -299,14 +299,9 @@ def run_engine(arrival_s, prompt_tokens, output_tokens, cost: Callable[[float, f
             heapq.heappush(victims, (-admitted, rid, ver[rid]))
             if math.isnan(admit[rid]):
                 admit[rid] = t
-            c = rem if rem < rank_left else rank_left
-            chunks.append((rid, c))
-            rank_left -= c
-            if ranks_used == 1:
-                busy_n += c
-                busy_pairs += c * (c + 1) / 2
-                if c == rem:
-                    busy_lm += 1
+            place(rid, 0, pf_total[rid])
+        if chunks:
+            busy_n, busy_pairs, busy_read, busy_lm = max(per.values())
         d = b / div
         if kv_now > peak:
             peak = kv_now

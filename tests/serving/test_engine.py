@@ -123,10 +123,23 @@ def test_data_parallel_ranks_pool_seats_and_spread_decode_tokens():
     c = cfg(dp=4, max_num_seqs=2)
     r = run_engine(np.zeros(8), np.full(8, 8), np.full(8, 3), cost, c, sample_dt_s=0.005, skip_ahead=False)
     assert r.num_running.max() == 8  # 4 ranks x 2 seats
-    # first iteration: 8 prompts of 8 tokens fit on the first rank's 512-token budget -> busiest rank holds 64
-    assert seen[0] == 64
+    # first iteration: 8 prompts of 8 tokens, each on the rank with the most budget left -> 2 per rank
+    assert seen[0] == 16
     # decode of 8 sequences over 4 ranks: 2 tokens per rank
     assert seen[1] == pytest.approx(2.0)
+
+
+def test_a_long_prompt_fills_one_rank_and_spills_to_the_next():
+    seen = []
+
+    def cost(n, keys, kv_read, lm):
+        seen.append(n)
+        return 0.01
+
+    # 3 prompts of 400 tokens, 512 per rank, 2 ranks: ranks get 400 and 400, the third takes the 112 left of one
+    c = cfg(dp=2, max_num_seqs=4)
+    run_engine(np.zeros(3), np.full(3, 400), np.full(3, 2), cost, c, skip_ahead=False)
+    assert seen[0] == 512
 
 
 def test_prefilled_requests_join_decode_at_once():
