@@ -153,3 +153,56 @@ def plot_rate_sweep(s, path: Path) -> None:
         ax.legend(fontsize="small")
     fig.suptitle(f"{s.scenario} ({s.mode}, {s.num_gpus} GPUs): latency percentiles vs rate")
     _save(fig, path)
+
+
+# ----------------------------------------------------------------------------- plan --rate
+
+
+def _rate_table(title: str, rows: list[dict]) -> Table:
+    t = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    for c in ("mode", "hardware", "GPUs", "prefill", "decode", "TTFT p99", "TPOT p99", "tok/s/GPU", "USD/h"):
+        t.add_column(c, justify="left" if c in ("mode", "hardware", "prefill", "decode") else "right", no_wrap=True)
+    for r in rows:
+        agg = r["mode"] == "aggregated"
+        t.add_row("aggr." if agg else "disagg.", r["hardware"], str(r["num_gpus"]), r["prefill"],
+                  "(same)" if agg else r["decode"], _s(r["ttft_p99_s"]), _s(r["tpot_p99_s"]),
+                  f"{r['output_tokens_per_s_per_gpu']:,.0f}",
+                  "-" if r["usd_per_hour"] is None else f"{r['usd_per_hour']:,.2f}")
+    return t
+
+
+def render_rate_plan(res) -> None:
+    c = console()
+    cons = res.constraints
+    slo = ", ".join(x for x in (f"p99 TTFT <= {seconds(cons.max_ttft_p99_s)}" if cons.max_ttft_p99_s else "",
+                                f"p99 TPOT <= {seconds(cons.max_tpot_p99_s)}" if cons.max_tpot_p99_s else "") if x)
+    c.print(f"[bold]plan --rate[/bold] {res.scenario}: {cons.rate_per_s:g} requests/s ({res.stream}), {slo or 'no SLO'}; "
+            f"{res.num_candidates:,} engines over {', '.join(res.hardware)}, {res.num_simulations} simulations of "
+            f"{res.num_requests:,} requests in {res.elapsed_s:.1f} s, {res.num_feasible} feasible")
+    c.print(_rate_table(f"Best {len(res.best)} by {res.objective}", res.best))
+    c.print(_rate_table(f"Frontier: cost vs p99 TPOT ({len(res.frontier)})", res.frontier[:15]))
+    if res.rejected:
+        rj = ", ".join(f"{k}: {v:,}" for k, v in sorted(res.rejected.items(), key=lambda kv: -kv[1]))
+        c.print(f"rejected (first failed check): {rj}")
+
+
+def plot_rate_plan(res, feasible: list[dict], path: Path) -> None:
+    """Feasible deployments: cost per hour (or GPUs) against p99 TPOT, aggregated and disaggregated."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    xkey = "usd_per_hour" if all(r["usd_per_hour"] is not None for r in feasible) else "num_gpus"
+    fig, ax = plt.subplots(figsize=(7.5, 4.8), constrained_layout=True)
+    for mode, marker in (("aggregated", "o"), ("disaggregated", "s")):
+        pts = [r for r in feasible if r["mode"] == mode]
+        ax.scatter([r[xkey] for r in pts], [r["tpot_p99_s"] for r in pts], marker=marker, s=28, label=mode)
+    ax.plot([r[xkey] for r in res.frontier], [r["tpot_p99_s"] for r in res.frontier], color="black", lw=0.8,
+            label="frontier")
+    ax.set_xlabel("USD per hour" if xkey == "usd_per_hour" else "GPUs")
+    ax.set_ylabel("p99 time per output token (s)")
+    ax.set_title(f"{res.scenario}: {res.constraints.rate_per_s:g} requests/s, {len(feasible)} feasible deployments")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize="small")
+    _save(fig, path)
