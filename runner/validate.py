@@ -17,8 +17,23 @@ from moesim.hardware import HardwareProfile
 from .cases import measure_case
 
 
+def available_cpus() -> int:
+    """CPUs this process may run on (its affinity mask, e.g. under ``taskset``), else the machine's count."""
+    import os
+
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
 def compute_share(profile: HardwareProfile, case: ValidationCase, device: str) -> float:
-    """Share of the calibrated device one EP rank gets: CPU ranks split the threads; GPU ranks own a GPU."""
+    """Share of the calibrated device one EP rank gets.
+
+    GPU ranks own a GPU (1). CPU ranks split the threads (``threads // ep`` each, at least one) and, when
+    more threads run than the CPUs the processes may use, time-share those CPUs:
+    ``share = min(1, per_rank / calibrated_threads) / max(1, ep * per_rank / cpus)``.
+    """
     if device == "cuda" or case.ep_size == 1:
         return 1.0
     threads = torch.get_num_threads()
@@ -26,7 +41,8 @@ def compute_share(profile: HardwareProfile, case: ValidationCase, device: str) -
     calibrated = threads
     if profile.calibration is not None:
         calibrated = int(profile.calibration.host.get("num_threads", threads) or threads)
-    return min(1.0, per_rank / max(calibrated, 1))
+    oversubscribed = max(1.0, case.ep_size * per_rank / available_cpus())
+    return min(1.0, per_rank / max(calibrated, 1)) / oversubscribed
 
 
 def run_case(case: ValidationCase, profile: HardwareProfile, device: str, *, target_s: float = 0.3) -> CaseResult:

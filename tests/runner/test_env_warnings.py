@@ -15,3 +15,22 @@ def test_bf16_cases_on_a_cpu_without_bf16_instructions_are_warned_about():
     assert bf16_warning(cpu, {"fp32"}) is None
     assert bf16_warning(cpu | {"cpu_bf16_instructions": True}, {"bf16"}) is None
     assert bf16_warning({"device_kind": "gpu"}, {"bf16"}) is None
+
+
+def test_cpu_ranks_time_share_the_cpus_they_may_run_on(monkeypatch):
+    import torch
+
+    from moesim.calib.cases import ValidationCase
+    from moesim.hardware import load_hardware
+    from moesim.runner import validate
+
+    case = ValidationCase(name="c", num_tokens=64, d_model=64, d_expert_ffn=64, num_experts=4, top_k=2, ep_size=2)
+    prof = load_hardware("local-cpu")
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    monkeypatch.setattr(validate, "available_cpus", lambda: 1)
+    assert validate.compute_share(prof, case, "cpu") == 0.5  # two one-thread ranks on one CPU
+    monkeypatch.setattr(validate, "available_cpus", lambda: 2)
+    assert validate.compute_share(prof, case, "cpu") == 1.0  # one CPU each
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    assert validate.compute_share(prof, case, "cpu") == 0.5  # one of the two calibrated threads each
+    assert validate.compute_share(prof, case, "cuda") == 1.0
