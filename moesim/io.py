@@ -43,6 +43,8 @@ def read_bytes(path: Path | str) -> bytes:
                              source=where)
         with open(p, "rb") as f:
             data = f.read(MAX_FILE_BYTES + 1)
+    except InputError:
+        raise
     except FileNotFoundError:
         raise InputError("cannot read file (file not found)", source=where) from None
     except OSError as exc:
@@ -169,6 +171,8 @@ def check_writable(path: Path | str, flag: str) -> None:
     folder, and the path must not be a folder itself.
     """
     where = str(path)
+    if "\x00" in where:
+        raise InputError("not a valid path (it contains a NUL character)", source=flag)
     try:
         p = Path(path)
         if p.is_dir():
@@ -182,21 +186,29 @@ def check_writable(path: Path | str, flag: str) -> None:
             raise InputError(f"cannot write in {parent} (permission denied)", source=flag)
         if len(p.name.encode("utf-8", "surrogateescape")) > 200:
             raise InputError("file name is too long (more than 200 bytes)", source=flag)
+    except InputError:
+        raise
     except OSError as exc:
         raise InputError(f"cannot write {where} ({_os_reason(exc)})", source=flag) from None
     except ValueError:
         raise InputError("not a valid path (it contains a NUL character)", source=flag) from None
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename.
+def _mkdirs(folder: Path) -> list[Path]:
+    """Create ``folder`` and missing parents; return the folders created, deepest first."""
+    missing = []
+    while not folder.exists():
+        missing.append(folder)
+        folder = folder.parent
+    for d in reversed(missing):
+        d.mkdir(exist_ok=True)
+    return missing
 
-    Readers see either the old file or the complete new one, never a partial write.
-    A path that cannot be written is an :class:`InputError` naming it (nothing is left behind).
-    """
-    path = Path(path)
+
+def _stage(path: Path, data: bytes, created: list[Path]) -> str:
+    """Write ``data`` to a fsynced temporary file beside ``path``; return its name."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        created += _mkdirs(path.parent)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name[:100]}.", suffix=".tmp")
     except OSError as exc:
         raise InputError(f"cannot write file ({_os_reason(exc)})", source=str(path)) from None
@@ -207,15 +219,55 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
     except BaseException as exc:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
+        _unlink(tmp)
         if isinstance(exc, OSError):
             raise InputError(f"cannot write file ({_os_reason(exc)})", source=str(path)) from None
         raise
+    return tmp
+
+
+def _unlink(name: str) -> None:
+    try:
+        os.unlink(name)
+    except FileNotFoundError:
+        pass
+
+
+def atomic_write_many(files: list[tuple[Path, bytes]]) -> None:
+    """Write several files all or nothing: every one is staged to a temporary file first, then all are renamed.
+
+    When any cannot be staged, none is written and the temporaries and folders
+    made for them are removed (:class:`InputError` names the path).
+    """
+    staged: list[tuple[str, Path]] = []
+    created: list[Path] = []
+    try:
+        for path, data in files:
+            staged.append((_stage(Path(path), data, created), Path(path)))
+        for tmp, path in staged:
+            os.replace(tmp, path)
+    except BaseException as exc:
+        for tmp, _ in staged:
+            _unlink(tmp)
+        for d in created:
+            try:
+                d.rmdir()
+            except OSError:
+                pass
+        if isinstance(exc, OSError):
+            where = next((str(p) for t, p in staged if os.path.exists(t)), str(files[-1][0]) if files else "")
+            raise InputError(f"cannot write file ({_os_reason(exc)})", source=where) from None
+        raise
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename.
+
+    Readers see either the old file or the complete new one, never a partial write.
+    A path that cannot be written is an :class:`InputError` naming it (nothing is left behind).
+    """
+    atomic_write_many([(Path(path), data)])
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -93,6 +93,11 @@ def plan(scenario, hardware, max_gpus, max_ttft_s, max_tpot_s, min_tokens_per_s,
                 load_hardware(n)  # unknown names fail here with the list of known ones
             except InputError as exc:
                 raise exc.with_source("--hardware") from None
+    from ..scenario import load_scenario
+
+    sc = load_scenario(scenario, overrides)  # bad fields fail here, before the search
+    _check_search_size(sc, sc.resolve_model(), max_gpus)
+    scenario, overrides = sc, ()
     feasible: list[dict] = []
     if as_json:
         result = run_plan(scenario, hardware=names, constraints=cons, objective=objective, top=top,
@@ -216,3 +221,17 @@ def _check_objective_name(objective: str) -> None:
         raise InputError(f"unknown objective {L.short(objective)}; allowed: cost, throughput, latency",
                          source="--objective")
 
+
+def _check_search_size(sc, model, max_gpus: int) -> None:  # noqa: ANN001
+    """Refuse a search whose EP sizes would need load-model tables over limits.LOAD_MODEL_CELLS."""
+    from ..errors import InputError
+
+    if model.moe is None:
+        return
+    experts = model.moe.num_experts + sc.routing.redundant_experts
+    max_ep = min(max_gpus, model.moe.num_experts)
+    n = max_ep * max(experts, sc.routing.samples)
+    if n > L.LOAD_MODEL_CELLS.hi:
+        raise InputError(f"--max-gpus {max_gpus:,} lets EP reach {max_ep:,} ranks of {experts:,} experts "
+                         f"({sc.routing.samples:,} load samples): {n:,} cells, over {int(L.LOAD_MODEL_CELLS.hi):,} "
+                         f"({L.LOAD_MODEL_CELLS.why}); lower --max-gpus", source="--max-gpus")

@@ -111,7 +111,7 @@ def sweep(scenario: str, vary: tuple[str, ...], overrides: tuple[str, ...], csv_
 def _run(scenario: str, vary: tuple[str, ...], overrides: tuple[str, ...], csv_path: str | None, jsonl_path: str | None,
          plot_path: Path | None, x_field: str | None, y_metric: str | None, hue_field: str | None, as_json: bool) -> None:
     from ..errors import InputError
-    from ..io import atomic_write_text
+    from ..io import atomic_write_many
     from ..plan.sweep import parse_vary
     from ..plan.sweep import sweep as run_sweep
 
@@ -132,14 +132,17 @@ def _run(scenario: str, vary: tuple[str, ...], overrides: tuple[str, ...], csv_p
     rows = result.records()
     columns = result.columns()
     stdout_used = as_json or csv_path == "-" or jsonl_path == "-"
+    files = []  # written together, all or nothing
     for path, text in ((csv_path, lambda: _csv_text(rows, columns)), (jsonl_path, lambda: _jsonl_text(rows))):
         if path is None:
             continue
         if path == "-":
             click.echo(text(), nl=False)
         else:
-            atomic_write_text(Path(path), text())
-            click.echo(f"wrote {path} ({len(rows)} rows)", err=True)
+            files.append((Path(path), text().encode("utf-8")))
+    atomic_write_many(files)
+    for path, _ in files:
+        click.echo(f"wrote {path} ({len(rows)} rows)", err=True)
     if plot_path is not None:
         from .render.plan_tables import plot_sweep
 

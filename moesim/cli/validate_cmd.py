@@ -7,7 +7,8 @@ from pathlib import Path
 
 import click
 
-from .common import emit_json, json_option, to_jsonable
+from .. import limits as L
+from .common import Bounded, emit_json, json_option, to_jsonable, writable
 
 
 def default_cases_file() -> Path:
@@ -70,8 +71,8 @@ def check_ep_support(profile, cases) -> None:  # noqa: ANN001
               help="Write validation.json (every case, every stage) into DIR.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               metavar="FILE.png", help="Plot predicted against measured (needs matplotlib).")
-@click.option("--threads", type=int, default=None, help="CPU threads for torch [default: torch's default].")
-@click.option("--target-s", "target_s", type=float, default=0.3, hidden=True)
+@click.option("--threads", type=Bounded(L.THREADS, lower=False), default=None, help="CPU threads for torch [default: torch's default].")
+@click.option("--target-s", "target_s", type=Bounded(L.SECONDS), default=0.3, hidden=True)
 @json_option
 def validate(device: str, profile_name: str, cases_path: Path | None, out_dir: Path | None, plot_path: Path | None,
              threads: int | None, target_s: float, as_json: bool) -> None:
@@ -92,8 +93,11 @@ def validate(device: str, profile_name: str, cases_path: Path | None, out_dir: P
             raise InputError(f"plot file must end in .png, got {plot_path.name!r}", source="--plot")
         if not render.plot_available():
             raise InputError("matplotlib is not installed; install it with: pip install 'moesim[plot]'", source="--plot")
+        writable(plot_path, "--plot")
     if out_dir is not None and out_dir.exists() and not out_dir.is_dir():
         raise InputError("exists and is not a folder", source="--out")
+    if out_dir is not None:
+        writable(out_dir / "validation.json", "--out")
     cases_file = cases_path or default_cases_file()
     cases = load_cases(cases_file)
     profile, env, warnings = prepare_run(device, profile_name, "validate", threads)
