@@ -27,29 +27,31 @@ def available_cpus() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def compute_share(profile: HardwareProfile, case: ValidationCase, device: str) -> float:
-    """Share of the calibrated device one EP rank gets.
+def compute_share(profile: HardwareProfile, case: ValidationCase, device: str) -> tuple[float, float | None]:
+    """(share of the calibrated device one EP rank's threads get, ranks that can run at once).
 
-    GPU ranks own a GPU (1). CPU ranks split the threads (``threads // ep`` each, at least one) and, when
-    more threads run than the CPUs the processes may use, time-share those CPUs:
-    ``share = min(1, per_rank / calibrated_threads) / max(1, ep * per_rank / cpus)``.
+    GPU ranks own a GPU: (1, None). CPU ranks split the threads (``threads // ep`` each, at least one):
+    ``share = min(1, per_rank / calibrated_threads)``; when more threads run than the CPUs the processes
+    may use, only ``cpus / per_rank`` ranks run at once and the others wait their turn (the layer is then
+    bound by the ranks' total work over those slots; see :func:`moesim.calib.layer_model.predict_layer`).
     """
     if device == "cuda" or case.ep_size == 1:
-        return 1.0
+        return 1.0, None
     threads = torch.get_num_threads()
     per_rank = max(1, threads // case.ep_size)
     calibrated = threads
     if profile.calibration is not None:
         calibrated = int(profile.calibration.host.get("num_threads", threads) or threads)
-    oversubscribed = max(1.0, case.ep_size * per_rank / available_cpus())
-    return min(1.0, per_rank / max(calibrated, 1)) / oversubscribed
+    slots = available_cpus() / per_rank
+    return min(1.0, per_rank / max(calibrated, 1)), (slots if slots < case.ep_size else None)
 
 
 def run_case(case: ValidationCase, profile: HardwareProfile, device: str, *, target_s: float = 0.3) -> CaseResult:
     spec = case.layer_spec()
     forced = forced_experts(spec, case.routing, seed=case.seed, source=f"case {case.name}: routing")
     counts = counts_per_rank(spec, forced)
-    pred = predict_layer(profile, spec, counts, compute_share=compute_share(profile, case, device))
+    share, slots = compute_share(profile, case, device)
+    pred = predict_layer(profile, spec, counts, compute_share=share, concurrent_ranks=slots)
     meas = measure_case(spec, forced, device, seed=case.seed, target_s=target_s)
     per_expert = counts.sum(axis=0)
     return CaseResult(

@@ -17,7 +17,8 @@ each call costs ``t_coll`` and the bytes cross the host's one link at the
 fitted ``W_link * frac_link`` (the calibrated local link is the whole
 topology of a single host). The layer takes as long as its slowest rank. When
 ``R`` CPU ranks share one machine each gets ``compute_share`` of its FLOP/s and
-bandwidth.
+bandwidth; when they time-share fewer CPUs than they have threads, the
+layer is bound by their total work over the ranks that can run at once.
 
 Left out: overlap of stages (the runner is sequential), the router's auxiliary
 losses, activation checkpointing, backward.
@@ -183,12 +184,16 @@ def predict_layer(
     counts_RE: np.ndarray | Sequence[int],
     *,
     compute_share: float = 1.0,
+    concurrent_ranks: float | None = None,
 ) -> LayerPrediction:
     """Predicted forward time of the layer: per rank, the sum of its timed ops (bound by the host's issue
     time on an asynchronous device); the layer, the slowest rank.
 
     ``counts_RE[r, e]`` are the rows rank ``r`` routes to expert ``e`` (a 1-D
-    array is taken as one rank's counts).
+    array is taken as one rank's counts). ``concurrent_ranks`` (CPU ranks
+    time-sharing fewer CPUs than they have threads): only that many ranks run
+    at once and an idle rank's CPU goes to the others, so the layer takes
+    ``max(slowest rank, sum of the ranks' times / concurrent_ranks)``.
     """
     counts = np.asarray(counts_RE, dtype=np.int64).reshape(spec.ep_size, spec.num_experts)
     prof = scaled_profile(profile, compute_share)
@@ -203,7 +208,12 @@ def predict_layer(
         total = float(host_bound_s(prof, device, num_kernels(ops), graph=False))
         ranks.append(RankPrediction(rank=load.rank, time_s=total, by_stage_s=stages, ops=timed))
     slow = max(ranks, key=lambda r: r.time_s)
-    return LayerPrediction(time_s=slow.time_s, by_stage_s=slow.by_stage_s, slowest_rank=slow.rank, ranks=ranks)
+    total = slow.time_s
+    if concurrent_ranks is not None and concurrent_ranks < len(ranks):
+        total = max(total, sum(r.time_s for r in ranks) / concurrent_ranks)
+    scale = total / slow.time_s if slow.time_s > 0 else 1.0
+    stages = {k: v * scale for k, v in slow.by_stage_s.items()}
+    return LayerPrediction(time_s=total, by_stage_s=stages, slowest_rank=slow.rank, ranks=ranks)
 
 
 # --------------------------------------------------------------------------- memory

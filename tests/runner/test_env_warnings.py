@@ -28,9 +28,27 @@ def test_cpu_ranks_time_share_the_cpus_they_may_run_on(monkeypatch):
     prof = load_hardware("local-cpu")
     monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
     monkeypatch.setattr(validate, "available_cpus", lambda: 1)
-    assert validate.compute_share(prof, case, "cpu") == 0.5  # two one-thread ranks on one CPU
+    assert validate.compute_share(prof, case, "cpu") == (1.0, 1.0)  # two one-thread ranks take turns on one CPU
     monkeypatch.setattr(validate, "available_cpus", lambda: 2)
-    assert validate.compute_share(prof, case, "cpu") == 1.0  # one CPU each
+    assert validate.compute_share(prof, case, "cpu") == (1.0, None)  # one CPU each
     monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
-    assert validate.compute_share(prof, case, "cpu") == 0.5  # one of the two calibrated threads each
-    assert validate.compute_share(prof, case, "cuda") == 1.0
+    assert validate.compute_share(prof, case, "cpu") == (0.5, None)  # one of the two calibrated threads each
+    assert validate.compute_share(prof, case, "cuda") == (1.0, None)
+
+
+def test_ranks_taking_turns_on_one_cpu_cost_their_total_work():
+    import numpy as np
+
+    from moesim.calib.layer_model import predict_layer
+    from moesim.calib.layer_spec import MoELayerSpec
+    from moesim.hardware import HardwareProfile, load_hardware
+
+    raw = load_hardware("local-cpu").model_dump()
+    raw["node"]["scale_up_bandwidth_per_accelerator_bytes_per_s"] = 2e9
+    prof = HardwareProfile.model_validate(raw)
+    spec = MoELayerSpec(num_tokens=256, d_model=128, d_expert_ffn=256, num_experts=4, top_k=2, ep_size=2)
+    hot = np.array([[200, 200, 50, 62], [200, 200, 50, 62]])
+    alone = predict_layer(prof, spec, hot)
+    shared = predict_layer(prof, spec, hot, concurrent_ranks=1.0)
+    assert shared.time_s == pytest.approx(sum(r.time_s for r in alone.ranks))
+    assert alone.time_s < shared.time_s < 2 * alone.time_s
