@@ -22,10 +22,12 @@ def clear_caches() -> None:
     if "moesim.comm.collectives" in mods:
         mods["moesim.comm.collectives"].clear_plan_cache()
     for name in ("moesim.comm.placement", "moesim.load.routing", "moesim.load.placement", "moesim.load.traffic",
-                 "moesim.step.bridge", "moesim.step.parallel"):
+                 "moesim.step.bridge", "moesim.step.parallel", "moesim.step.estimate", "moesim.step.memory", "moesim.filecache"):
         mod = mods.get(name)
         if mod is None:
             continue
         for value in list(vars(mod).values()):
-            if callable(getattr(value, "cache_clear", None)) and getattr(value, "__module__", None) == name:
+            if isinstance(value, type):  # a cache class, not a cache
+                continue
+            if callable(getattr(value, "cache_clear", None)) and getattr(value, "__module__", name) == name:
                 value.cache_clear()
