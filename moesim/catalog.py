@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import cached_property
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -9,8 +10,9 @@ from pydantic import ValidationError
 from . import limits as L
 from .data import models_dir
 from .errors import InputError, from_validation_error
+from .filecache import parsed
 from .hf_import import load_hf_config, spec_from_hf_dict
-from .io import read_toml
+from .io import decode_text, parse_toml, read_bytes
 from .model import ModelSpec
 
 
@@ -20,14 +22,54 @@ def bundled_models() -> dict[str, Path]:
 
 
 def model_from_toml(path: Path) -> ModelSpec:
-    raw = read_toml(path)
+    """The model a TOML file describes: parsed and validated once per distinct content of the file
+    (:func:`moesim.filecache.parsed`); each call gets its own copy."""
+    return parsed(str(path), read_bytes, _parse_model).model_copy()
+
+
+def _parse_model(where: str, data: bytes) -> ModelSpec:
+    raw = parse_toml(decode_text(data, where), where)
     if "model_type" in raw:  # a config.json rewritten as TOML keeps HF names
-        return spec_from_hf_dict(raw, str(path))
-    raw.setdefault("name", path.stem)
+        return _prepared(spec_from_hf_dict(raw, where))
+    raw.setdefault("name", Path(where).stem)
     try:
-        return ModelSpec.model_validate(raw)
+        spec = ModelSpec.model_validate(raw)
     except ValidationError as exc:
-        raise from_validation_error(exc, str(path), raw, ModelSpec) from None
+        raise from_validation_error(exc, where, raw, ModelSpec) from None
+    return _prepared(spec)
+
+
+def bundled_model_path(name: str) -> Path | None:
+    """The file of bundled model ``name`` (a key of :func:`bundled_models`) without listing the folder."""
+    if not name or name.startswith(".") or any(c in name for c in "/\\\0"):
+        return None
+    p = models_dir() / f"{name}.toml"
+    try:
+        return p if p.exists() else None
+    except (OSError, ValueError):  # a name too long for the file system
+        return None
+
+
+def _prepared(spec: ModelSpec) -> ModelSpec:
+    """``spec`` with its derived values computed, so that every copy handed out carries them."""
+    from .params import count_params
+
+    for name, attr in vars(type(spec)).items():
+        if isinstance(attr, cached_property):
+            getattr(spec, name)
+    count_params(spec)
+    return spec
+
+
+def bundled_model_path(name: str) -> Path | None:
+    """The file of bundled model ``name`` (a key of :func:`bundled_models`) without listing the folder."""
+    if not name or name.startswith(".") or any(c in name for c in "/\\\0"):
+        return None
+    p = models_dir() / f"{name}.toml"
+    try:
+        return p if p.exists() else None
+    except (OSError, ValueError):  # a name too long for the file system
+        return None
 
 
 def load_model(name_or_path: str | Path) -> ModelSpec:
@@ -47,11 +89,12 @@ def load_model(name_or_path: str | Path) -> ModelSpec:
         return load_hf_config(p)
     if p.suffix == ".toml":
         return model_from_toml(p)
-    known = bundled_models()
     key = str(name_or_path).lower()
-    if key not in known:
+    found = bundled_model_path(key)
+    if found is None:
+        known = bundled_models()
         raise InputError(
             f"unknown model {L.short(str(name_or_path))}; known: {', '.join(known)} (or a path to a .toml or config.json)",
             field="model",
         )
-    return model_from_toml(known[key])
+    return model_from_toml(found)

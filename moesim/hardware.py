@@ -41,6 +41,16 @@ Seconds = Annotated[float, _q("s"), Field(ge=0)]
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
+    def model_copy(self, *, update=None, deep: bool = False):  # noqa: ANN001, ANN201
+        """pydantic's copy, less the cached derived values (the fingerprint, the curves' tables) when ``update``
+        changes fields: they would describe the original."""
+        copied = super().model_copy(update=update, deep=deep)
+        if update:
+            fields = type(copied).model_fields
+            for name in [k for k in copied.__dict__ if k not in fields]:
+                del copied.__dict__[name]
+        return copied
+
 
 class Curve(_Frozen):
     """An efficiency curve: achievable fraction of a peak as a function of operation size.
@@ -165,19 +175,23 @@ class Accelerator(_Frozen):
         Falls back fp4 -> fp8 -> bf16 and fp16 -> bf16 -> fp32 when the device has no
         faster path for the narrower format.
         """
-        chain = {
-            "fp4": ("fp4", "fp8", "bf16", "fp32"),
-            "fp8": ("fp8", "bf16", "fp32"),
-            "int8": ("int8", "fp8", "bf16", "fp32"),
-            "fp16": ("fp16", "bf16", "fp32"),
-            "bf16": ("bf16", "fp16", "fp32"),
-            "tf32": ("tf32", "fp32"),
-            "fp32": ("fp32", "tf32", "bf16"),
-        }.get(dtype, (dtype, "bf16", "fp32"))
-        for d in chain:
-            if d in self.peak_flops_per_s:
-                return self.peak_flops_per_s[d]
+        peaks = self.peak_flops_per_s
+        for d in _PEAK_FALLBACK.get(dtype) or (dtype, "bf16", "fp32"):
+            if d in peaks:
+                return peaks[d]
         raise KeyError(dtype)
+
+
+#: the formats :meth:`Accelerator.peak_for` falls back to, narrowest first
+_PEAK_FALLBACK = {
+    "fp4": ("fp4", "fp8", "bf16", "fp32"),
+    "fp8": ("fp8", "bf16", "fp32"),
+    "int8": ("int8", "fp8", "bf16", "fp32"),
+    "fp16": ("fp16", "bf16", "fp32"),
+    "bf16": ("bf16", "fp16", "fp32"),
+    "tf32": ("tf32", "fp32"),
+    "fp32": ("fp32", "tf32", "bf16"),
+}
 
 
 class Node(_Frozen):
@@ -394,15 +408,39 @@ def bundled_hardware() -> dict[str, Path]:
     return out
 
 
-def read_profile_file(path: Path) -> HardwareProfile:
-    from .io import parse_json, parse_toml, read_text
+def bundled_profile_path(name: str) -> Path | None:
+    """The file of shipped profile ``name`` (a key of :func:`bundled_hardware`) without listing the folders."""
+    if not name or name.startswith(".") or any(c in name for c in "/\\\0"):
+        return None
+    root = hardware_dir()
+    try:
+        for p in (root / f"{name}.toml", root / "calibrated" / f"{name}.json"):
+            if p.exists():
+                return p
+    except (OSError, ValueError):  # a name too long for the file system
+        return None
+    return None
 
-    where = str(path)
-    text = read_text(path)
-    raw = parse_json(text, where) if path.suffix == ".json" else parse_toml(text, where)
+
+def read_profile_file(path: Path) -> HardwareProfile:
+    """The profile a TOML or JSON file describes: parsed, converted and validated once per distinct content of
+    the file (:func:`moesim.filecache.parsed`); each call gets its own copy."""
+    from .filecache import parsed
+    from .io import read_bytes
+
+    return parsed(str(path), read_bytes, _parse_profile_file).model_copy()
+
+
+def _parse_profile_file(where: str, data: bytes) -> HardwareProfile:
+    from .io import decode_text, parse_json, parse_toml
+
+    text = decode_text(data, where)
+    raw = parse_json(text, where) if where.endswith(".json") else parse_toml(text, where)
     if not isinstance(raw, dict):
         raise InputError("expected an object at the top level", source=where)
-    return parse_profile(raw, where)
+    profile = parse_profile(raw, where)
+    profile.fingerprint  # noqa: B018 - computed once here, carried by every copy handed out
+    return profile
 
 
 def load_hardware(name_or_path: str | Path) -> HardwareProfile:
@@ -420,11 +458,12 @@ def load_hardware(name_or_path: str | Path) -> HardwareProfile:
         if not exists:
             raise InputError("file not found", source=str(p))
         return read_profile_file(p)
-    known = bundled_hardware()
     key = str(name_or_path).lower()
-    if key not in known:
+    found = bundled_profile_path(key)
+    if found is None:
+        known = bundled_hardware()
         raise InputError(
             f"unknown hardware profile {L.short(str(name_or_path))}; known: {', '.join(known)} (or a path to a .toml/.json file)",
             field="hardware",
         )
-    return read_profile_file(known[key])
+    return read_profile_file(found)

@@ -44,6 +44,19 @@ LayerList = Annotated[list[LayerIndex], Field(max_length=int(L.LAYERS.hi))]
 class _Spec(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
+    def model_copy(self, *, update=None, deep: bool = False):  # noqa: ANN001, ANN201
+        """pydantic's copy, less the cached derived values when ``update`` changes fields (they would be stale)."""
+        return _drop_cached(super().model_copy(update=update, deep=deep), update)
+
+
+def _drop_cached(obj, update):  # noqa: ANN001, ANN202
+    """``obj`` without the cached properties its class computes from its fields, when ``update`` changed them."""
+    if update:
+        fields = type(obj).model_fields
+        for name in [k for k in obj.__dict__ if k not in fields]:  # cached properties, params' counts
+            del obj.__dict__[name]
+    return obj
+
 
 # ------------------------------------------------------------------ attention
 
@@ -292,6 +305,13 @@ class ModelSpec(_Spec):
             raise ValueError(f"the model has {total:.3g} parameters; at most {L.PARAMS.hi:.3g} ({L.PARAMS.why}): "
                              "check num_layers, hidden_size, the experts and the FFN widths")
         return self
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """A digest of the whole spec: equal contents, equal key (the step model's caches are keyed on it)."""
+        import hashlib
+
+        return hashlib.sha1(self.model_dump_json().encode()).hexdigest()
 
     @cached_property
     def moe_layer_indices(self) -> list[int]:

@@ -25,7 +25,7 @@ from ..load.distributions import expert_probs, parse_distribution
 from ..load.routing import GroupLimited, TopK
 from ..load.traffic import dispatch_traffic
 from ..model import ModelSpec
-from ..scenario import Scenario
+from ..scenario import RoutingSpec
 from .ops import ExpertRankLoad
 from .parallel import Parallel
 from .result import LoadSummary
@@ -82,21 +82,20 @@ def _rank_load_core(num_experts: int, top_k: int, ep: int, tokens: int, distribu
     return mean, p99, res
 
 
-def _core(sc: Scenario, model: ModelSpec, par: Parallel, n_src: float):
+def _core(rt: RoutingSpec, model: ModelSpec, par: Parallel, n_src: float):
     moe = model.moe
     assert moe is not None
-    rt = sc.routing
     tokens = max(1, int(round(n_src * par.ep)))
     return _rank_load_core(moe.num_experts, moe.top_k, par.ep, tokens, rt.distribution, router_key(model),
                            rt.capacity_factor, rt.placement, rt.redundant_experts, rt.samples, rt.seed)
 
 
-def rank_load(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Parallel,
+def rank_load(rt: RoutingSpec, model: ModelSpec, par: Parallel,
               n_src: float) -> tuple[ExpertRankLoad, ExpertRankLoad, LoadSummary]:
     """(expected straggler, p99 straggler, summary) for ``n_src`` tokens entering each EP rank."""
-    mean, p99, res = _core(sc, model, par, n_src)
+    mean, p99, res = _core(rt, model, par, n_src)
     summary = LoadSummary(
-        distribution=sc.routing.distribution, ep_size=par.ep, tokens_per_rank=n_src,
+        distribution=rt.distribution, ep_size=par.ep, tokens_per_rank=n_src,
         copies_mean_per_rank=res.imbalance.mean_tokens_per_rank, copies_max_rank_mean=res.max_rank.mean_tokens,
         copies_max_rank_p99=res.max_rank.p99_tokens, max_over_mean_ratio=res.imbalance.max_over_mean_ratio,
         coefficient_of_variation=res.imbalance.cv_ratio,
@@ -106,15 +105,14 @@ def rank_load(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Parallel
     return mean, p99, summary
 
 
-def max_rank_copies(sc: Scenario, model: ModelSpec, par: Parallel, n_src: float) -> float:
+def max_rank_copies(rt: RoutingSpec, model: ModelSpec, par: Parallel, n_src: float) -> float:
     """Token copies the expected straggler computes (padded slots with a capacity factor)."""
-    return float(_core(sc, model, par, n_src)[0].copies)
+    return float(_core(rt, model, par, n_src)[0].copies)
 
 
-def rank_load_array(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Parallel,
-                    n_src: np.ndarray) -> ExpertRankLoad:
+def rank_load_array(rt: RoutingSpec, model: ModelSpec, par: Parallel, n_src: np.ndarray) -> ExpertRankLoad:
     """The expected straggler for each of several token counts (fields become arrays)."""
-    loads = [_core(sc, model, par, float(x))[0] for x in np.asarray(n_src).ravel()]
+    loads = [_core(rt, model, par, float(x))[0] for x in np.asarray(n_src).ravel()]
     return ExpertRankLoad(
         copies=np.array([x.copies for x in loads]),
         experts_touched=np.array([x.experts_touched for x in loads]),
@@ -130,14 +128,21 @@ def rank_load_array(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Pa
 def _group(par: Parallel, group: str) -> tuple[int, int]:
     """(size, ranks per node) of one of the layout's groups (Megatron rank order tp - ep - dp - pp)."""
     gpn = par.gpus_per_node
-    size, stride = {
-        "tp": (par.tp, 1),
-        "etp": (par.etp, 1),
-        "ep": (par.ep, par.etp),
-        "dp": (par.dp, par.tp),
-        "edp": (par.edp, par.ep * par.etp),
-        "pp": (2, par.tp * par.dp),
-    }[group]
+    # only the fields of the group asked for are read: a layer pass sees a layout without dp / pp (Parallel.layer_view)
+    if group == "tp":
+        size, stride = par.tp, 1
+    elif group == "etp":
+        size, stride = par.etp, 1
+    elif group == "ep":
+        size, stride = par.ep, par.etp
+    elif group == "dp":
+        size, stride = par.dp, par.tp
+    elif group == "edp":
+        size, stride = par.edp, par.ep * par.etp
+    elif group == "pp":
+        size, stride = 2, par.tp * par.dp
+    else:
+        raise KeyError(group)
     per_node = max(1, min(size, gpn // stride)) if stride <= gpn else 1
     while size % per_node:
         per_node -= 1
@@ -184,7 +189,7 @@ def grad_sync_time_s(hw: HardwareProfile, par: Parallel, dense_bytes: float, exp
             + collective_time_s(hw, par, "all_reduce", expert_bytes, "edp"))
 
 
-def a2a_times_s(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Parallel, n_src,
+def a2a_times_s(rt: RoutingSpec, model: ModelSpec, hw: HardwareProfile, par: Parallel, n_src,
                 bytes_per_copy: float, load: ExpertRankLoad):
     """(dispatch, combine) seconds of one MoE layer for ``n_src`` tokens per EP rank.
 
@@ -198,7 +203,6 @@ def a2a_times_s(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Parall
         return (np.zeros(np.shape(n_src)), np.zeros(np.shape(n_src))) if np.ndim(n_src) else (0.0, 0.0)
     moe = model.moe
     assert moe is not None
-    rt = sc.routing
     size, per_node = _group(par, "ep")
     combine_scale = 2.0 * model.hidden_size / bytes_per_copy
     key = (_hw_key(hw), moe.num_experts, moe.top_k, size, per_node, float(bytes_per_copy), rt.distribution,

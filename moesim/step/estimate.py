@@ -31,6 +31,7 @@ prefill/decode interference and continuous batching dynamics.
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,7 +43,7 @@ from ..flops import forward_flops_per_token
 from ..hardware import HardwareProfile
 from ..model import ModelSpec
 from ..ops import OpKind
-from ..scenario import Scenario, ServeWorkload, TrainWorkload, load_scenario
+from ..scenario import RoutingSpec, Schedule, Scenario, ServeWorkload, TrainWorkload, load_scenario
 from ..layer import num_kernels
 from ..timing import compute_op_time, host_bound_s, op_time_s, time_op
 from . import bridge
@@ -136,11 +137,17 @@ def _node_names(ops: list[Op]) -> list[str]:
 
 
 class _Timer:
-    """Times operations on one profile and layout (communication through the comm model)."""
+    """Times operations on one profile and layout (communication through the comm model).
 
-    def __init__(self, sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Parallel, dtype: str):
-        self.sc, self.model, self.hw, self.par, self.dtype = sc, model, hw, par, dtype
+    Within one pass an operation met again (the attention block under the MoE, p99 and dense templates, the
+    router and shared experts under the mean and p99 loads) is timed once: operations are frozen and
+    compared by value, and ``memo`` maps each to its (time, bound).
+    """
+
+    def __init__(self, hw: HardwareProfile, par: Parallel, dtype: str):
+        self.hw, self.par, self.dtype = hw, par, dtype
         self.a2a: dict[OpKind, float] = {}
+        self.memo: dict[Op, tuple[float, str]] = {}
 
     def time_only(self, op: Op):
         """Time of ``op`` for scalar or array sizes (fast path: no bound)."""
@@ -157,8 +164,42 @@ class _Timer:
             else:
                 t = bridge.collective_time_s(self.hw, self.par, op.collective, op.comm_bytes, op.group)
             return t, "communication"
-        ot = time_op(self.hw, op, self.dtype)
-        return ot.time_s, ot.bound
+        hit = self.memo.get(op)
+        if hit is None:
+            ot = time_op(self.hw, op, self.dtype)
+            hit = self.memo[op] = (ot.time_s, ot.bound)
+        return hit
+
+
+class _PassCache:
+    """Layer passes already computed, least recently used dropped past ``maxsize`` (see :func:`layer_pass`).
+
+    ``cache_clear`` empties it (:func:`moesim.caches.clear_caches` calls it).
+    """
+
+    def __init__(self, maxsize: int):
+        self.maxsize = maxsize
+        self.data: OrderedDict = OrderedDict()
+        self.cache_clear = self.data.clear  # an attribute of the instance, not the class (moesim.caches scans both)
+
+    def get(self, key):
+        hit = self.data.get(key)
+        if hit is not None:
+            self.data.move_to_end(key)
+        return hit
+
+    def put(self, key, value) -> None:
+        self.data[key] = value
+        if len(self.data) > self.maxsize:
+            self.data.popitem(last=False)
+
+
+
+_PASSES = _PassCache(4096)
+
+
+def _plain(x) -> bool:
+    return x is None or type(x) in (int, float)
 
 
 def layer_pass(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Parallel, *, n, keys: float,
@@ -169,21 +210,54 @@ def layer_pass(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Paralle
 
     With ``detail=False`` (searches) ``n`` may be a numpy array of token counts: the
     times come back as arrays, without per-operation records, bounds or the p99 pass.
+
+    A pass reads the model, the profile, the layout's TP / EP / ETP sizes and node size
+    (:meth:`Parallel.layer_view`: nothing else of the layout), the scenario's routing and
+    schedule, and the arguments. For plain-number sizes it is computed once per distinct
+    set of those (the model and profile by their content digests) and shared by every
+    estimate that needs it: layouts that differ only in DP, PP or ZeRO, repeated estimates
+    of one scenario. The result is shared, so its dicts and lists are read-only.
     """
+    lpar = par.layer_view()
+    rt, sched = sc.routing, sc.schedule
+    if not (_plain(n) and _plain(keys) and _plain(decode_batch) and _plain(context) and _plain(lm_tokens)):
+        return _layer_pass(rt, sched, model, hw, lpar, n=n, keys=keys, decode_batch=decode_batch, context=context,
+                           weight_dtype=weight_dtype, kv_dtype=kv_dtype, expert_weight_dtype=expert_weight_dtype,
+                           compute_dtype=compute_dtype, backward=backward, lm_tokens=lm_tokens, detail=detail)
+    key = (model.fingerprint, bridge._hw_key(hw), lpar, rt, sched, type(n), n, type(keys), keys, type(decode_batch),
+           decode_batch, type(context), context, type(lm_tokens), lm_tokens, weight_dtype, kv_dtype,
+           expert_weight_dtype, compute_dtype, backward, detail)
+    hit = _PASSES.get(key)
+    if hit is None:
+        hit = _layer_pass(rt, sched, model, hw, lpar, n=n, keys=keys, decode_batch=decode_batch, context=context,
+                          weight_dtype=weight_dtype, kv_dtype=kv_dtype, expert_weight_dtype=expert_weight_dtype,
+                          compute_dtype=compute_dtype, backward=backward, lm_tokens=lm_tokens, detail=detail)
+        _PASSES.put(key, hit)
+    return hit
+
+
+def _layer_pass(rt: RoutingSpec, sched: Schedule, model: ModelSpec, hw: HardwareProfile, par: Parallel, *, n,
+                keys: float, decode_batch, context: float, weight_dtype: str, kv_dtype: str,
+                expert_weight_dtype: str | None, compute_dtype: str, backward: bool, lm_tokens, detail: bool) -> Pass:
+    """:func:`layer_pass` itself, from the routing and schedule alone of the scenario."""
     vector = not detail and np.ndim(n) > 0  # token counts as a numpy array: time every op for all at once
     if vector:
         n = np.asarray(n, dtype=float)
-    timer = _Timer(sc, model, hw, par, compute_dtype)
-    launch = sc.schedule.launch
-    graph = launch == "graph" or (launch == "auto" and bool(np.any(np.asarray(decode_batch) > 0)))
-    plan = sc.schedule.kernel_plan
+    timer = _Timer(hw, par, compute_dtype)
+    launch = sched.launch
+    if launch == "auto":
+        graph = bool(decode_batch > 0) if _plain(decode_batch) else bool(np.any(np.asarray(decode_batch) > 0))
+    else:
+        graph = launch == "graph"
+    plan = sched.kernel_plan
     issue_factor = 2.0 if backward else 1.0  # dgrad and wgrad kernels
     wb = bytes_per_element(weight_dtype)
     ewb = bytes_per_element(expert_weight_dtype) if expert_weight_dtype else wb
     attn = attention_ops(model, par, n, keys, decode_batch=decode_batch, context=context, weight_bytes=wb,
                          kv_bytes=bytes_per_element(kv_dtype))
-    overlap_shared = sc.schedule.overlap_shared_experts
-    comm_overlap = sc.schedule.overlap_comm_with_compute
+    overlap_shared = sched.overlap_shared_experts
+    comm_overlap = sched.overlap_comm_with_compute
+    slowdown = sched.overlap_slowdown_frac
     timings: list[OpTiming] = []
     bound: dict[str, str] = {}
 
@@ -195,10 +269,10 @@ def layer_pass(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Paralle
             dur[name] = dur.get(name, 0.0) + (timer.time_only(op) if vector else timer.op(op)[0])
         if vector:
             total = critical_path_time(kind, dur, overlap_shared=overlap_shared, comm_overlap=comm_overlap,
-                                       overlap_slowdown_frac=sc.schedule.overlap_slowdown_frac)
+                                       overlap_slowdown_frac=slowdown)
         else:
             total = critical_path_s(kind, dur, overlap_shared=overlap_shared, comm_overlap=comm_overlap,
-                                    overlap_slowdown_frac=sc.schedule.overlap_slowdown_frac)[0]
+                                    overlap_slowdown_frac=slowdown)[0]
         total = host_bound_s(hw, total, issue_factor * num_kernels(ops), graph=graph)
         return total, {}, dur
 
@@ -216,7 +290,7 @@ def layer_pass(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Paralle
             dur[name] = dur.get(name, 0.0) + t
             details.append((name, op, t, b))
         total, path = critical_path_s(kind, dur, overlap_shared=overlap_shared, comm_overlap=comm_overlap,
-                                      overlap_slowdown_frac=sc.schedule.overlap_slowdown_frac)
+                                      overlap_slowdown_frac=slowdown)
         device_total = total
         total = host_bound_s(hw, total, issue_factor * num_kernels(ops), graph=graph)
         if total > device_total:
@@ -241,17 +315,17 @@ def layer_pass(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Paralle
     by_moe: dict[str, float] = {}
     if model.moe is not None and model.num_moe_layers:
         n_src = par.moe_tokens(n)
-        bpc = dispatch_bytes_per_copy(model, sc.routing.dispatch_dtype)
+        bpc = dispatch_bytes_per_copy(model, rt.dispatch_dtype)
         if vector:
-            mean_load = bridge.rank_load_array(sc, model, hw, par, n_src)
+            mean_load = bridge.rank_load_array(rt, model, par, n_src)
         else:
-            mean_load, p99_load, load_summary = bridge.rank_load(sc, model, hw, par, n_src)
-        d, c = bridge.a2a_times_s(sc, model, hw, par, n_src, bpc, mean_load)
+            mean_load, p99_load, load_summary = bridge.rank_load(rt, model, par, n_src)
+        d, c = bridge.a2a_times_s(rt, model, hw, par, n_src, bpc, mean_load)
         timer.a2a = {OpKind.DISPATCH: d, OpKind.COMBINE: c}
         moe_ops_mean = attn + moe_ops(model, par, n, mean_load, bytes_per_copy=bpc, weight_bytes=wb, expert_weight_bytes=ewb, plan=plan)
         moe_s, by_moe, _ = run("moe", moe_ops_mean)
     if detail and model.moe is not None and model.num_moe_layers:
-        d, c = bridge.a2a_times_s(sc, model, hw, par, n_src, bpc, p99_load)
+        d, c = bridge.a2a_times_s(rt, model, hw, par, n_src, bpc, p99_load)
         timer.a2a = {OpKind.DISPATCH: d, OpKind.COMBINE: c}
         moe_ops_p99 = attn + moe_ops(model, par, n, p99_load, bytes_per_copy=bpc, weight_bytes=wb, expert_weight_bytes=ewb, plan=plan)
         moe_p99_s, _, _ = run("moe", moe_ops_p99, record=False)
@@ -422,7 +496,7 @@ def _train(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Parallel, d
     by_stage["optimizer"] = t_opt
     bound = dict(fwd.bound) | {"grad_sync_exposed": "communication", "optimizer": "memory", "pipeline_bubble": "latency"}
 
-    copies = bridge.max_rank_copies(sc, model, par, par.moe_tokens(n)) if model.num_moe_layers else 0.0
+    copies = bridge.max_rank_copies(sc.routing, model, par, par.moe_tokens(n)) if model.num_moe_layers else 0.0
     mem = train_memory(sc, model, hw, par, copies, n, m, sp, stages)
     if not detail:  # searches: the figures only, no validation of the result
         return Estimate.model_construct(
@@ -440,7 +514,7 @@ def _train(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Parallel, d
         layout=_layout_dict(sc, par), fits=mem.fits, memory_per_gpu_bytes=mem.total_bytes, memory=_memory_result(mem),
         tokens_per_s=tps, tokens_per_s_per_gpu=tps / sc.num_gpus, mfu_frac=mfu, mfu_bf16_frac=mfu_bf16,
         model_flops_per_token=model_flops, step_s=step, step_p99_s=step_p99, time_by_stage_s=by_stage,
-        bound_by_stage=bound, ops=fwd.timings, load=fwd.load, cost=_cost(sc, hw, tps, w.total_tokens), notes=notes,
+        bound_by_stage=bound, ops=list(fwd.timings), load=fwd.load, cost=_cost(sc, hw, tps, w.total_tokens), notes=notes,
     )
 
 
@@ -569,7 +643,7 @@ def _serve(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Parallel) -
         layout=_layout_dict(sc, par), fits=mem.fits, memory_per_gpu_bytes=mem.total_bytes, memory=_memory_result(mem),
         tokens_per_s=tps, tokens_per_s_per_gpu=tps / sc.num_gpus, mfu_frac=mfu, mfu_bf16_frac=mfu_bf16,
         model_flops_per_token=flops_tok, ttft_s=st.ttft_s, tpot_s=st.tpot_s, tpot_p99_s=st.tpot_p99_s,
-        max_batch_size=max_batch, time_by_stage_s=by_stage, bound_by_stage=main.bound, ops=main.timings,
+        max_batch_size=max_batch, time_by_stage_s=by_stage, bound_by_stage=dict(main.bound), ops=list(main.timings),
         load=main.load, cost=_cost(sc, hw, tps, None),
         notes=[f"{par.dp} replica(s) x batch {b}; decode at mean context {ctx:g} tokens; TTFT prefills "
            f"{prefill_batch(w, b)} prompt(s) at once"] if st.tpot_s else [],

@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from ..dtypes import bytes_per_element
 from ..model import MLAAttention, ModelSpec
 from ..params import attention_params, expert_params, ffn_params, norm_params, router_params, shared_expert_params
+from .memo import by_model
 from .parallel import Parallel
 
 ACT = 2.0
@@ -78,23 +79,33 @@ class StageParams:
 
 def stage_params(model: ModelSpec, par: Parallel, layers: list[int], first: bool, last: bool,
                  redundant_experts: int = 0) -> StageParams:
-    """Parameters one GPU of a stage holds; ``redundant_experts`` extra replicas (EPLB) are spread over the EP ranks."""
+    """Parameters one GPU of a stage holds; ``redundant_experts`` extra replicas (EPLB) are spread over the EP ranks.
+
+    Reads TP, EP, ETP and whether there is one stage of the layout (memoised on those and the model's content).
+    """
+    return _stage_params(model, par.tp, par.ep, par.etp, par.pp == 1, tuple(layers), bool(first), bool(last),
+                         redundant_experts)
+
+
+@by_model(8192)
+def _stage_params(model: ModelSpec, tp: int, ep: int, etp: int, one_stage: bool, layers: tuple[int, ...],
+                  first: bool, last: bool, redundant_experts: int) -> StageParams:
     moe_idx = set(model.moe_layer_indices)
     n_moe = sum(1 for i in layers if i in moe_idx)
     n_dense = len(layers) - n_moe
-    dense = len(layers) * (attention_params(model) + 2 * norm_params(model)) / par.tp
+    dense = len(layers) * (attention_params(model) + 2 * norm_params(model)) / tp
     expert = 0.0
     if n_moe:
-        dense += n_moe * (router_params(model) + shared_expert_params(model) / par.tp)
+        dense += n_moe * (router_params(model) + shared_expert_params(model) / tp)
         slots = model.moe.num_experts + redundant_experts  # type: ignore[union-attr]
-        expert = n_moe * slots * expert_params(model) / (par.ep * par.etp)
+        expert = n_moe * slots * expert_params(model) / (ep * etp)
     if n_dense:
-        dense += n_dense * ffn_params(model, model.dense_ffn_dim, model.ffn_bias) / par.tp
+        dense += n_dense * ffn_params(model, model.dense_ffn_dim, model.ffn_bias) / tp
     V, h = model.vocab_size, model.hidden_size
     if first:
-        dense += V * h / par.tp
+        dense += V * h / tp
     if last:
-        dense += (0 if model.tie_embeddings and par.pp == 1 else V * h) / par.tp + norm_params(model)
+        dense += (0 if model.tie_embeddings and one_stage else V * h) / tp + norm_params(model)
     return StageParams(dense=dense, expert=expert)
 
 
@@ -163,11 +174,19 @@ def layer_activation_bytes(model: ModelSpec, par: Parallel, n: float, seq_len: f
 
 def kv_bytes_per_sequence(model: ModelSpec, par: Parallel, layers: list[int], context: int, kv_dtype: str) -> float:
     """KV-cache bytes one sequence of ``context`` tokens needs on one GPU of the stage."""
+    a = model.attention
+    shard = par.kv_shard(a.num_kv_heads, isinstance(a, MLAAttention))
+    return _kv_bytes_per_sequence(model, shard, tuple(layers), context, type(context), kv_dtype)
+
+
+@by_model(4096)
+def _kv_bytes_per_sequence(model: ModelSpec, shard: int, layers: tuple[int, ...], context: int, _context_type: type,
+                           kv_dtype: str) -> float:
     from ..memory import kv_elements_per_token_per_layer
 
     a = model.attention
     per = kv_elements_per_token_per_layer(model) * bytes_per_element(kv_dtype)
-    per /= par.kv_shard(a.num_kv_heads, isinstance(a, MLAAttention))
+    per /= shard
     total = 0.0
     for i in layers:
         tokens = min(context, a.sliding_window) if (a.sliding_window and model.is_sliding(i)) else context

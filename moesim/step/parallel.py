@@ -38,6 +38,18 @@ class Parallel:
         return cls(sc.num_gpus, lay.tp, lay.pp, sc.dp, lay.ep, lay.etp, sc.edp, lay.zero_stage,
                    lay.sequence_parallel, gpus_per_node)
 
+    def layer_view(self) -> "Parallel":
+        """The layout as one layer pass sees it: TP, EP and ETP sizes and the node size.
+
+        A layer's operations and their times (tensor-parallel and expert-parallel
+        collectives included) depend on nothing else, so layouts that differ only in
+        their data-parallel, pipeline or ZeRO fields share one layer pass; those fields
+        are ``None`` here, so a layer pass that read them would fail rather than be
+        shared wrongly.
+        """
+        return Parallel(None, self.tp, None, None, self.ep, self.etp, None, None, None,  # type: ignore[arg-type]
+                        self.gpus_per_node)
+
     def moe_tokens(self, n_tokens: float) -> float:
         """Tokens entering the MoE layer on one EP rank for ``n_tokens`` per DP rank."""
         return n_tokens * self.etp / self.tp
