@@ -177,6 +177,8 @@ def _validated(adapter: TypeAdapter, raw: dict, source: str):
     except ValidationError as exc:
         err = from_validation_error(exc, source)
         field = (err.field or "").split(".")[-1]
+        if field == raw.get("kind"):  # a rule on the whole distribution, not on one parameter
+            field = ""
         raise InputError(f"{field + ': ' if field else ''}{err.message}", source=source) from None
 
 

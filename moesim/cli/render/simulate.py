@@ -48,9 +48,9 @@ def _pool_table(r) -> Table:
 
 def render_simulation(r) -> None:
     c = console()
-    rate = f"{r.rate_per_s:g} requests/s" if r.rate_per_s is not None else "trace"
+    what = f"at {r.rate_per_s:g} requests/s ({r.stream})" if r.rate_per_s is not None else f"from the {r.stream}"
     c.print(f"[bold]simulate[/bold] {r.scenario}: {r.model} on {r.num_gpus} x {r.hardware}, {r.mode}; "
-            f"{r.num_requests:,} requests at {rate} ({r.stream}); {r.elapsed_s:.2f} s")
+            f"{r.num_requests:,} requests {what}; {r.elapsed_s:.2f} s")
     c.print(_latency_table(r))
     c.print(_pool_table(r))
     c.print(f"throughput: {r.requests_per_s:,.2f} requests/s, {r.input_tokens_per_s:,.0f} input + "
@@ -180,7 +180,8 @@ def render_rate_plan(res) -> None:
             f"{res.num_candidates:,} engines over {', '.join(res.hardware)}, {res.num_simulations} simulations of "
             f"{res.num_requests:,} requests in {res.elapsed_s:.1f} s, {res.num_feasible} feasible")
     c.print(_rate_table(f"Best {len(res.best)} by {res.objective}", res.best))
-    c.print(_rate_table(f"Frontier: cost vs p99 TPOT ({len(res.frontier)})", res.frontier[:15]))
+    x = "USD/h" if all(r["usd_per_hour"] is not None for r in res.frontier) else "GPUs"
+    c.print(_rate_table(f"Frontier: {x} vs p99 TPOT ({len(res.frontier)})", res.frontier[:15]))
     if res.rejected:
         rj = ", ".join(f"{k}: {v:,}" for k, v in sorted(res.rejected.items(), key=lambda kv: -kv[1]))
         c.print(f"rejected (first failed check): {rj}")
