@@ -36,7 +36,6 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass
 
-import networkx as nx
 import numpy as np
 
 from ..errors import InputError
@@ -486,6 +485,8 @@ def route_reference(topo: Topology, src_acc, dst_acc, nbytes) -> LinkLoads:
     destination's, then over every shortest path of the fabric subgraph
     (NICs, leaves, spines) between the two NICs, evenly.
     """
+    import networkx as nx
+
     g = topo.graph
     su_kinds = {LinkKind.SCALE_UP.value, LinkKind.MESH.value}
     net_kinds = {LinkKind.NIC.value, LinkKind.FABRIC.value}

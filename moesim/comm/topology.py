@@ -1,8 +1,8 @@
 """The cluster as a directed graph: accelerators, scale-up switches, NICs, fabric switches.
 
 :func:`build_topology` turns a hardware profile and a number of nodes into a
-:class:`Topology`: a ``networkx.DiGraph`` with one edge per link **and per
-direction**, each carrying ``capacity_bytes_per_s``, ``latency_s``,
+:class:`Topology`: a ``networkx.DiGraph`` (built on first use of ``Topology.graph``)
+with one edge per link **and per direction**, each carrying ``capacity_bytes_per_s``, ``latency_s``,
 ``efficiency_frac`` and ``kind``, plus flat numpy arrays of the same links
 (index ``e`` in every array is edge ``Topology.edges[e]``) that the routers in
 :mod:`moesim.comm.routing` use so that no networkx call sits in a hot path.
@@ -67,14 +67,17 @@ import math
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
 
-import networkx as nx
 import numpy as np
 
 from ..errors import InputError
 from ..hardware import HardwareProfile
 from .spec import NetworkSpec, check_cluster, network_spec, nodes_for
+
+if TYPE_CHECKING:  # pragma: no cover
+    import networkx as nx
 
 __all__ = ["KIND_CODES", "KINDS_BY_CODE", "LinkKind", "NetworkSpec", "Topology", "build_topology", "check_cluster",
            "clear_cache", "network_spec", "nodes_for"]
@@ -168,7 +171,6 @@ class Topology:
     node_size: int  # accelerators per routing node
     domain_size: int  # accelerators per scale-up domain (<= node_size)
     nics_per_node: int  # NICs per routing node
-    graph: nx.DiGraph = field(repr=False)
     edges: list[tuple[Any, Any]] = field(repr=False)
     kind: np.ndarray = field(repr=False)
     capacity_bytes_per_s: np.ndarray = field(repr=False)
@@ -191,6 +193,32 @@ class Topology:
     layout: FabricLayout | None = None
     num_leaves: int = 0
     num_spines: int = 0
+
+    @cached_property
+    def graph(self) -> "nx.DiGraph":
+        """The cluster as a ``networkx.DiGraph``: the same links as the arrays, one edge per link and direction
+        carrying its ``index``, ``kind``, ``capacity_bytes_per_s``, ``efficiency_frac`` and ``latency_s``.
+
+        Built on first use (the routers read the arrays; an estimate never needs networkx).
+        """
+        import networkx as nx
+
+        graph = nx.DiGraph(profile=self.spec.profile_name, num_nodes=self.num_nodes)
+        for a in range(self.num_accelerators):
+            graph.add_node(("gpu", a), kind="gpu", node=a // self.node_size, local=a % self.node_size)
+        graph.add_edges_from(
+            (u, v, {
+                "index": i,
+                "kind": KINDS_BY_CODE[int(self.kind[i])].value,
+                "capacity_bytes_per_s": float(self.capacity_bytes_per_s[i]),
+                "efficiency_frac": float(self.efficiency_frac[i]),
+                "latency_s": float(self.latency_s[i]),
+            })
+            for i, (u, v) in enumerate(self.edges)
+        )
+        for n in graph.nodes:
+            graph.nodes[n].setdefault("kind", n[0])
+        return graph
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -353,29 +381,12 @@ def _build(spec: NetworkSpec, num_nodes: int) -> Topology:
     index = {e: i for i, e in enumerate(names)}
     reverse = np.array([index[(v, u)] for (u, v) in names], dtype=np.int64)
 
-    graph = nx.DiGraph(profile=spec.profile_name, num_nodes=num_nodes)
-    for a in range(num_acc):
-        graph.add_node(("gpu", a), kind="gpu", node=a // node_size, local=a % node_size)
-    graph.add_edges_from(
-        (u, v, {
-            "index": i,
-            "kind": KINDS_BY_CODE[kinds[i]].value,
-            "capacity_bytes_per_s": caps[i],
-            "efficiency_frac": effs[i],
-            "latency_s": lats[i],
-        })
-        for i, (u, v) in enumerate(names)
-    )
-    for n in graph.nodes:
-        graph.nodes[n].setdefault("kind", n[0])
-
     return Topology(
         spec=spec,
         num_nodes=num_nodes,
         node_size=node_size,
         domain_size=dom,
         nics_per_node=nics,
-        graph=graph,
         edges=names,
         kind=np.array(kinds, dtype=np.int8),
         capacity_bytes_per_s=cap,

@@ -1,9 +1,9 @@
 """Overlap as a dependency graph: the critical path of one layer.
 
-Each layer kind has a fixed dependency template (a networkx DiGraph built once
-and cached with its topological order); evaluating a candidate is then a
-longest-path pass over that order with the operations' durations, so large
-searches do not rebuild graphs.
+Each layer kind has a fixed dependency template (its edges, with the topological
+order computed once and cached; :func:`template_graph` gives it as a networkx
+DiGraph); evaluating a candidate is then a longest-path pass over that order with
+the operations' durations, so large searches do not rebuild graphs.
 
 Templates (node names are stage names; ``*_tp`` are tensor-parallel collectives):
 
@@ -28,30 +28,60 @@ from __future__ import annotations
 
 from functools import cache
 
-import networkx as nx
-
 MOE_NODES = ("attention", "attn_tp", "router", "permute", "dispatch", "experts", "combine", "unpermute",
              "shared_experts", "ffn_tp")
 DENSE_NODES = ("attention", "attn_tp", "dense_ffn", "ffn_tp")
 COMM_NODES = frozenset({"attn_tp", "dispatch", "combine", "ffn_tp"})
 
 
+def template_edges(kind: str, overlap_shared: bool) -> tuple[tuple[str, str], ...]:
+    """The dependency edges of a layer template (``(a, b)``: ``b`` starts when ``a`` ends)."""
+    if kind == "moe":
+        chain = ["attention", "attn_tp", "router", "permute", "dispatch", "experts", "combine", "unpermute", "ffn_tp"]
+        extra = ([("permute", "shared_experts"), ("shared_experts", "experts")] if overlap_shared
+                 else [("unpermute", "shared_experts"), ("shared_experts", "ffn_tp")])
+    else:
+        chain, extra = list(DENSE_NODES), []
+    return tuple(zip(chain, chain[1:])) + tuple(extra)
+
+
+def template_graph(kind: str, overlap_shared: bool):  # noqa: ANN201 - networkx is imported only here
+    """The template as a networkx DiGraph (for inspection; the estimate walks :func:`template`)."""
+    import networkx as nx
+
+    g = nx.DiGraph()
+    g.add_edges_from(template_edges(kind, overlap_shared))
+    return g
+
+
 @cache
 def template(kind: str, overlap_shared: bool) -> tuple[tuple[str, ...], tuple[tuple[str, ...], ...]]:
-    """(topological order, predecessors of each node) of a layer template."""
-    g = nx.DiGraph()
-    if kind == "moe":
-        nx.add_path(g, ["attention", "attn_tp", "router", "permute", "dispatch", "experts", "combine", "unpermute",
-                        "ffn_tp"])
-        if overlap_shared:
-            g.add_edges_from([("permute", "shared_experts"), ("shared_experts", "experts")])
-        else:
-            g.add_edges_from([("unpermute", "shared_experts"), ("shared_experts", "ffn_tp")])
-    else:
-        nx.add_path(g, list(DENSE_NODES))
-    order = tuple(nx.topological_sort(g))
-    preds = tuple(tuple(g.predecessors(n)) for n in order)
-    return order, preds
+    """(topological order, predecessors of each node) of a layer template.
+
+    Kahn's algorithm over the edges in the order given (nodes in order of first
+    appearance, ready nodes first in, first out): the order networkx's
+    ``topological_sort`` gives for these templates (tests/step/test_schedule.py),
+    without importing networkx on the estimate's path.
+    """
+    edges = template_edges(kind, overlap_shared)
+    nodes: list[str] = []
+    for e in edges:
+        for x in e:
+            if x not in nodes:
+                nodes.append(x)
+    preds = {x: tuple(a for a, b in edges if b == x) for x in nodes}
+    succs = {x: [b for a, b in edges if a == x] for x in nodes}
+    waiting = {x: len(preds[x]) for x in nodes}
+    ready = [x for x in nodes if not waiting[x]]
+    order: list[str] = []
+    while ready:
+        x = ready.pop(0)
+        order.append(x)
+        for y in succs[x]:
+            waiting[y] -= 1
+            if not waiting[y]:
+                ready.append(y)
+    return tuple(order), tuple(preds[x] for x in order)
 
 
 def critical_path_s(kind: str, durations: dict[str, float], *, overlap_shared: bool = True,
