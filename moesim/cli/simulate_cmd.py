@@ -110,23 +110,25 @@ def simulate(scenario, rate_text, num_requests, arrival, prompt_tokens, output_t
             raise InputError("matplotlib is not installed; install it with: pip install 'moesim[plot]'", source="--plot")
         writable(plot_path, "--plot")
 
-    from ..serving.api import simulate as run_one
-    from ..serving.api import simulate_rates
+    from ..serving.api import _check_slo, prepare, run_prepared, sweep_prepared
     from .render.plan_tables import progress_bar
 
+    _check_slo(max_ttft_s, "max_ttft_s")
+    _check_slo(max_tpot_s, "max_tpot_s")
+    # every input error is raised here, before a progress bar or a file
+    dep, stream = prepare(scenario, rate=rates[0] if rates else (1.0 if auto else None), trace=trace,
+                          num_requests=num_requests, arrivals=arrival, prompt_tokens=prompt_tokens,
+                          output_tokens=output_tokens, seed=seed, overrides=overrides)
     n_rates = auto or (len(rates) if rates else 1)
-    show = not as_json and num_requests * n_rates >= PROGRESS_MIN_REQUESTS
-    common = dict(num_requests=num_requests, arrivals=arrival, prompt_tokens=prompt_tokens,
-                  output_tokens=output_tokens, seed=seed, overrides=overrides, max_ttft_s=max_ttft_s,
-                  max_tpot_s=max_tpot_s)
+    show = not as_json and len(stream) * n_rates >= PROGRESS_MIN_REQUESTS
+    slo = dict(max_ttft_s=max_ttft_s, max_tpot_s=max_tpot_s)
     if sweep:
         with progress_bar(f"simulate ({n_rates} rates)", n_rates, enabled=show) as update:
-            result = simulate_rates(scenario, auto if auto else rates, progress=update, **common)
+            result = sweep_prepared(dep, stream, auto if auto else rates, progress=update, **slo)
         rows = [dict(rate_per_s=p.rate_per_s, **r) for p in result.points for r in p.records()]
     else:
-        with progress_bar("simulate", num_requests, enabled=show) as update:
-            result = run_one(scenario, rate=rates[0] if rates else None, trace=trace, saturation=saturation,
-                             progress=update, **common)
+        with progress_bar("simulate", len(stream) * len(dep.pools), enabled=show) as update:
+            result = run_prepared(dep, stream, saturation=saturation, progress=update, **slo)
         rows = result.records()
 
     if csv_path is not None:

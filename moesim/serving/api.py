@@ -654,6 +654,23 @@ def _stream_and_deployment(scenario, overrides, rate, num_requests, arrivals, pr
     return dep, stream
 
 
+def prepare(scenario: Scenario | str | Path | None = None, *, rate: float | None = None, num_requests: int = 1000,
+            arrivals: str = "poisson", prompt_tokens: str | None = None, output_tokens: str | None = None,
+            trace: str | Path | None = None, seed: int = 0, overrides: Sequence[str] = ()
+            ) -> tuple[Deployment, RequestStream]:
+    """The deployment and the request stream of a simulation, checked (every input error is raised here)."""
+    if trace is None:
+        if rate is None:
+            raise InputError("give a request rate (requests/s) or a trace file", source="--rate")
+        check_rate(rate)
+    elif rate is not None:
+        raise InputError("give either a rate or a trace, not both", source="--rate")
+    dep, stream = _stream_and_deployment(scenario, overrides, rate, num_requests, arrivals, prompt_tokens,
+                                         output_tokens, trace, seed)
+    _check_stream(dep, stream)
+    return dep, stream
+
+
 def simulate(scenario: Scenario | str | Path | None = None, *, rate: float | None = None, num_requests: int = 1000,
              arrivals: str = "poisson", prompt_tokens: str | None = None, output_tokens: str | None = None,
              trace: str | Path | None = None, seed: int = 0, overrides: Sequence[str] = (),
@@ -666,20 +683,33 @@ def simulate(scenario: Scenario | str | Path | None = None, *, rate: float | Non
     ``max_tpot_s`` are per-request SLOs for goodput. Returns a
     :class:`SimulationResult` (``.records()`` per request, ``.to_dataframe()``).
     """
-    if trace is None:
-        if rate is None:
-            raise InputError("give a request rate (requests/s) or a trace file", source="--rate")
-        check_rate(rate)
-    elif rate is not None:
-        raise InputError("give either a rate or a trace, not both", source="--rate")
     _check_slo(max_ttft_s, "max_ttft_s")
     _check_slo(max_tpot_s, "max_tpot_s")
-    dep, stream = _stream_and_deployment(scenario, overrides, rate, num_requests, arrivals, prompt_tokens,
-                                         output_tokens, trace, seed)
-    _check_stream(dep, stream)
+    dep, stream = prepare(scenario, rate=rate, num_requests=num_requests, arrivals=arrivals,
+                          prompt_tokens=prompt_tokens, output_tokens=output_tokens, trace=trace, seed=seed,
+                          overrides=overrides)
+    return run_prepared(dep, stream, max_ttft_s=max_ttft_s, max_tpot_s=max_tpot_s, saturation=saturation,
+                        progress=progress)
+
+
+def run_prepared(dep: Deployment, stream: RequestStream, *, max_ttft_s: float | None = None,
+                 max_tpot_s: float | None = None, saturation: bool = True,
+                 progress: Callable[[int, int], None] | None = None) -> SimulationResult:
+    """:func:`simulate` on what :func:`prepare` returned."""
     sat = saturation_rate(dep, stream) if saturation else None
     return run_stream(dep, stream, max_ttft_s=max_ttft_s, max_tpot_s=max_tpot_s, saturation_requests_per_s=sat,
                       progress=progress)
+
+
+def _rate_list(rates: Sequence[float] | int) -> tuple[list[float], int]:
+    if isinstance(rates, int) and not isinstance(rates, bool):
+        if not 1 <= rates <= 1000:
+            raise InputError(f"the number of rates must be from 1 to 1,000; got {rates}", source="--rate")
+        return [], rates
+    out = [check_rate(r) for r in rates]
+    if not out:
+        raise InputError("give at least one rate", source="--rate")
+    return out, 0
 
 
 def simulate_rates(scenario: Scenario | str | Path | None = None, rates: Sequence[float] | int = 10, *,
@@ -689,31 +719,28 @@ def simulate_rates(scenario: Scenario | str | Path | None = None, rates: Sequenc
                    progress: Callable[[int, int], None] | None = None) -> RateSweepResult:
     """The same requests at several rates; ``rates`` an int ``k`` sweeps ``k`` rates from 10 % to 120 % of the
     saturation rate."""
-    t0 = time.perf_counter()
     _check_slo(max_ttft_s, "max_ttft_s")
     _check_slo(max_tpot_s, "max_tpot_s")
-    if isinstance(rates, int) and not isinstance(rates, bool):
-        if not 1 <= rates <= 1000:
-            raise InputError(f"the number of rates must be from 1 to 1,000; got {rates}", source="--rate")
-        auto = rates
-        rate_list: list[float] = []
-    else:
-        rate_list = [check_rate(r) for r in rates]
-        if not rate_list:
-            raise InputError("give at least one rate", source="--rate")
-        auto = 0
-    dep, stream = _stream_and_deployment(scenario, overrides, rate_list[0] if rate_list else 1.0, num_requests,
-                                         arrivals, prompt_tokens, output_tokens, None, seed)
-    _check_stream(dep, stream)
+    rate_list, _ = _rate_list(rates)
+    dep, stream = prepare(scenario, rate=rate_list[0] if rate_list else 1.0, num_requests=num_requests,
+                          arrivals=arrivals, prompt_tokens=prompt_tokens, output_tokens=output_tokens, seed=seed,
+                          overrides=overrides)
+    return sweep_prepared(dep, stream, rates, max_ttft_s=max_ttft_s, max_tpot_s=max_tpot_s, progress=progress)
+
+
+def sweep_prepared(dep: Deployment, stream: RequestStream, rates: Sequence[float] | int, *,
+                   max_ttft_s: float | None = None, max_tpot_s: float | None = None,
+                   progress: Callable[[int, int], None] | None = None) -> RateSweepResult:
+    """:func:`simulate_rates` on what :func:`prepare` returned (a generated stream)."""
+    t0 = time.perf_counter()
+    rate_list, auto = _rate_list(rates)
     sat = saturation_rate(dep, stream)
     if auto:
         rate_list = [float(x) for x in np.linspace(0.1, 1.2, auto) * sat] if auto > 1 else [sat]
     points = []
     for i, r in enumerate(rate_list):
-        res = run_stream(dep, stream.at_rate(r), max_ttft_s=max_ttft_s, max_tpot_s=max_tpot_s,
-                         saturation_requests_per_s=sat, timeline_points=100,
-                         keep_requests=True)
-        points.append(res)
+        points.append(run_stream(dep, stream.at_rate(r), max_ttft_s=max_ttft_s, max_tpot_s=max_tpot_s,
+                                 saturation_requests_per_s=sat, timeline_points=100))
         if progress is not None:
             progress(i + 1, len(rate_list))
     return RateSweepResult(scenario=dep.scenario.name, mode=points[0].mode, num_gpus=dep.num_gpus,
