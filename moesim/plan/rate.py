@@ -292,8 +292,9 @@ def plan_rate(scenario: Scenario | str | None = None, *, rate: float, max_ttft_p
         progress(len(jobs), len(jobs))
     if collect is not None:
         collect.extend(feasible)
-    key = {"cost": lambda r: (r["usd_per_hour"] if r["usd_per_hour"] is not None else math.inf, r["num_gpus"]),
-           "throughput": lambda r: (-r["output_tokens_per_s_per_gpu"], r["num_gpus"]),
+    key = {"cost": lambda r: (r["usd_per_hour"] if r["usd_per_hour"] is not None else math.inf, r["num_gpus"],
+                              r["tpot_p99_s"]),
+           "throughput": lambda r: (-r["output_tokens_per_s_per_gpu"], r["tpot_p99_s"]),
            "latency": lambda r: (r["tpot_p99_s"] if r["tpot_p99_s"] is not None else math.inf, r["num_gpus"])}[objective]
     best = sorted(feasible, key=key)[:top]
     x = "usd_per_hour" if all(r["usd_per_hour"] is not None for r in feasible) else "num_gpus"

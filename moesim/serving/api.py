@@ -166,14 +166,16 @@ class Percentiles(_Out):
 
 
 class Timeline(_Out):
-    """One pool over time (all its instances together), sampled every ``sample_dt_s``."""
+    """One pool over time (all its instances together), averaged over intervals of ``sample_dt_s``."""
 
     role: str
     sample_dt_s: float
     time_s: list[float]
-    num_waiting: list[int] = Field(description="Requests queued (arrived, not admitted).")
-    num_running: list[int] = Field(description="Sequences in the running batch (decoding or prefilling).")
-    kv_used_frac: list[float] = Field(description="KV cache in use over its capacity (blocks counted full).")
+    num_waiting: list[float] = Field(description="Requests queued (arrived, not admitted), mean over each interval.")
+    num_running: list[float] = Field(description="Sequences in the running batch (decoding or prefilling), mean over "
+                                     "each interval.")
+    kv_used_frac: list[float] = Field(description="KV cache in use over its capacity (blocks counted full), mean over "
+                                      "each interval.")
 
 
 class PoolResult(_Out):
@@ -458,11 +460,15 @@ def _timeline(role: str, runs: list[EngineRun], points: int) -> tuple[Timeline, 
     cap = sum(r.kv_capacity_tokens for r in runs)
     dt = runs[0].sample_dt_s
     step = max(1, int(math.ceil(length / points)))
-    sel = np.arange(0, length, step)
     kv_frac = kv / cap
-    tl = Timeline(role=role, sample_dt_s=dt * step, time_s=[float(x) for x in sel * dt],
-                  num_waiting=[int(x) for x in w[sel]], num_running=[int(x) for x in run_[sel]],
-                  kv_used_frac=[float(x) for x in kv_frac[sel]])
+
+    def binned(x: np.ndarray) -> list[float]:  # mean over each interval of ``step`` samples
+        pad = (-len(x)) % step
+        return [float(v) for v in np.concatenate([x, np.full(pad, x[-1])]).reshape(-1, step).mean(axis=1)]
+
+    starts = np.arange(0, length, step)
+    tl = Timeline(role=role, sample_dt_s=dt * step, time_s=[float(x) for x in starts * dt],
+                  num_waiting=binned(w), num_running=binned(run_), kv_used_frac=binned(kv_frac))
     stats = {"max_waiting": float(w.max()) if length else 0.0, "mean_running": float(run_.mean()) if length else 0.0,
              "mean_kv": float(kv_frac.mean()) if length else 0.0,
              "peak_kv": max(r.peak_kv_tokens / r.kv_capacity_tokens for r in runs)}
