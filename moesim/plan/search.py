@@ -11,7 +11,9 @@ The search space for a scenario's model and workload:
   (training);
 * batch: serving batch sizes per replica (1, 2, 3, 4, 6, 8, ... 768, 1024), evaluated
   together with numpy (:func:`moesim.step.estimate.serve_curve`); training
-  micro-batch sizes {1, 2, 4} at the scenario's global batch.
+  micro-batch sizes {1, 2, 4} at the scenario's global batch, every layout and
+  micro-batch size of a profile evaluated together with numpy
+  (:func:`moesim.step.estimate.train_curve`).
 
 Every candidate is checked against the constraints in a fixed order (memory,
 TTFT, TPOT, throughput, budget) and counted under the first one it fails, so
@@ -37,12 +39,13 @@ from ..errors import InputError
 from ..hardware import HardwareProfile, bundled_hardware, load_hardware
 from ..model import ModelSpec
 from ..scenario import Layout, Scenario, ServeWorkload, TrainWorkload, load_scenario
-from ..step.estimate import check_layout, price_usd_per_gpu_hour, serve_curve, train_figures
+from ..step.estimate import check_layout, price_usd_per_gpu_hour, serve_curve, train_curve
 from ..step.memory import StageParams, param_state_bytes, stage_params
 from ..step.parallel import Parallel
 
 Objective = Literal["cost", "throughput", "latency"]
 REJECTIONS = ("memory", "max_ttft_s", "max_tpot_s", "min_tokens_per_s", "max_usd_per_hour", "no_price", "invalid")
+TRAIN_MICRO_BATCHES = (1, 2, 4)
 SERVE_BATCHES = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
 
 
@@ -229,29 +232,40 @@ def _serve_candidates(sc: Scenario, model: ModelSpec, hw: HardwareProfile, lay: 
         })
 
 
-def _train_candidates(sc: Scenario, model: ModelSpec, hw: HardwareProfile, lay: Layout, n: int, price: float | None,
-                      cons: Constraints, acc: _Acc) -> None:
-    from .records import record
-
+def _train_candidates(sc: Scenario, model: ModelSpec, hw: HardwareProfile, jobs: list[tuple[int, Layout]],
+                      price: float | None, cons: Constraints, acc: _Acc) -> None:
+    """Time the training candidates of ``jobs`` (cluster size, layout) on ``hw`` at every micro-batch size that
+    divides the global batch, all at once (:func:`moesim.step.estimate.train_curve`), in search order."""
     w: TrainWorkload = sc.workload  # type: ignore[assignment]
-    dp = n // (lay.tp * lay.pp)
-    for mbs in (1, 2, 4):
-        if w.global_batch_size % (dp * mbs):
-            continue
-        acc.count += 1
-        acc.timed += 1
-        cand = sc.model_copy(update={"hardware": hw.name, "num_gpus": n, "layout": lay,
-                                     "workload": w.model_copy(update={"micro_batch_size": mbs})})
-        try:
-            est = train_figures(cand, model, hw)
-        except InputError:
+    cands = []
+    for n, lay in jobs:
+        dp = n // (lay.tp * lay.pp)
+        cands += [(n, lay, mbs) for mbs in TRAIN_MICRO_BATCHES if not w.global_batch_size % (dp * mbs)]
+    acc.count += len(cands)
+    acc.timed += len(cands)
+    if not cands:
+        return
+    cur = train_curve(sc, model, hw, cands)
+    valid, fits, tps_all, mem = cur["valid"].tolist(), cur["fits"].tolist(), cur["tokens_per_s"].tolist(), \
+        cur["memory_per_gpu_bytes"].tolist()
+    step, mfu = cur["step_s"].tolist(), cur["mfu_frac"].tolist()
+    for i, (n, lay, mbs) in enumerate(cands):
+        if not valid[i]:
             acc.rejected["invalid"] += 1
             continue
-        reason = _failed(cons, est.fits, est.tokens_per_s, price, n)
+        tps = tps_all[i]
+        reason = _failed(cons, fits[i], tps, price, n)
         if reason:
             acc.rejected[reason] += 1
             continue
-        acc.feasible.append(record(est, batch_size=mbs))
+        gpu_h = n / 3600.0 / tps * 1e6 if tps > 0 else math.inf
+        acc.feasible.append({
+            "hardware": hw.name, "num_gpus": n, "tp": lay.tp, "pp": lay.pp, "dp": n // (lay.tp * lay.pp),
+            "ep": lay.ep, "etp": lay.etp, "zero_stage": lay.zero_stage, "batch_size": mbs, "fits": True,
+            "memory_per_gpu_bytes": mem[i], "step_s": step[i], "ttft_s": None, "tpot_s": None, "tokens_per_s": tps,
+            "tokens_per_s_per_gpu": tps / n, "mfu_frac": mfu[i], "usd_per_hour": price * n if price else None,
+            "usd_per_million_tokens": gpu_h * price if price else None, "gpu_hours_per_million_tokens": gpu_h,
+        })
 
 
 def _key(objective: str, training: bool, phase: str) -> Callable[[dict[str, Any]], float]:
@@ -332,10 +346,15 @@ def plan(scenario: Scenario | str | None = None, *, hardware: list[str] | None =
                 jobs.append((hw, n, lay, price))
     acc = _Acc()
     t0 = time.perf_counter()
-    per_job = 3 if training else len(SERVE_BATCHES)
+    per_job = len(TRAIN_MICRO_BATCHES) if training else len(SERVE_BATCHES)
+    batch: list[tuple[int, Layout]] = []  # training: one profile's timed jobs, evaluated together
     for i, (hw, n, lay, price) in enumerate(jobs):
         if progress is not None and i % 64 == 0:
             progress(i, len(jobs))
+        if training and batch and (i == 0 or jobs[i - 1][0] is not hw):
+            prev = jobs[i - 1]
+            _train_candidates(sc, model, prev[0], batch, prev[3], cons, acc)
+            batch = []
         if not _weights_fit(model, hw, lay, n, training, wb, master):
             acc.count += per_job
             acc.rejected["memory"] += per_job
@@ -344,7 +363,12 @@ def plan(scenario: Scenario | str | None = None, *, hardware: list[str] | None =
             acc.count += per_job
             acc.rejected["no_price"] += per_job
             continue
-        (_train_candidates if training else _serve_candidates)(sc, model, hw, lay, n, price, cons, acc)
+        if training:
+            batch.append((n, lay))
+        else:
+            _serve_candidates(sc, model, hw, lay, n, price, cons, acc)
+    if training and batch:
+        _train_candidates(sc, model, jobs[-1][0], batch, jobs[-1][3], cons, acc)
     if progress is not None:
         progress(len(jobs), len(jobs))
     elapsed = time.perf_counter() - t0

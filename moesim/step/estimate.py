@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -45,9 +45,16 @@ from ..model import ModelSpec
 from ..ops import OpKind
 from ..scenario import RoutingSpec, Schedule, Scenario, ServeWorkload, TrainWorkload, load_scenario
 from ..layer import num_kernels
-from ..timing import compute_op_time, host_bound_s, op_time_s, time_op
+from ..timing import host_bound_s, op_time_s, time_op
 from . import bridge
-from .memory import MemoryBreakdown, kv_bytes_per_sequence, layer_activation_bytes, param_state_bytes, stage_params
+from .memory import (
+    MemoryBreakdown,
+    StageParams,
+    kv_bytes_per_sequence,
+    layer_activation_bytes,
+    param_state_bytes,
+    stage_params,
+)
 from .ops import (
     Op,
     attention_ops,
@@ -422,14 +429,84 @@ def _layout_dict(sc: Scenario, par: Parallel) -> dict[str, int | bool]:
 # ----------------------------------------------------------------------------- training
 
 
-def _train(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Parallel, detail: bool = True) -> Estimate:
+def _vec(x) -> bool:
+    return isinstance(x, np.ndarray)
+
+
+def _max_of(xs: list):
+    """``max(xs)``, elementwise when some are arrays (one value per layout)."""
+    if any(_vec(x) for x in xs):
+        out = xs[0]
+        for x in xs[1:]:
+            out = np.maximum(out, x)
+        return out
+    return max(xs)
+
+
+def _max2(a, b):
+    return np.maximum(a, b) if (_vec(a) or _vec(b)) else max(a, b)
+
+
+def _min2(a, b):
+    return np.minimum(a, b) if (_vec(a) or _vec(b)) else min(a, b)
+
+
+def _where(cond, a, b):
+    return np.where(cond, a, b) if _vec(cond) else (a if cond else b)
+
+
+def _per_layout(par: Parallel, fn):
+    """``fn(par)`` for one layout, or an array of ``fn`` over the layouts of a vector :class:`Parallel`
+    (``num_gpus``, ``dp``, ``edp`` and ``zero_stage`` arrays, see :func:`train_curve`). ``fn`` may read the
+    data-parallel sizes and the fixed fields; each layout's view has no GPU count or ZeRO stage (``None``), so
+    ``fn`` is evaluated once per distinct (DP, EDP)."""
+    if not _vec(par.dp):
+        return fn(par)
+    memo: dict[tuple[int, int], float] = {}
+    out = []
+    for d, e in zip(par.dp.tolist(), par.edp.tolist()):
+        v = memo.get((d, e))
+        if v is None:
+            v = memo[(d, e)] = fn(Parallel(None, par.tp, par.pp, d, par.ep, par.etp, e, None,  # type: ignore[arg-type]
+                                           par.sequence_parallel, par.gpus_per_node))
+        out.append(v)
+    return np.array(out, dtype=float)
+
+
+@dataclass(frozen=True)
+class _TrainStep:
+    """The figures of a training step shared by the estimate and the vectorised candidates (:func:`_train_step`)."""
+
+    stages: list[list[int]]
+    counts: list[tuple[int, int, bool, bool]]
+    m: object  #: micro-batches per step per pipeline
+    recompute: float
+    pipe_mean_s: object
+    pipe_p99_s: object
+    exposed_grad_s: object
+    optimizer_s: object
+    step_s: object
+    step_p99_s: object
+    tokens_per_s: object
+    mfu_frac: object
+    mfu_bf16_frac: object
+    model_flops_per_token: float
+    memory: dict[str, np.ndarray]  #: bytes by category and stage (:func:`train_memory_table`)
+
+
+def _train_step(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Parallel, fwd: Pass, bwd: Pass,
+                p99: bool) -> _TrainStep:
+    """A training step from its forward and backward layer passes: stages, 1F1B pipeline, gradient reduction,
+    optimizer, throughput, MFU and memory per stage (see the module docstring).
+
+    ``par`` is one layout, or (:func:`train_curve`) several that share TP, PP, EP, ETP and the micro-batch size
+    (so the layer passes and the stage split) with ``num_gpus``, ``dp``, ``edp`` and ``zero_stage`` as arrays:
+    the same arithmetic then runs elementwise, one value per layout.
+    """
     w: TrainWorkload = sc.workload  # type: ignore[assignment]
     n = w.micro_batch_size * w.seq_len
     keys = (w.seq_len + 1) / 2
     dt = w.compute_dtype
-    kw = dict(n=n, keys=keys, weight_dtype="bf16", kv_dtype="bf16", compute_dtype=dt, detail=detail)
-    fwd = layer_pass(sc, model, hw, par, **kw)
-    bwd = layer_pass(sc, model, hw, par, backward=True, **kw)
     mtp = model.mtp.num_modules
     recompute = 1.0 if w.recompute == "full" else 0.0
     moe_idx = set(model.moe_layer_indices)
@@ -440,9 +517,10 @@ def _train(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Parallel, d
                                  + mtp * ((fwd.moe_s) * (1 + recompute) + bwd.moe_s))
     counts = _stage_layers(model, par, stages)
     m = w.global_batch_size // (par.dp * w.micro_batch_size)
-    p2p = bridge.p2p_time_s(hw, par, 2.0 * n * model.hidden_size / (par.tp if par.sequence_parallel else 1)) if par.pp > 1 else 0.0
+    p2p_bytes = 2.0 * n * model.hidden_size / (par.tp if par.sequence_parallel else 1)
+    p2p = _per_layout(par, lambda p: bridge.p2p_time_s(hw, p, p2p_bytes)) if par.pp > 1 else 0.0
 
-    def stage_times(p99: bool) -> list[float]:
+    def stage_times(p99: bool) -> list:
         out = []
         for n_moe, n_dense, first, last in counts:
             f = _stage_time(fwd, n_moe, n_dense, first, last, mtp, p99=p99)
@@ -454,9 +532,13 @@ def _train(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Parallel, d
         n_moe, n_dense, first, last = counts[idx]
         return _stage_time(bwd, n_moe, n_dense, first, last, mtp)
 
-    t_mean, t_p99 = stage_times(False), stage_times(True)
-    pipe_mean = sum(t_mean) + (m - 1) * max(t_mean)
-    pipe_p99 = sum(t_p99) + (m - 1) * max(t_p99)
+    t_mean = stage_times(False)
+    pipe_mean = sum(t_mean) + (m - 1) * _max_of(t_mean)
+    if p99:
+        t_p99 = stage_times(True)
+        pipe_p99 = sum(t_p99) + (m - 1) * _max_of(t_p99)
+    else:
+        pipe_p99 = pipe_mean
 
     # parameters, gradient reduction and optimizer on the stage with the most parameters
     red = sc.routing.redundant_experts
@@ -469,13 +551,16 @@ def _train(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Parallel, d
                             expert=last.expert + extra.expert)
     big = max(range(len(sp)), key=lambda i: sp[i].dense + sp[i].expert)
     grad_bytes = 4.0 if w.master_weights_fp32 else 2.0
-    t_grad = bridge.grad_sync_time_s(hw, par, sp[big].dense * grad_bytes, sp[big].expert * grad_bytes)
-    exposed_grad = max(0.0, t_grad - bwd_time(big)) if sc.schedule.overlap_grad_reduce else t_grad
-    shard_d = par.dp if par.zero_stage >= 1 else 1
-    shard_e = par.edp if par.zero_stage >= 1 else 1
+    t_grad = _per_layout(par, lambda p: bridge.grad_sync_time_s(hw, p, sp[big].dense * grad_bytes,
+                                                                 sp[big].expert * grad_bytes))
+    exposed_grad = _max2(0.0, t_grad - bwd_time(big)) if sc.schedule.overlap_grad_reduce else t_grad
+    shard_d = _where(par.zero_stage >= 1, par.dp, 1)
+    shard_e = _where(par.zero_stage >= 1, par.edp, 1)
     local = sp[big].dense / shard_d + sp[big].expert / shard_e
     opt_bytes = local * (30.0 if w.master_weights_fp32 else 14.0)
-    t_opt = compute_op_time(hw, flops=0.0, bytes_moved=opt_bytes, kind="elementwise", num_kernels=4).time_s
+    # Adam: one memory-bound pass over the local shard
+    t_opt = op_time_s(hw, Op(OpKind.OPTIMIZER, "optimizer", flops=0.0, bytes_moved=opt_bytes,
+                             compute_kind="elementwise", num_kernels=4), "bf16")
     step = pipe_mean + exposed_grad + t_opt
     step_p99 = pipe_p99 + exposed_grad + t_opt
 
@@ -483,74 +568,112 @@ def _train(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Parallel, d
     tps = tokens / step
     ff = forward_flops_per_token(model, keys)
     model_flops = 3.0 * ff.total_flops
-    mfu = tps * model_flops / (sc.num_gpus * hw.accelerator.peak_for(dt))
-    mfu_bf16 = tps * model_flops / (sc.num_gpus * hw.accelerator.peak_for("bf16"))
+    mfu = tps * model_flops / (par.num_gpus * hw.accelerator.peak_for(dt))
+    mfu_bf16 = tps * model_flops / (par.num_gpus * hw.accelerator.peak_for("bf16"))
+    copies = bridge.max_rank_copies(sc.routing, model, par, par.moe_tokens(n)) if model.num_moe_layers else 0.0
+    mem = train_memory_table(sc, model, hw, par, copies, n, m, sp, stages)
+    return _TrainStep(stages, counts, m, recompute, pipe_mean, pipe_p99, exposed_grad, t_opt, step, step_p99, tps,
+                      mfu, mfu_bf16, model_flops, mem)
+
+
+def _train(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Parallel, detail: bool = True) -> Estimate:
+    w: TrainWorkload = sc.workload  # type: ignore[assignment]
+    n = w.micro_batch_size * w.seq_len
+    keys = (w.seq_len + 1) / 2
+    kw = dict(n=n, keys=keys, weight_dtype="bf16", kv_dtype="bf16", compute_dtype=w.compute_dtype, detail=detail)
+    fwd = layer_pass(sc, model, hw, par, **kw)
+    bwd = layer_pass(sc, model, hw, par, backward=True, **kw)
+    st = _train_step(sc, model, hw, par, fwd, bwd, p99=detail)
+    mem = _largest(st.memory, hw.accelerator.memory_bytes)
+    tps, step = st.tokens_per_s, st.step_s
+    mtp, m = model.mtp.num_modules, st.m
+    counts = st.counts
 
     # time by stage over the step: per-layer critical-path shares x layers x micro-batches (steady state)
     by_stage = {}
-    for p, mult in ((fwd, 1 + recompute), (bwd, 1.0)):
+    for p, mult in ((fwd, 1 + st.recompute), (bwd, 1.0)):
         for k, v in _by_stage_total(p, counts, mtp).items():
             by_stage[k] = by_stage.get(k, 0.0) + v * mult * m / par.pp
-    by_stage["pipeline_bubble"] = pipe_mean - sum(by_stage.values()) if par.pp > 1 else 0.0
-    by_stage["grad_sync_exposed"] = exposed_grad
-    by_stage["optimizer"] = t_opt
+    by_stage["pipeline_bubble"] = st.pipe_mean_s - sum(by_stage.values()) if par.pp > 1 else 0.0
+    by_stage["grad_sync_exposed"] = st.exposed_grad_s
+    by_stage["optimizer"] = st.optimizer_s
     bound = dict(fwd.bound) | {"grad_sync_exposed": "communication", "optimizer": "memory", "pipeline_bubble": "latency"}
 
-    copies = bridge.max_rank_copies(sc.routing, model, par, par.moe_tokens(n)) if model.num_moe_layers else 0.0
-    mem = train_memory(sc, model, hw, par, copies, n, m, sp, stages)
     if not detail:  # searches: the figures only, no validation of the result
         return Estimate.model_construct(
             scenario=sc.name, model=model.name, hardware=hw.name, num_gpus=sc.num_gpus, workload="train",
             phase="train", layout=_layout_dict(sc, par), fits=mem.fits, memory_per_gpu_bytes=mem.total_bytes,
-            memory=None, tokens_per_s=tps, tokens_per_s_per_gpu=tps / sc.num_gpus, mfu_frac=mfu,
-            mfu_bf16_frac=mfu_bf16, model_flops_per_token=model_flops, step_s=step, step_p99_s=None, ttft_s=None,
-            tpot_s=None, max_batch_size=None, time_by_stage_s={}, bound_by_stage={}, ops=[], load=None,
-            cost=_cost(sc, hw, tps, w.total_tokens), notes=[])
+            memory=None, tokens_per_s=tps, tokens_per_s_per_gpu=tps / sc.num_gpus, mfu_frac=st.mfu_frac,
+            mfu_bf16_frac=st.mfu_bf16_frac, model_flops_per_token=st.model_flops_per_token, step_s=step,
+            step_p99_s=None, ttft_s=None, tpot_s=None, max_batch_size=None, time_by_stage_s={}, bound_by_stage={},
+            ops=[], load=None, cost=_cost(sc, hw, tps, w.total_tokens), notes=[])
     notes = []
     if par.pp > 1:
         notes.append(f"1F1B pipeline: {m} micro-batches over {par.pp} stages, bubble {by_stage['pipeline_bubble']:.3g} s")
     return Estimate(
         scenario=sc.name, model=model.name, hardware=hw.name, num_gpus=sc.num_gpus, workload="train", phase="train",
         layout=_layout_dict(sc, par), fits=mem.fits, memory_per_gpu_bytes=mem.total_bytes, memory=_memory_result(mem),
-        tokens_per_s=tps, tokens_per_s_per_gpu=tps / sc.num_gpus, mfu_frac=mfu, mfu_bf16_frac=mfu_bf16,
-        model_flops_per_token=model_flops, step_s=step, step_p99_s=step_p99, time_by_stage_s=by_stage,
-        bound_by_stage=bound, ops=list(fwd.timings), load=fwd.load, cost=_cost(sc, hw, tps, w.total_tokens), notes=notes,
+        tokens_per_s=tps, tokens_per_s_per_gpu=tps / sc.num_gpus, mfu_frac=st.mfu_frac, mfu_bf16_frac=st.mfu_bf16_frac,
+        model_flops_per_token=st.model_flops_per_token, step_s=step, step_p99_s=st.step_p99_s,
+        time_by_stage_s=by_stage, bound_by_stage=bound, ops=list(fwd.timings), load=fwd.load,
+        cost=_cost(sc, hw, tps, w.total_tokens), notes=notes,
     )
+
+
+def _largest(table: dict[str, np.ndarray], capacity_bytes: float) -> MemoryBreakdown:
+    """The stage that needs the most memory (the first of equals) of a one-layout table (:func:`train_memory_table`)."""
+    total = sum(table.values())
+    s = int(np.argmax(total))
+    return MemoryBreakdown({k: float(v[s]) for k, v in table.items()}, capacity_bytes, stage=s)
 
 
 def train_memory(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Parallel, copies: float,
                  n: float, m: int, sp, stages: list[list[int]]) -> MemoryBreakdown:
     """Memory per GPU of the largest stage; ``copies`` token copies on the most loaded EP rank (padded slots
     with a capacity factor)."""
+    return _largest(train_memory_table(sc, model, hw, par, copies, n, m, sp, stages), hw.accelerator.memory_bytes)
+
+
+def train_memory_table(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Parallel, copies: float,
+                       n: float, m, sp, stages: list[list[int]]) -> dict[str, np.ndarray]:
+    """Bytes per GPU by category and stage: arrays ``[stages]`` for one layout, ``[stages, layouts]`` when
+    ``par`` and ``m`` hold one value per layout (:func:`train_curve`). Every stage's figures are the same
+    elementwise arithmetic (see the module docstring of :mod:`moesim.step.memory`)."""
     w: TrainWorkload = sc.workload  # type: ignore[assignment]
     moe_idx = set(model.moe_layer_indices)
     ab = 1.0 if w.compute_dtype == "fp8" else 2.0
     act_moe = layer_activation_bytes(model, par, n, w.seq_len, w.recompute, copies, True, ab) if moe_idx else 0.0
     act_dense = layer_activation_bytes(model, par, n, w.seq_len, w.recompute, copies, False, ab)
-    best: MemoryBreakdown | None = None
-    for s, layers in enumerate(stages):
-        p = sp[s]
-        state = param_state_bytes(p, par, master_weights_fp32=w.master_weights_fp32)
-        weights, grads, optim = state["weights"], state["gradients"], state["optimizer"]
+    num = len(stages)
+    per_mb = []
+    for layers in stages:
         n_moe = sum(1 for i in layers if i in moe_idx)
         acts_per_microbatch_bytes = n_moe * act_moe + (len(layers) - n_moe) * act_dense
         if w.recompute == "full" and layers:
             acts_per_microbatch_bytes += layer_activation_bytes(model, par, n, w.seq_len, "selective", copies, layers[-1] in moe_idx, ab)
-        in_flight = min(par.pp - s, m)
-        acts = acts_per_microbatch_bytes * in_flight
-        if s == len(stages) - 1:
-            acts += 4.0 * n * model.vocab_size / par.tp  # fp32 logits
-        buffers = 0.0
-        if model.moe is not None:
-            bpc = dispatch_bytes_per_copy(model, sc.routing.dispatch_dtype)
-            buffers = copies * (bpc + 2.0 * model.hidden_size)
-        cat = {"weights": weights, "gradients": grads, "optimizer": optim, "activations": acts,
-               "dispatch_buffers": buffers, "workspace": sc.workspace_bytes}
-        mb = MemoryBreakdown(cat, hw.accelerator.memory_bytes, stage=s)
-        if best is None or mb.total_bytes > best.total_bytes:
-            best = mb
-    assert best is not None
-    return best
+        per_mb.append(acts_per_microbatch_bytes)
+    if _vec(par.dp):  # stages down, layouts across
+        col = (slice(None), None)
+        par = replace(par, dp=par.dp[None, :], edp=par.edp[None, :], zero_stage=par.zero_stage[None, :])
+        m = m[None, :]
+    else:
+        col = (slice(None),)
+    dense = np.array([p.dense for p in sp], dtype=float)[col]
+    expert = np.array([p.expert for p in sp], dtype=float)[col]
+    state = param_state_bytes(StageParams(dense=dense, expert=expert), par, master_weights_fp32=w.master_weights_fp32)
+    in_flight = np.minimum(par.pp - np.arange(num)[col], m)
+    acts = np.array(per_mb, dtype=float)[col] * in_flight
+    logits = np.zeros(num)
+    logits[-1] = 4.0 * n * model.vocab_size / par.tp  # fp32 logits, last stage
+    acts = acts + logits[col]
+    buffers = 0.0
+    if model.moe is not None:
+        bpc = dispatch_bytes_per_copy(model, sc.routing.dispatch_dtype)
+        buffers = copies * (bpc + 2.0 * model.hidden_size)
+    shape = np.shape(acts)
+    return {"weights": state["weights"], "gradients": state["gradients"], "optimizer": state["optimizer"],
+            "activations": acts, "dispatch_buffers": np.full(shape, buffers),
+            "workspace": np.full(shape, float(sc.workspace_bytes))}
 
 
 # ----------------------------------------------------------------------------- serving
@@ -724,6 +847,109 @@ def serve_curve(sc: Scenario, model: ModelSpec, hw: HardwareProfile, batches) ->
         "fits": mem <= hw.accelerator.memory_bytes,
         "mfu_frac": tps * st.flops_per_token / (sc.num_gpus * hw.accelerator.peak_for(sc.workload.compute_dtype)),
     }
+
+
+def _pass_at(p: Pass, j: int) -> Pass:
+    """Candidate ``j`` of a pass timed for several token counts at once (scalars stay as they are)."""
+    def at(x):
+        return float(x[j]) if _vec(x) else x
+    return Pass(at(p.moe_s), at(p.moe_p99_s), at(p.dense_s), {}, {}, {}, [], None, at(p.embedding_s),
+                at(p.lm_head_s))
+
+
+TRAIN_CURVE_FIELDS = ("valid", "step_s", "tokens_per_s", "memory_per_gpu_bytes", "fits", "mfu_frac", "dp", "edp")
+
+
+def train_curve(sc: Scenario, model: ModelSpec, hw: HardwareProfile, candidates) -> dict[str, np.ndarray]:
+    """Key training figures for many layouts and micro-batch sizes at once (the fast path of ``plan``).
+
+    ``candidates`` are ``(num_gpus, layout, micro_batch_size)`` triples for ``sc``'s
+    model and training workload on ``hw``. Same model as :func:`estimate_resolved`
+    (expected straggler; no p99, per-operation records or breakdowns), evaluated with
+    numpy: one layer pass per TP / EP / ETP for all micro-batch sizes together (the
+    shared builder with arrays of token counts), then one step composition
+    (:func:`_train_step`, the estimate's own) per TP / PP / EP / ETP / micro-batch
+    size, elementwise over the layouts that differ in GPUs, DP and ZeRO stage.
+    Every value is an array over ``candidates``; ``valid`` is False where the layout
+    cannot run (:func:`check_layout`, or the scenario's divisibility rules), and the
+    figures there are NaN.
+    """
+    import types
+
+    w: TrainWorkload = sc.workload  # type: ignore[assignment]
+    if not isinstance(w, TrainWorkload):
+        raise ValueError("train_curve needs a training workload; use serve_curve for serving")
+    cands = list(candidates)
+    k = len(cands)
+    out = {f: np.full(k, np.nan) for f in TRAIN_CURVE_FIELDS}
+    out["valid"] = np.zeros(k, dtype=bool)
+    out["fits"] = np.zeros(k, dtype=bool)
+    gpn = hw.node.accelerators_per_node
+    groups: dict[tuple, dict[tuple, list[int]]] = {}
+    dps, edps = [0] * k, [0] * k
+    for i, (g, lay, mbs) in enumerate(cands):
+        tp, pp = lay.tp, lay.pp
+        if g % (tp * pp):
+            continue
+        dp = lay.dp or g // (tp * pp)
+        if tp * pp * dp != g or (tp * dp) % (lay.ep * lay.etp) or w.global_batch_size % (dp * mbs):
+            continue
+        try:
+            check_layout(types.SimpleNamespace(name=sc.name, layout=lay, num_gpus=g, routing=sc.routing), model, hw)
+        except InputError:
+            continue
+        dps[i], edps[i] = dp, tp * dp // (lay.ep * lay.etp)
+        out["valid"][i] = True
+        key = (tp, lay.ep, lay.etp, lay.sequence_parallel)
+        groups.setdefault(key, {}).setdefault((pp, mbs), []).append(i)
+    cap = hw.accelerator.memory_bytes
+    for (tp, ep, etp, seq_par), members in groups.items():
+        mbs_values = sorted({mbs for _, mbs in members})
+        one = Parallel(1, tp, 1, 1, ep, etp, 1, 0, seq_par, gpn)
+        n_arr = np.array([mbs * w.seq_len for mbs in mbs_values], dtype=float)
+        kw = dict(n=n_arr, keys=(w.seq_len + 1) / 2, weight_dtype="bf16", kv_dtype="bf16",
+                  compute_dtype=w.compute_dtype, detail=False)
+        try:
+            fwd_all = layer_pass(sc, model, hw, one, **kw)
+            bwd_all = layer_pass(sc, model, hw, one, backward=True, **kw)
+        except InputError:  # the layer cannot run (e.g. a node limit the EP group cannot meet)
+            out["valid"][[i for idx in members.values() for i in idx]] = False
+            continue
+        for (pp, mbs), group in members.items():
+            j = mbs_values.index(mbs)
+            sc_mbs = sc.model_copy(update={"workload": w.model_copy(update={"micro_batch_size": mbs})})
+            fwd, bwd = _pass_at(fwd_all, j), _pass_at(bwd_all, j)
+
+            def step(idx: list[int]) -> tuple[Parallel, _TrainStep]:
+                par = Parallel(np.array([cands[i][0] for i in idx]), tp, pp, np.array([dps[i] for i in idx]), ep,
+                               etp, np.array([edps[i] for i in idx]),
+                               np.array([cands[i][1].zero_stage for i in idx]), seq_par, gpn)
+                return par, _train_step(sc_mbs, model, hw, par, fwd, bwd, p99=False)
+
+            try:
+                runs = [(group, *step(group))]
+            except InputError:  # some layout of the group cannot run (a cluster the fabric cannot hold): one by one
+                runs = []
+                for i in group:
+                    try:
+                        runs.append(([i], *step([i])))
+                    except InputError:
+                        out["valid"][i] = False
+            for idx, par, st in runs:
+                _fill(out, idx, par, st, cap)
+    return out
+
+
+def _fill(out: dict[str, np.ndarray], idx: list[int], par: Parallel, st: "_TrainStep", cap: float) -> None:
+    mem = np.max(sum(st.memory.values()), axis=0)
+    ii = np.array(idx)
+    out["step_s"][ii] = st.step_s
+    out["tokens_per_s"][ii] = st.tokens_per_s
+    out["mfu_frac"][ii] = st.mfu_frac
+    out["memory_per_gpu_bytes"][ii] = mem
+    out["fits"][ii] = mem <= cap
+    out["dp"][ii] = par.dp
+    out["edp"][ii] = par.edp
 
 
 # ----------------------------------------------------------------------------- entry point

@@ -38,6 +38,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from ..dtypes import bytes_per_element
 from ..model import MLAAttention, ModelSpec
 from ..params import attention_params, expert_params, ffn_params, norm_params, router_params, shared_expert_params
@@ -121,6 +123,8 @@ def param_state_bytes(p: StageParams, par: Parallel, *, master_weights_fp32: boo
     z = par.zero_stage
 
     def shard(level: int) -> tuple[float, float]:
+        if isinstance(z, np.ndarray):  # one value per layout (moesim.step.estimate.train_curve)
+            return np.where(z >= level, par.dp, 1), np.where(z >= level, par.edp, 1)
         return (par.dp, par.edp) if z >= level else (1, 1)
 
     d3, e3 = shard(3)
