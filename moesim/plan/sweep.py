@@ -24,6 +24,7 @@ model and its hardware (as :func:`~moesim.step.estimate.estimate` does).
 
 from __future__ import annotations
 
+import copy
 import itertools
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -280,6 +281,26 @@ def _base_raw(scenario: Scenario | str | Path | None, overrides: Sequence[str]) 
     return raw, where, base
 
 
+def _with_values(raw: dict[str, Any], paths: list[list[str]], values: Sequence[Any]) -> dict[str, Any]:
+    """``raw`` with ``values`` set at ``paths``, as :func:`~moesim.scenario.apply_overrides` would give it, copying
+    only the tables on those paths (``raw`` itself is left as it is and shared for the rest)."""
+    out = dict(raw)
+    for path, value in zip(paths, values):
+        node = out
+        for k in path[:-1]:
+            nxt = node.get(k)
+            if nxt is None:
+                nxt = {}
+            elif not isinstance(nxt, dict):
+                return apply_overrides(raw, list(zip(paths, values)))  # the same one-line error as --set
+            else:
+                nxt = dict(nxt)
+            node[k] = nxt
+            node = nxt
+        node[path[-1]] = copy.deepcopy(value) if isinstance(value, (dict, list)) else value
+    return out
+
+
 def _batch(sc: Scenario) -> int:
     w = sc.workload
     return w.global_batch_size if isinstance(w, TrainWorkload) else w.batch_size
@@ -328,19 +349,21 @@ def sweep(
 
     paths = [a.field.split(".") for a in axes]
     combos = list(itertools.product(*(a.values for a in axes)))
+    frozen = apply_overrides(raw, [])  # a private copy: each point shares it but for the tables it sets
     points = []
     for idx, combo in enumerate(combos):
         values = {a.field: v for a, v in zip(axes, combo)}
         rec = est = err = None
         try:
-            sc = scenario_from_dict(apply_overrides(raw, list(zip(paths, combo))), f"{where} (grid point {idx})", base)
+            sc = scenario_from_dict(_with_values(frozen, paths, combo), f"{where} (grid point {idx})", base)
             model = res.model(sc)
             sc.check_model(model)
             est = estimate_resolved(sc, model, res.hw(sc))
             rec = record(est, _batch(sc))
         except InputError as exc:
             err = _one_line(exc)
-        points.append(SweepPoint(index=idx, values=values, record=rec, estimate=est, error=err))
+        # every field built here with its type (the estimate is already a result): no revalidation per point
+        points.append(SweepPoint.model_construct(index=idx, values=values, record=rec, estimate=est, error=err))
         if progress is not None:
             progress(idx + 1, len(combos))
     name = str(raw.get("name", "scenario"))

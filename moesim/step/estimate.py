@@ -148,11 +148,14 @@ class _Timer:
 
     Within one pass an operation met again (the attention block under the MoE, p99 and dense templates, the
     router and shared experts under the mean and p99 loads) is timed once: operations are frozen and
-    compared by value, and ``memo`` maps each to its (time, bound).
+    compared by value, and ``memo`` maps each to its (time, bound). Across passes, :data:`_OP_TIMES` keeps
+    the (time, bound) of operations by profile digest, dtype and value (a sweep over prompt lengths meets
+    the same expert operations at every length).
     """
 
     def __init__(self, hw: HardwareProfile, par: Parallel, dtype: str):
         self.hw, self.par, self.dtype = hw, par, dtype
+        self.hw_key = bridge._hw_key(hw)
         self.a2a: dict[OpKind, float] = {}
         self.memo: dict[Op, tuple[float, str]] = {}
 
@@ -173,8 +176,13 @@ class _Timer:
             return t, "communication"
         hit = self.memo.get(op)
         if hit is None:
-            ot = time_op(self.hw, op, self.dtype)
-            hit = self.memo[op] = (ot.time_s, ot.bound)
+            key = (self.hw_key, self.dtype, op)
+            hit = _OP_TIMES.get(key)
+            if hit is None:
+                ot = time_op(self.hw, op, self.dtype)
+                hit = (ot.time_s, ot.bound)
+                _OP_TIMES.put(key, hit)
+            self.memo[op] = hit
         return hit
 
 
@@ -203,6 +211,7 @@ class _PassCache:
 
 
 _PASSES = _PassCache(4096)
+_OP_TIMES = _PassCache(65536)
 
 
 def _plain(x) -> bool:
@@ -353,7 +362,7 @@ def _layer_pass(rt: RoutingSpec, sched: Schedule, model: ModelSpec, hw: Hardware
     lm_t, lm_b = timer.op(lm)
     bound["lm_head"] = lm_b
     if not backward:
-        timings.append(OpTiming(kind="lm_head", layer="model", time_s=lm_t, flops=lm.flops, bytes_moved=lm.total_bytes,
+        timings.append(OpTiming.model_construct(kind="lm_head", layer="model", time_s=lm_t, flops=lm.flops, bytes_moved=lm.total_bytes,
                                 comm_bytes=0.0, group="", bound=lm_b, on_critical_path=True))
     return Pass(moe_s, moe_p99_s, dense_s, by_moe, by_dense, bound, timings, load_summary, emb_t, lm_t)
 
@@ -411,13 +420,13 @@ def _cost(sc: Scenario, hw: HardwareProfile, tokens_per_s: float, run_tokens: fl
         run_h = run_s * sc.num_gpus / 3600.0
         run_days = run_s / 86400.0
         run_usd = run_h * price if price else None
-    return CostResult(usd_per_gpu_hour=price, gpu_hours_per_million_tokens=gpu_h_per_m,
+    return CostResult.model_construct(usd_per_gpu_hour=price, gpu_hours_per_million_tokens=gpu_h_per_m,
                       usd_per_million_tokens=gpu_h_per_m * price if price else None,
                       run_tokens=run_tokens, run_gpu_hours=run_h, run_usd=run_usd, run_days=run_days)
 
 
 def _memory_result(m: MemoryBreakdown) -> MemoryResult:
-    return MemoryResult(by_category_bytes=m.by_category_bytes, total_bytes=m.total_bytes, capacity_bytes=m.capacity_bytes,
+    return MemoryResult.model_construct(by_category_bytes=m.by_category_bytes, total_bytes=m.total_bytes, capacity_bytes=m.capacity_bytes,
                         headroom_bytes=m.headroom_bytes, fits=m.fits, stage=m.stage)
 
 
@@ -610,7 +619,7 @@ def _train(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Parallel, d
     notes = []
     if par.pp > 1:
         notes.append(f"1F1B pipeline: {m} micro-batches over {par.pp} stages, bubble {by_stage['pipeline_bubble']:.3g} s")
-    return Estimate(
+    return Estimate.model_construct(  # every field built here with its type: no validation on the hot path
         scenario=sc.name, model=model.name, hardware=hw.name, num_gpus=sc.num_gpus, workload="train", phase="train",
         layout=_layout_dict(sc, par), fits=mem.fits, memory_per_gpu_bytes=mem.total_bytes, memory=_memory_result(mem),
         tokens_per_s=tps, tokens_per_s_per_gpu=tps / sc.num_gpus, mfu_frac=st.mfu_frac, mfu_bf16_frac=st.mfu_bf16_frac,
@@ -761,7 +770,7 @@ def _serve(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Parallel) -
     by_stage = _by_stage_total(main, st.counts, 0)
     mem, max_batch = serve_memory(sc, model, hw, par)
     ctx = w.prompt_tokens + w.output_tokens / 2
-    return Estimate(
+    return Estimate.model_construct(  # every field built here with its type: no validation on the hot path
         scenario=sc.name, model=model.name, hardware=hw.name, num_gpus=sc.num_gpus, workload="serve", phase=w.phase,
         layout=_layout_dict(sc, par), fits=mem.fits, memory_per_gpu_bytes=mem.total_bytes, memory=_memory_result(mem),
         tokens_per_s=tps, tokens_per_s_per_gpu=tps / sc.num_gpus, mfu_frac=mfu, mfu_bf16_frac=mfu_bf16,

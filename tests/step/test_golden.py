@@ -45,3 +45,19 @@ def test_public_api_repeats_give_the_recorded_output(run_cli) -> None:
         want = golden_path(folder, path).read_text()
         for _ in range(3):
             assert json.dumps(to_jsonable(moesim.estimate(sc)), indent=2) + "\n" == want
+
+
+def test_results_built_without_validation_validate_to_themselves() -> None:
+    """The step model builds its results with ``model_construct`` (no validation in the hot path): each field
+    must already have the type validation would give it."""
+    import json
+
+    import moesim
+    from moesim.cli.common import to_jsonable
+    from moesim.step.result import Estimate
+
+    for _, path in CASES:
+        est = moesim.estimate(moesim.load_scenario(path))
+        again = Estimate.model_validate(est.model_dump())
+        assert json.dumps(to_jsonable(again)) == json.dumps(to_jsonable(est))
+        assert again.model_dump_json() == est.model_dump_json()
