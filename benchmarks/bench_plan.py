@@ -1,38 +1,110 @@
-"""Speed of capacity planning (issue: plan, sweep and compare).
+"""Speed of capacity planning, against a baseline measured in the same run.
 
-Prints candidates evaluated per second for DeepSeek-V3 serving and training and
-the wall time of a full ``plan`` for DeepSeek-V3 serving on up to 512 GPUs across
-every shipped GPU profile, cold (empty caches) and warm.
+* ``plan`` for DeepSeek-V3 training on H800 + H100 up to 2048 GPUs (throughput objective): wall time and
+  timed candidates per second, in a fresh process (empty caches: the expert-load draws, topologies and
+  collectives are computed in the timed region), then the same plan again in that process (warm);
+* ``plan`` for DeepSeek-V3 serving over every shipped GPU profile up to 512 GPUs, the same way.
 
-    taskset -c 0 python benchmarks/bench_plan.py
+Times are CPU seconds of the ``plan`` call (``time.process_time``), the time it takes on an idle core (on
+a shared core wall-clock figures stretch with the load); candidates per second are timed candidates over
+that whole call. The baseline is the same measurement on another commit of this repository (``--baseline``, default the
+last commit before the speed work), unpacked with ``git archive`` into a temporary folder and imported from
+there, so both columns come from this run on this machine; ratio = baseline / current (> 1 is faster; for
+candidates per second, current / baseline). ``--baseline none`` skips it. Targets are issue 13's. Run it
+pinned to one core:
+
+    taskset -c 0 python benchmarks/bench_plan.py [--baseline REF]
 """
 
 from __future__ import annotations
 
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
+
+from bench_estimate import DEFAULT_BASELINE, REPO, unpack
+
+#: (key, label, unit, target, higher is better)
+FIGURES = [
+    ("train_cold_s", "plan deepseek-v3-train-h800, h800 + h100-sxm, <= 2048 GPUs: wall", "s", 3.0, False),
+    ("train_cold_cps", "  timed candidates per second", "/s", 10_000.0, True),
+    ("train_warm_s", "  the same plan again in that process: wall", "s", None, False),
+    ("train_warm_cps", "  timed candidates per second", "/s", None, True),
+    ("serve_cold_s", "plan deepseek-v3-serve-h200, every GPU profile, <= 512 GPUs: wall", "s", 3.0, False),
+    ("serve_cold_cps", "  timed candidates per second", "/s", None, True),
+    ("serve_warm_s", "  the same plan again in that process: wall", "s", None, False),
+]
+
+
+def _plan(kind: str) -> dict[str, float]:
+    from moesim.plan.search import Constraints, plan
+
+    if kind == "train":
+        args = dict(hardware=["h800", "h100-sxm"], constraints=Constraints(max_gpus=2048), objective="throughput")
+        name = "deepseek-v3-train-h800"
+    else:
+        args = dict(constraints=Constraints(max_gpus=512))
+        name = "deepseek-v3-serve-h200"
+    out = {}
+    for run in ("cold", "warm"):
+        t = time.process_time()
+        r = plan(name, **args)
+        cpu = time.process_time() - t
+        out[f"{kind}_{run}_s"] = cpu
+        out[f"{kind}_{run}_cps"] = r.num_timed / cpu  # over the whole call, setup included
+        out[f"{kind}_timed"] = r.num_timed
+    return out
+
+
+def run_tree(tree: Path) -> dict[str, float]:
+    env = dict(os.environ, PYTHONPATH=str(tree), PYTHONDONTWRITEBYTECODE="1")
+    out: dict[str, float] = {}
+    for kind in ("train", "serve"):
+        res = subprocess.run([sys.executable, __file__, "--measure", kind], env=env, cwd=tree, check=True,
+                             capture_output=True, text=True)
+        out.update(json.loads(res.stdout.strip().splitlines()[-1]))
+    return out
+
+
+def _fmt(v: float | None, unit: str) -> str:
+    if v is None:
+        return "-"
+    return f"{v:,.0f}/s" if unit == "/s" else f"{v:.2f} s"
+
+
+def report(cur: dict[str, float], base: dict[str, float] | None, ref: str) -> None:
+    print(f"baseline: commit {ref}" if base else "baseline: none")
+    print(f"timed candidates: train {cur.get('train_timed', 0):,}, serve {cur.get('serve_timed', 0):,}"
+          + (f" (baseline {base.get('train_timed', 0):,}, {base.get('serve_timed', 0):,})" if base else ""))
+    print(f"{'figure':<68} {'current':>11} {'baseline':>11} {'ratio':>7} {'target':>10}  met")
+    for key, label, unit, target, higher in FIGURES:
+        c = cur.get(key)
+        b = base.get(key) if base else None
+        ratio = "-" if not (b and c) else f"{(c / b if higher else b / c):6.1f}x"
+        met = "" if target is None else ("yes" if c is not None and (c >= target if higher else c <= target) else "no")
+        print(f"{label:<68} {_fmt(c, unit):>11} {_fmt(b, unit):>11} {ratio:>7} {_fmt(target, unit):>10}  {met}")
+    print("CPU seconds on one core; ratio > 1: faster than the baseline; targets from issue 13")
 
 
 def main() -> None:
-    from moesim.plan.search import Constraints, plan
-
-    t = time.perf_counter()
-    r = plan("deepseek-v3-serve-h200", constraints=Constraints(max_gpus=512))
-    cold = time.perf_counter() - t
-    print(f"plan deepseek-v3-serve-h200, all profiles, <= 512 GPUs: cold {cold:.2f} s wall; "
-          f"{r.num_candidates:,} candidates considered, {r.num_timed:,} timed, {r.num_feasible:,} feasible; "
-          f"{r.candidates_per_s:,.0f} timed candidates/s")
-    t = time.perf_counter()
-    r = plan("deepseek-v3-serve-h200", constraints=Constraints(max_gpus=512))
-    warm = time.perf_counter() - t
-    print(f"  same plan again (warm caches): {warm:.2f} s wall, {r.candidates_per_s:,.0f} timed candidates/s")
-
-    t = time.perf_counter()
-    r = plan("deepseek-v3-train-h800", hardware=["h800", "h100-sxm"], constraints=Constraints(max_gpus=2048),
-             objective="throughput")
-    dt = time.perf_counter() - t
-    print(f"plan deepseek-v3-train-h800 on h800 + h100-sxm, <= 2048 GPUs: {dt:.2f} s wall; "
-          f"{r.num_candidates:,} considered, {r.num_timed:,} timed, {r.num_feasible:,} feasible; "
-          f"{r.candidates_per_s:,.0f} timed candidates/s")
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--baseline", default=DEFAULT_BASELINE, help="commit to compare with, or 'none'")
+    ap.add_argument("--measure", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.measure:
+        print(json.dumps(_plan(args.measure)))
+        return
+    cur = run_tree(REPO)
+    base = None
+    if args.baseline != "none":
+        with tempfile.TemporaryDirectory(prefix="moesim-baseline-") as tmp:
+            base = run_tree(unpack(args.baseline, Path(tmp)))
+    report(cur, base, args.baseline)
 
 
 if __name__ == "__main__":

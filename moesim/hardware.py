@@ -85,8 +85,15 @@ class Curve(_Frozen):
             t = (s - xs[i - 1]) / (xs[i] - xs[i - 1])
             return ys[i - 1] + t * (ys[i] - ys[i - 1])
         s_arr = np.log(np.maximum(np.asarray(size, dtype=float), 1e-30))
-        out = np.interp(s_arr, xs, ys)
+        xa, ya = self._log_xy_arrays
+        out = np.interp(s_arr, xa, ya)
         return float(out) if np.ndim(out) == 0 else out
+
+    @cached_property
+    def _log_xy_arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """:attr:`_log_xy` as float arrays (what ``np.interp`` would convert the lists to on every call)."""
+        xs, ys = self._log_xy
+        return np.asarray(xs, dtype=float), np.asarray(ys, dtype=float)
 
     @classmethod
     def constant(cls, frac: float) -> "Curve":
