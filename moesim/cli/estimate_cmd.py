@@ -18,7 +18,6 @@ def estimate(scenario: str | None, overrides: tuple[str, ...], as_json: bool) ->
     Prints the model card, memory per GPU, time by stage with its bound, expert
     load imbalance, throughput, MFU and cost.
     """
-    from ..card import model_card
     from ..scenario import load_scenario
     from ..step.estimate import estimate_resolved
 
@@ -29,6 +28,7 @@ def estimate(scenario: str | None, overrides: tuple[str, ...], as_json: bool) ->
     if as_json:
         emit_json(est)
         return
+    from ..card import model_card  # the report's model card only (not the JSON)
     from .render.estimate import render_estimate
 
     render_estimate(sc, model_card(model), est)
