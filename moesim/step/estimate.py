@@ -64,6 +64,7 @@ from .ops import (
     lm_head_op,
     moe_ops,
 )
+from .memo import by_model
 from .parallel import Parallel
 from .result import CostResult, Estimate, LoadSummary, MemoryResult, OpTiming
 from .schedule import critical_path_s, critical_path_time
@@ -372,13 +373,44 @@ def _layer_pass(rt: RoutingSpec, sched: Schedule, model: ModelSpec, hw: Hardware
 
 def _stage_layers(model: ModelSpec, par: Parallel, stages: list[list[int]] | None = None) -> list[tuple[int, int, bool, bool]]:
     """(moe layers, dense layers, first, last) per stage; MTP modules count as MoE layers of the last stage."""
-    moe_idx = set(model.moe_layer_indices)
-    out = []
     stages = stages if stages is not None else par.layers_per_stage(model)
-    for s, layers in enumerate(stages):
-        n_moe = sum(1 for i in layers if i in moe_idx)
-        out.append((n_moe, len(layers) - n_moe, s == 0, s == len(stages) - 1))
-    return out
+    return [(n_moe, n - n_moe, s == 0, s == len(stages) - 1)
+            for s, (n_moe, n, _) in enumerate(_stage_shape(model, _stages_key(stages)))]
+
+
+def _stages_key(stages: list[list[int]]) -> tuple[tuple[int, ...], ...]:
+    return tuple(tuple(layers) for layers in stages)
+
+
+@by_model(4096)
+def _stage_shape(model: ModelSpec, stages: tuple[tuple[int, ...], ...]) -> tuple[tuple[int, int, bool], ...]:
+    """Per stage: (MoE layers, layers, whether its last layer is an MoE layer)."""
+    moe_idx = set(model.moe_layer_indices)
+    return tuple((sum(1 for i in layers if i in moe_idx), len(layers), bool(layers) and layers[-1] in moe_idx)
+                 for layers in stages)
+
+
+@by_model(64)
+def _moe_mask(model: ModelSpec) -> tuple[bool, ...]:
+    """Whether each layer is an MoE layer."""
+    moe_idx = set(model.moe_layer_indices)
+    return tuple(i in moe_idx for i in range(model.num_layers))
+
+
+@by_model(4096)
+def _stage_param_list(model: ModelSpec, tp: int, ep: int, etp: int, one_stage: bool,
+                      stages: tuple[tuple[int, ...], ...], red: int) -> tuple[StageParams, ...]:
+    """Parameters one GPU of each stage holds (:func:`stage_params`), the MTP modules on the last stage."""
+    par = Parallel(None, tp, 1 if one_stage else 2, None, ep, etp, None, None, None, None)  # type: ignore[arg-type]
+    sp = [stage_params(model, par, list(layers), s == 0, s == len(stages) - 1, red) for s, layers in enumerate(stages)]
+    mtp = model.mtp.num_modules
+    if mtp:
+        last = sp[-1]
+        extra = stage_params(model, par, [model.moe_layer_indices[-1]] * mtp if model.moe else [0] * mtp, False, False,
+                             red)
+        sp[-1] = type(last)(dense=last.dense + extra.dense + 2 * model.hidden_size ** 2 * mtp / par.tp,
+                            expert=last.expert + extra.expert)
+    return tuple(sp)
 
 
 def _stage_time(p: Pass, n_moe: int, n_dense: int, first: bool, last: bool, mtp: int, *, p99: bool = False) -> float:
@@ -443,8 +475,8 @@ def _vec(x) -> bool:
 
 
 def _max_of(xs: list):
-    """``max(xs)``, elementwise when some are arrays (one value per layout)."""
-    if any(_vec(x) for x in xs):
+    """``max(xs)``, elementwise when they are arrays (one value per layout; all of a list are alike)."""
+    if isinstance(xs[0], np.ndarray):
         out = xs[0]
         for x in xs[1:]:
             out = np.maximum(out, x)
@@ -518,9 +550,9 @@ def _train_step(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Parall
     dt = w.compute_dtype
     mtp = model.mtp.num_modules
     recompute = 1.0 if w.recompute == "full" else 0.0
-    moe_idx = set(model.moe_layer_indices)
-    per_layer = [((fwd.moe_s if i in moe_idx else fwd.dense_s) * (1 + recompute) + (bwd.moe_s if i in moe_idx else bwd.dense_s))
-                 for i in range(model.num_layers)]
+    moe_cost = fwd.moe_s * (1 + recompute) + bwd.moe_s
+    dense_cost = fwd.dense_s * (1 + recompute) + bwd.dense_s
+    per_layer = [moe_cost if is_moe else dense_cost for is_moe in _moe_mask(model)]
     stages = par.balanced_stages(per_layer, first_extra=fwd.embedding_s + bwd.embedding_s,
                                  last_extra=(fwd.lm_head_s + bwd.lm_head_s) * (1 + mtp)
                                  + mtp * ((fwd.moe_s) * (1 + recompute) + bwd.moe_s))
@@ -530,11 +562,14 @@ def _train_step(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Parall
     p2p = _per_layout(par, lambda p: bridge.p2p_time_s(hw, p, p2p_bytes)) if par.pp > 1 else 0.0
 
     def stage_times(p99: bool) -> list:
-        out = []
-        for n_moe, n_dense, first, last in counts:
-            f = _stage_time(fwd, n_moe, n_dense, first, last, mtp, p99=p99)
-            b = _stage_time(bwd, n_moe, n_dense, first, last, mtp, p99=p99)
-            out.append(f * (1 + recompute) + b + 2 * p2p)
+        out, seen = [], {}
+        for c in counts:  # stages of equal shape (most of them) take the same time
+            t = seen.get(c)
+            if t is None:
+                f = _stage_time(fwd, *c, mtp, p99=p99)
+                b = _stage_time(bwd, *c, mtp, p99=p99)
+                t = seen[c] = f * (1 + recompute) + b + 2 * p2p
+            out.append(t)
         return out
 
     def bwd_time(idx: int) -> float:
@@ -550,14 +585,8 @@ def _train_step(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Parall
         pipe_p99 = pipe_mean
 
     # parameters, gradient reduction and optimizer on the stage with the most parameters
-    red = sc.routing.redundant_experts
-    sp = [stage_params(model, par, layers, s == 0, s == len(stages) - 1, red) for s, layers in enumerate(stages)]
-    if mtp:
-        last = sp[-1]
-        extra = stage_params(model, par, [model.moe_layer_indices[-1]] * mtp if model.moe else [0] * mtp, False, False,
-                             red)
-        sp[-1] = type(last)(dense=last.dense + extra.dense + 2 * model.hidden_size ** 2 * mtp / par.tp,
-                            expert=last.expert + extra.expert)
+    sp = _stage_param_list(model, par.tp, par.ep, par.etp, par.pp == 1, _stages_key(stages),
+                           sc.routing.redundant_experts)
     big = max(range(len(sp)), key=lambda i: sp[i].dense + sp[i].expert)
     grad_bytes = 4.0 if w.master_weights_fp32 else 2.0
     t_grad = _per_layout(par, lambda p: bridge.grad_sync_time_s(hw, p, sp[big].dense * grad_bytes,
@@ -649,17 +678,15 @@ def train_memory_table(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par:
     ``par`` and ``m`` hold one value per layout (:func:`train_curve`). Every stage's figures are the same
     elementwise arithmetic (see the module docstring of :mod:`moesim.step.memory`)."""
     w: TrainWorkload = sc.workload  # type: ignore[assignment]
-    moe_idx = set(model.moe_layer_indices)
     ab = 1.0 if w.compute_dtype == "fp8" else 2.0
-    act_moe = layer_activation_bytes(model, par, n, w.seq_len, w.recompute, copies, True, ab) if moe_idx else 0.0
+    act_moe = layer_activation_bytes(model, par, n, w.seq_len, w.recompute, copies, True, ab) if model.moe_layer_indices else 0.0
     act_dense = layer_activation_bytes(model, par, n, w.seq_len, w.recompute, copies, False, ab)
     num = len(stages)
     per_mb = []
-    for layers in stages:
-        n_moe = sum(1 for i in layers if i in moe_idx)
-        acts_per_microbatch_bytes = n_moe * act_moe + (len(layers) - n_moe) * act_dense
-        if w.recompute == "full" and layers:
-            acts_per_microbatch_bytes += layer_activation_bytes(model, par, n, w.seq_len, "selective", copies, layers[-1] in moe_idx, ab)
+    for n_moe, n_layers, last_is_moe in _stage_shape(model, _stages_key(stages)):
+        acts_per_microbatch_bytes = n_moe * act_moe + (n_layers - n_moe) * act_dense
+        if w.recompute == "full" and n_layers:
+            acts_per_microbatch_bytes += layer_activation_bytes(model, par, n, w.seq_len, "selective", copies, last_is_moe, ab)
         per_mb.append(acts_per_microbatch_bytes)
     if _vec(par.dp):  # stages down, layouts across
         col = (slice(None), None)
