@@ -356,11 +356,12 @@ def _build(spec: NetworkSpec, num_nodes: int) -> Topology:
             for k in range(nics):
                 nic_leaf[node, k] = g * layout.leaf_slots + layout.nic_leaf_slot[k]
         bw, lat, eff = spec.nic_bytes_per_s, spec.scale_out_latency_s, spec.scale_out_frac
+        gpus_of_nic = [np.nonzero(frac[:, k])[0].tolist() for k in range(nics)]  # the same on every node
         for node in range(num_nodes):
             for k in range(nics):
                 nic = ("nic", node, k)
-                for i in np.nonzero(frac[:, k])[0]:
-                    a = node * node_size + int(i)
+                for i in gpus_of_nic[k]:
+                    a = node * node_size + i
                     pcie_up[node, i, k] = add(("gpu", a), nic, LinkKind.PCIE, math.inf, 1.0, 0.0)
                     pcie_down[node, i, k] = add(nic, ("gpu", a), LinkKind.PCIE, math.inf, 1.0, 0.0)
                 leaf = ("leaf", int(nic_leaf[node, k]))

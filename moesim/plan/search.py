@@ -136,8 +136,9 @@ def layouts(model: ModelSpec, hw: HardwareProfile, num_gpus: int, training: bool
                     if moe is not None and (moe.expert_ffn_dim % etp or stage % (ep * etp)):
                         continue
                     for zero in ((1, 3) if training else (0,)):
-                        out.append(Layout(tp=tp, pp=pp, ep=ep, etp=etp, zero_stage=zero,
-                                          sequence_parallel=training and tp > 1))
+                        # generated within every bound of the schema: built without re-validating each
+                        out.append(Layout.model_construct(tp=tp, pp=pp, ep=ep, etp=etp, zero_stage=zero,
+                                                          sequence_parallel=training and tp > 1))
     return out
 
 

@@ -166,6 +166,10 @@ def collective_time_s(hw: HardwareProfile, par: Parallel, collective: str, size_
     ``size_bytes`` may be a numpy array (one value per candidate); the result then is too.
     """
     size, per_node = _group(par, group)
+    if type(size_bytes) is float or type(size_bytes) is int:  # a plain number (the scalar estimate, most calls)
+        if size <= 1 or size_bytes <= 0:
+            return 0.0
+        return _collective_cached(_hw_key(hw), collective, float(size_bytes), size, per_node)
     if size <= 1:
         return np.zeros(np.shape(size_bytes)) if np.ndim(size_bytes) else 0.0
     key = _hw_key(hw)
