@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from functools import cached_property
+import os
+from functools import cached_property, lru_cache
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -39,17 +40,6 @@ def _parse_model(where: str, data: bytes) -> ModelSpec:
     return _prepared(spec)
 
 
-def bundled_model_path(name: str) -> Path | None:
-    """The file of bundled model ``name`` (a key of :func:`bundled_models`) without listing the folder."""
-    if not name or name.startswith(".") or any(c in name for c in "/\\\0"):
-        return None
-    p = models_dir() / f"{name}.toml"
-    try:
-        return p if p.exists() else None
-    except (OSError, ValueError):  # a name too long for the file system
-        return None
-
-
 def _prepared(spec: ModelSpec) -> ModelSpec:
     """``spec`` with its derived values computed, so that every copy handed out carries them."""
     from .params import count_params
@@ -65,11 +55,13 @@ def bundled_model_path(name: str) -> Path | None:
     """The file of bundled model ``name`` (a key of :func:`bundled_models`) without listing the folder."""
     if not name or name.startswith(".") or any(c in name for c in "/\\\0"):
         return None
-    p = models_dir() / f"{name}.toml"
-    try:
-        return p if p.exists() else None
-    except (OSError, ValueError):  # a name too long for the file system
-        return None
+    p = os.path.join(_models_dir(), name + ".toml")
+    return Path(p) if os.path.exists(p) else None  # False for a name too long for the file system
+
+
+@lru_cache(maxsize=1)
+def _models_dir() -> str:
+    return str(models_dir())
 
 
 def load_model(name_or_path: str | Path) -> ModelSpec:

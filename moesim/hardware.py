@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import bisect
 import math
-from functools import cached_property
+import os
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -419,14 +420,16 @@ def bundled_profile_path(name: str) -> Path | None:
     """The file of shipped profile ``name`` (a key of :func:`bundled_hardware`) without listing the folders."""
     if not name or name.startswith(".") or any(c in name for c in "/\\\0"):
         return None
-    root = hardware_dir()
-    try:
-        for p in (root / f"{name}.toml", root / "calibrated" / f"{name}.json"):
-            if p.exists():
-                return p
-    except (OSError, ValueError):  # a name too long for the file system
-        return None
+    root = _hardware_dir()
+    for p in (os.path.join(root, name + ".toml"), os.path.join(root, "calibrated", name + ".json")):
+        if os.path.exists(p):  # False for a name too long for the file system
+            return Path(p)
     return None
+
+
+@lru_cache(maxsize=1)
+def _hardware_dir() -> str:
+    return str(hardware_dir())
 
 
 def read_profile_file(path: Path) -> HardwareProfile:
