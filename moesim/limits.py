@@ -260,6 +260,20 @@ OVERSUBSCRIPTION = Limit("an oversubscription ratio", 1, 1_000, "fabrics are bui
 CAPACITY_FACTOR = Limit("a capacity factor", 0, 1_000, "published runs use 1 to 2; above E / k it only adds padding",
                         integer=False, lo_open=True)
 MEAN_EXPERTS = Limit("mean experts per token", 0, EXPERTS.hi, EXPERTS.why, integer=False, lo_open=True)
+DIRICHLET_CONCENTRATION = Limit("a Dirichlet concentration", 0.05, 1e6,
+                                "below 0.05 a draw leaves experts with shares under 1e-300 that the load model "
+                                "cannot resolve", integer=False)
+#: the inclusion probabilities of non-uniform top-k routing cost about experts x top-k^2
+SKEWED_ROUTING_WORK = Limit(
+    "experts x top-k^2 of non-uniform top-k routing", 1, 2**18,
+    "beyond it the load model's top-k inclusion probabilities take minutes",
+)
+REDUNDANT_EXPERTS = Limit("redundant expert replicas", 0, 4_096,
+                          "64x the 64 redundant and shared slots of DeepSeek-V3's decode deployment")
+PLACEMENT_WORK = Limit(
+    "experts per EP rank x redundant experts", 0, 2**17,
+    "placing each replica scans the experts of a rank; beyond it placement takes minutes",
+)
 SAMPLES = Limit("Monte Carlo samples", 1, 10_000, "the p99 tail of the load settles within a few thousand samples")
 SEED = Limit("a seed", 0, 2**63 - 1, "numpy seeds are non-negative 64-bit integers")
 #: the load model keeps (samples x experts), (ranks x experts) and (samples x ranks) tables
@@ -267,6 +281,29 @@ LOAD_MODEL_CELLS = Limit(
     "cells of the load model's tables", 1, 2**23,
     "larger load-model tables take minutes and gigabytes",
 )
+
+def routing_problem(distribution: str, num_experts: int, top_k: int) -> str | None:
+    """Why routing ``distribution`` (its text form) over ``num_experts`` with ``top_k`` is outside the load model's
+    limits (:data:`DIRICHLET_CONCENTRATION`, :data:`SKEWED_ROUTING_WORK`), or None. Reads no file."""
+    parts = [p.strip().lower() for p in str(distribution).replace(";", ",").split(",")]
+    for part in parts:
+        kind, _, rest = part.partition(":")
+        if kind == "dirichlet":
+            try:
+                alpha = float(rest.split(":")[0].split("@")[0])
+            except ValueError:
+                continue  # the distribution parser words this one
+            if DIRICHLET_CONCENTRATION.problem(alpha) is not None:
+                return (f"dirichlet concentration {short(alpha)} is outside {DIRICHLET_CONCENTRATION.allowed} "
+                        f"({DIRICHLET_CONCENTRATION.why})")
+    skewed = any(p.partition(":")[0] not in ("uniform", "") for p in parts if not p.replace(".", "").isdigit())
+    work = num_experts * top_k * top_k
+    if skewed and top_k > 1 and work > SKEWED_ROUTING_WORK.hi:
+        return (f"experts x top-k^2 ({num_experts:,} x {top_k:,}^2 = {work:,}) must be at most "
+                f"{int(SKEWED_ROUTING_WORK.hi):,} with non-uniform routing ({SKEWED_ROUTING_WORK.why}); "
+                "use uniform routing or fewer experts")
+    return None
+
 
 # Money, bytes, time
 

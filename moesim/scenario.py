@@ -59,7 +59,7 @@ class RoutingSpec(_Spec):
     distribution: L.text(L.DISTRIBUTION) = Field("uniform", description="'uniform', 'zipf:S', 'dirichlet:A', or 'hist:FILE' / 'hist:a,b,...'.")
     capacity_factor: L.number(L.CAPACITY_FACTOR) | None = Field(None, description="Expert capacity factor; None = dropless.")
     placement: Literal["contiguous", "round_robin", "load_aware"] = Field("contiguous", description="Expert placement.")
-    redundant_experts: L.count(L.EXPERTS_OR_ZERO) = Field(0, description="Extra expert replicas in total (EPLB), spread over EP ranks.")
+    redundant_experts: L.count(L.REDUNDANT_EXPERTS) = Field(0, description="Extra expert replicas in total (EPLB), spread over EP ranks.")
     node_limit: L.count(L.NODES) | None = Field(
         None, description="Each token reaches at most this many nodes (DeepSeek-V3: 4); inactive when the EP group "
         "spans no more nodes than this."
@@ -284,7 +284,15 @@ class Scenario(_Spec):
                              f"(its max_context); allowed: at most {model.max_context:,} tokens per sequence",
                              source=src, field=field)
         if model.moe is not None:
+            msg = L.routing_problem(self.routing.distribution, model.moe.num_experts, model.moe.top_k)
+            if msg is not None:
+                raise InputError(msg, source=src, field="routing.distribution")
             experts = model.moe.num_experts + self.routing.redundant_experts
+            per_rank = -(-model.moe.num_experts // self.layout.ep)
+            if per_rank * self.routing.redundant_experts > L.PLACEMENT_WORK.hi:
+                raise InputError(f"experts per EP rank x routing.redundant_experts ({per_rank:,} x "
+                                 f"{self.routing.redundant_experts:,}) must be at most {int(L.PLACEMENT_WORK.hi):,} "
+                                 f"({L.PLACEMENT_WORK.why})", source=src, field="routing.redundant_experts")
             cells = L.LOAD_MODEL_CELLS.hi
             for field, what, n in (
                 ("routing.samples", f"routing.samples x experts ({self.routing.samples:,} x {experts:,})",

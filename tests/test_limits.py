@@ -165,7 +165,7 @@ def test_load_tables_too_large_to_evaluate_quickly_are_refused(run_cli):
     line = _err(run_cli, "load", "--experts", "16384", "--top-k", "8", "--ep", "16384")
     assert "--ep" in line and f"{int(L.LOAD_MODEL_CELLS.hi):,}" in line
     line = _err(run_cli, "estimate", "deepseek-v3-decode-h800", "--set", "routing.samples=10000",
-                "--set", "routing.redundant_experts=16000")
+                "--set", "routing.redundant_experts=4000")
     assert "routing.samples" in line
 
 
@@ -173,3 +173,19 @@ def test_estimate_json_is_byte_identical_across_runs(tmp_path):
     runs = [subprocess.run([sys.executable, "-m", "moesim.cli.main", "estimate", "--json"], cwd=tmp_path,
                            capture_output=True, timeout=120) for _ in range(2)]
     assert runs[0].returncode == 0 and runs[0].stdout == runs[1].stdout and runs[0].stdout
+
+
+def test_load_model_work_limits_are_refused_before_minutes_of_computation(run_cli):
+    """Skewed routing with a large top-k, tiny Dirichlet concentrations and replica placement over many
+    experts per rank each have a bound; inside them the same commands answer in seconds."""
+    line = _err(run_cli, "load", "--experts", "256", "--top-k", "64", "-d", "dirichlet:0.1")
+    assert "--distribution" in line and "262,144" in line
+    line = _err(run_cli, "comm", "all-to-all", "-H", "h800", "-n", "64", "-t", "4096", "-k", "64", "-e", "256",
+                "--hidden", "7168", "-d", "zipf:1")
+    assert "--distribution" in line and "top-k^2" in line
+    line = _err(run_cli, "estimate", "deepseek-v3-train-h800", "--set", "routing.distribution=dirichlet:0.001")
+    assert "routing.distribution" in line and "0.05" in line
+    line = _err(run_cli, "load", "--experts", "16384", "--top-k", "8", "--ep", "2", "--redundant-experts", "256")
+    assert "--redundant-experts" in line and "131,072" in line
+    assert run_cli("load", "--experts", "256", "--top-k", "64", "--json").exit_code == 0  # uniform stays cheap
+    assert run_cli("load", "--experts", "256", "--top-k", "8", "-d", "dirichlet:0.05:3", "--json").exit_code == 0

@@ -271,6 +271,9 @@ def all_to_all(hardware: str, ranks: int, ranks_per_node: int | None, tokens_per
         cb = b
     assert b is not None and cb is not None and tokens_per_rank is not None and top_k is not None
     assert experts is not None
+    msg = L.routing_problem(distribution, experts, top_k)
+    if msg is not None:
+        raise InputError(msg, source="--distribution")
     kw = dict(num_ranks=ranks, top_k=top_k, num_experts=experts, bytes_per_token=b, combine_bytes_per_token=cb,
               node_limit=node_limit, algorithm=algorithm, distribution=distribution, ranks_per_node=ranks_per_node)
     res = api.all_to_all(prof, tokens_per_rank=tokens_per_rank, **kw)

@@ -76,7 +76,7 @@ def _named(exc: Exception) -> Exception:
               help="Capacity factor (padded execution, drops); omit for dropless.")
 @click.option("--placement", type=click.Choice(["contiguous", "round_robin", "load_aware"]), default=None,
               help="Expert placement over ranks [default: contiguous, or the scenario's].")
-@click.option("--redundant-experts", "num_redundant", type=Bounded(L.EXPERTS_OR_ZERO, lower=False), default=None,
+@click.option("--redundant-experts", "num_redundant", type=Bounded(L.REDUNDANT_EXPERTS, lower=False), default=None,
               help="Redundant replicas of hot experts (EPLB) [default: 0, or the scenario's].")
 @click.option("--samples", "num_samples", type=Bounded(L.SAMPLES, lower=False), default=None,
               help="Monte Carlo steps [default: 256].")
@@ -277,7 +277,7 @@ def _run(
 
         spec = _spec(None, fields)
 
-    _check_load_size(spec, "--tokens" if model is None or num_tokens is not None else "moesim load")
+    _check_load_size(spec, "--tokens" if model is None or num_tokens is not None else "moesim load", distribution)
     title = model.name if model is not None else None
     from .render import load as render
 
@@ -301,12 +301,20 @@ def _run(
             click.echo(f"wrote {plot_path}", err=True)
 
 
-def _check_load_size(spec: Any, tokens_source: str) -> None:
-    """Refuse a load model too large to evaluate in seconds (limits.STEP_TOKENS, limits.LOAD_MODEL_CELLS)."""
+def _check_load_size(spec: Any, tokens_source: str, distribution: str) -> None:
+    """Refuse a load model too large to evaluate in seconds (limits.STEP_TOKENS, limits.LOAD_MODEL_CELLS,
+    limits.routing_problem)."""
     from ..errors import InputError
 
     L.STEP_TOKENS.check(spec.num_tokens, source=tokens_source, field="num_tokens")
+    msg = L.routing_problem(distribution, spec.num_experts, spec.top_k)
+    if msg is not None:
+        raise InputError(msg, source="--distribution")
     experts = spec.num_experts + spec.num_redundant_experts
+    per_rank = -(-spec.num_experts // spec.ep_size)
+    if per_rank * spec.num_redundant_experts > L.PLACEMENT_WORK.hi:
+        raise InputError(f"experts per rank x --redundant-experts ({per_rank:,} x {spec.num_redundant_experts:,}) must "
+                         f"be at most {int(L.PLACEMENT_WORK.hi):,} ({L.PLACEMENT_WORK.why})", source="--redundant-experts")
     for flag, what, n in (
         ("--samples", f"--samples x experts ({spec.num_samples:,} x {experts:,})", spec.num_samples * experts),
         ("--ep", f"--ep x experts ({spec.ep_size:,} x {experts:,})", spec.ep_size * experts),

@@ -229,6 +229,10 @@ def _check_search_size(sc, model, max_gpus: int) -> None:  # noqa: ANN001
     if model.moe is None:
         return
     experts = model.moe.num_experts + sc.routing.redundant_experts
+    if model.moe.num_experts * sc.routing.redundant_experts > L.PLACEMENT_WORK.hi:  # the search starts at EP 1
+        raise InputError(f"routing.redundant_experts ({sc.routing.redundant_experts:,}) x the {model.moe.num_experts:,} "
+                         f"experts of EP 1 must be at most {int(L.PLACEMENT_WORK.hi):,} ({L.PLACEMENT_WORK.why})",
+                         source="--set", field="routing.redundant_experts")
     max_ep = min(max_gpus, model.moe.num_experts)
     n = max_ep * max(experts, sc.routing.samples)
     if n > L.LOAD_MODEL_CELLS.hi:
