@@ -122,6 +122,10 @@ class LazyGroup(click.Group):
 def cli(ctx: click.Context, verbose: bool) -> None:
     """moesim: performance and cost of Mixture-of-Experts models on real hardware."""
     ctx.obj = {"verbose": verbose}
+    if not verbose:  # numpy's floating-point warnings would break the one-line output; -v shows them
+        import warnings
+
+        warnings.simplefilter("ignore", RuntimeWarning)
 
 
 def main(argv: list[str] | None = None) -> None:
