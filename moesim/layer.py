@@ -159,13 +159,9 @@ def _maximum(x: Any, lo: float) -> Any:
     return np.maximum(x, lo)
 
 
-def _log2_passes(n: float) -> float:
-    return max(1.0, math.log2(max(float(n), 2.0)))
-
-
 def sort_bytes(n: float) -> float:
     """A comparison sort of ``n`` int64 keys (+ indices) modelled as ``log2(n)`` passes over them."""
-    return 2.0 * n * INDEX_BYTES * _log2_passes(n)
+    return 2.0 * n * INDEX_BYTES * max(1.0, math.log2(max(float(n), 2.0)))
 
 
 # --------------------------------------------------------------------------- the expert FFN
@@ -209,13 +205,10 @@ def ffn_gemm_ops(kind: OpKind, name: str, rows: RowsPerExpert, D: float, F: floa
     total_rows = rows.rows
     num_groups_total = rows.experts
     for r, count in rows.pairs:
-        per_group_kernels = 1 if not grouped else 0
         first = not ops
         for part, k_in, n_out, calls in (("up", D, up_width, up_calls), ("down", F, D, 1)):
-            if grouped:
-                kernels = calls if first else 0
-            else:
-                kernels = calls * count * per_group_kernels
+            # grouped: one call per GEMM for all groups; otherwise one per group
+            kernels = (calls if first else 0) if grouped else calls * count
             ops.append(Op(
                 kind, f"{name}_{part}", flops=2.0 * r * k_in * n_out * count,
                 bytes_moved=(r * k_in + r * n_out) * act_bytes * count,
@@ -286,6 +279,8 @@ def moe_ffn_ops(s: MoEShape, *, tokens: Any, rows: RowsPerExpert, plan: KernelPl
     B = rows.rows
     ep = s.ep_size > 1
     fused = plan == "fused"
+    C = capacity or 0  # slots per expert of the padded plan
+    kept = _kept(rows, C) if plan == "padded" else 0.0  # rows that fit their expert's slots
     grouped_limit = s.num_groups > 1
     ops: list[Op] = [
         Op(OpKind.ROUTER, "router_logits", flops=2.0 * T * D * E, bytes_moved=(T * D * b + T * E * b),
@@ -313,8 +308,6 @@ def moe_ffn_ops(s: MoEShape, *, tokens: Any, rows: RowsPerExpert, plan: KernelPl
         ops.append(Op(OpKind.DISPATCH, "permute", bytes_moved=2.0 * A * D * b + A * (INDEX_BYTES + b) * 2,
                       compute_kind="elementwise", num_kernels=3 * E))
     elif plan == "padded":
-        C = capacity if capacity is not None else 0
-        kept = _kept(rows, C)
         ops.append(Op(OpKind.DISPATCH, "permute_positions",
                       bytes_moved=sort_bytes(A) + A * E * INDEX_BYTES * 5.0 + A * INDEX_BYTES * 8,
                       compute_kind="elementwise", num_kernels=15))
@@ -334,7 +327,6 @@ def moe_ffn_ops(s: MoEShape, *, tokens: Any, rows: RowsPerExpert, plan: KernelPl
 
     batched = False
     if plan == "padded" and not ep:
-        C = capacity if capacity is not None else 0
         expert_rows = RowsPerExpert(((float(C), float(E)),)) if C else RowsPerExpert(())
         grouped = batched = True  # torch.bmm over the [E, C, D] buffer
     else:
@@ -353,8 +345,6 @@ def moe_ffn_ops(s: MoEShape, *, tokens: Any, rows: RowsPerExpert, plan: KernelPl
         ops.append(Op(OpKind.COMBINE, "unpermute", bytes_moved=b * D * (2 * A + T), compute_kind="elementwise",
                       num_kernels=1))
     elif plan == "padded" and not ep:
-        C = capacity if capacity is not None else 0
-        kept = _kept(rows, C)
         ops.append(Op(OpKind.COMBINE, "unpermute", bytes_moved=T * D * b + 8.0 * kept * D * b,
                       compute_kind="elementwise", num_kernels=6))
     elif plan == "loop" and not ep:

@@ -682,12 +682,12 @@ def train_memory_table(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par:
     act_moe = layer_activation_bytes(model, par, n, w.seq_len, w.recompute, copies, True, ab) if model.moe_layer_indices else 0.0
     act_dense = layer_activation_bytes(model, par, n, w.seq_len, w.recompute, copies, False, ab)
     num = len(stages)
-    per_mb = []
+    per_microbatch_bytes = []
     for n_moe, n_layers, last_is_moe in _stage_shape(model, _stages_key(stages)):
         acts_per_microbatch_bytes = n_moe * act_moe + (n_layers - n_moe) * act_dense
         if w.recompute == "full" and n_layers:
             acts_per_microbatch_bytes += layer_activation_bytes(model, par, n, w.seq_len, "selective", copies, last_is_moe, ab)
-        per_mb.append(acts_per_microbatch_bytes)
+        per_microbatch_bytes.append(acts_per_microbatch_bytes)
     if _vec(par.dp):  # stages down, layouts across
         col = (slice(None), None)
         par = replace(par, dp=par.dp[None, :], edp=par.edp[None, :], zero_stage=par.zero_stage[None, :])
@@ -698,7 +698,7 @@ def train_memory_table(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par:
     expert = np.array([p.expert for p in sp], dtype=float)[col]
     state = param_state_bytes(StageParams(dense=dense, expert=expert), par, master_weights_fp32=w.master_weights_fp32)
     in_flight = np.minimum(par.pp - np.arange(num)[col], m)
-    acts = np.array(per_mb, dtype=float)[col] * in_flight
+    acts = np.array(per_microbatch_bytes, dtype=float)[col] * in_flight
     logits = np.zeros(num)
     logits[-1] = 4.0 * n * model.vocab_size / par.tp  # fp32 logits, last stage
     acts = acts + logits[col]
