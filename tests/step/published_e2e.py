@@ -25,7 +25,7 @@ from typing import Callable
 
 REPO = Path(__file__).resolve().parents[2]
 SCENARIOS = REPO / "scenarios" / "validation-e2e"
-DATA = REPO / "tests" / "data" / "published_e2e.toml"
+DATA = SCENARIOS / "published.toml"
 
 if str(REPO) not in sys.path:  # the script may run from anywhere
     sys.path.insert(0, str(REPO))
