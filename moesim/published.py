@@ -491,18 +491,26 @@ def _pct(x: float | None, digits: int = 0) -> str:
     return "n/a" if x is None else f"{x * 100:.{digits}f}%"
 
 
+GROUP_LABELS = {"training": "training", "serving": "serving", "all": "all numeric"}
+
+
 def summary_lines(report: PublishedReport) -> list[str]:
     """One plain line per group: rows, median and p90 |error|, rows within ±25 % and ±50 %; then memory."""
     out = []
     for g, s in report.summaries.items():
         failed = f", {s.num_failed} failed" if s.num_failed else ""
-        out.append(f"{g}: {s.num_rows} rows{failed}, median |error| {_pct(s.median_abs_error_frac, 1)}, "
+        out.append(f"{GROUP_LABELS.get(g, g) + ':':<12} {s.num_rows} rows{failed}, median |error| "
+                   f"{_pct(s.median_abs_error_frac, 1)}, "
                    f"p90 |error| {_pct(s.p90_abs_error_frac, 1)}, {s.num_within_25pct} within ±25%, "
                    f"{s.num_within_50pct} within ±50%")
     m = report.memory
     failed = f", {m.num_failed} failed" if m.num_failed else ""
-    out.append(f"memory: {m.num_agree} of {m.num_rows} agree{failed}")
+    out.append(f"{'memory:':<12} {m.num_agree} of {m.num_rows} agree{failed}")
     return out
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")
 
 
 def markdown(report: PublishedReport) -> str:
@@ -516,7 +524,7 @@ def markdown(report: PublishedReport) -> str:
 
     for r in report.numeric_rows:
         if r.failure is not None:
-            lines.append(f"| {r.number} | {r.what} | {fmt_value(float(r.published), r.unit)} | error: {r.failure} | "
+            lines.append(f"| {r.number} | {r.what} | {fmt_value(float(r.published), r.unit)} | error: {_cell(r.failure)} | "
                          "n/a | - |")
         else:
             lines.append(f"| {r.number} | {r.what} | {fmt_value(float(r.published), r.unit)} | "
@@ -527,17 +535,16 @@ def markdown(report: PublishedReport) -> str:
     for r in report.memory_rows:
         pub = "fits" if r.published else "does not fit"
         if r.failure is not None:
-            lines.append(f"| {r.number} | {r.what} | {pub} | error: {r.failure} | n/a |")
+            lines.append(f"| {r.number} | {r.what} | {pub} | error: {_cell(r.failure)} | n/a |")
         else:
             lines.append(f"| {r.number} | {r.what} | {pub} | {fmt_memory(r)} | {'yes' if r.agrees else 'NO'} |")
         srcs.append(f"{r.number}. {setting(r)}; {r.source} [{r.data_key}]"
                     + (f"; published value: {r.published_note}" if r.published_note else ""))
     lines += ["", "| rows | count | median abs. error | p90 abs. error | within ±25% | within ±50% |",
               "|---|---|---|---|---|---|"]
-    names = {"training": "training", "serving": "serving", "all": "all numeric"}
     for g, s in report.summaries.items():
         failed = f" ({s.num_failed} failed)" if s.num_failed else ""
-        lines.append(f"| {names.get(g, g)} | {s.num_rows}{failed} | {_pct(s.median_abs_error_frac, 1)} | "
+        lines.append(f"| {GROUP_LABELS.get(g, g)} | {s.num_rows}{failed} | {_pct(s.median_abs_error_frac, 1)} | "
                      f"{_pct(s.p90_abs_error_frac, 1)} | {s.num_within_25pct} | {s.num_within_50pct} |")
     m = report.memory
     lines += ["", f"Memory checks: {m.num_agree} of {m.num_rows} agree"

@@ -1,4 +1,5 @@
-"""``moesim validate``: predicted against measured time of real MoE layers on this device."""
+"""``moesim validate``: predicted against measured time of real MoE layers on this device (torch), or with
+``--published`` the step model against published end-to-end figures of real deployments (no torch)."""
 
 from __future__ import annotations
 
@@ -61,26 +62,104 @@ def check_ep_support(profile, cases) -> None:  # noqa: ANN001
         )
 
 
+#: the options of the layer-case run (on this device), refused with --published
+LAYER_OPTIONS = {"device": "--device", "profile_name": "--profile", "cases_path": "--cases", "out_dir": "--out",
+                 "threads": "--threads", "target_s": "--target-s"}
+
+
+def _check_plot(plot_path: Path | None, available) -> None:  # noqa: ANN001
+    from ..errors import InputError
+
+    if plot_path is None:
+        return
+    if plot_path.suffix.lower() != ".png":
+        raise InputError(f"plot file must end in .png, got {plot_path.name!r}", source="--plot")
+    if not available():
+        raise InputError("matplotlib is not installed; install it with: pip install 'moesim[plot]'", source="--plot")
+    writable(plot_path, "--plot")
+
+
 @click.command("validate")
+@click.option("--published", is_flag=True,
+              help="Compare the step model with published end-to-end figures of real deployments "
+                   "(no torch, no profile; takes --comparisons, --markdown, --plot, --json).")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True, help="Device to run on.")
-@click.option("--profile", "profile_name", required=True, metavar="PROFILE",
-              help="Calibrated profile (name or .json from moesim calibrate).")
+@click.option("--profile", "profile_name", default=None, metavar="PROFILE",
+              help="Calibrated profile (name or .json from moesim calibrate); required without --published.")
 @click.option("--cases", "cases_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               metavar="CASES.toml", help="Cases file [default: the bundled scenarios/validation/default.toml].")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None, metavar="DIR",
               help="Write validation.json (every case, every stage) into DIR.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              metavar="FILE.png", help="Plot predicted against measured (needs matplotlib).")
+              metavar="FILE.png", help="Plot predicted against measured (or published) (needs matplotlib).")
 @click.option("--threads", type=Bounded(L.THREADS, lower=False), default=None, help="CPU threads for torch [default: torch's default].")
 @click.option("--target-s", "target_s", type=Bounded(L.SECONDS), default=0.3, hidden=True)
+@click.option("--comparisons", "comparisons_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              metavar="FILE.toml",
+              help="With --published: a comparisons file (paths in it relative to its folder) "
+                   "[default: the bundled scenarios/validation-e2e/comparisons.toml].")
+@click.option("--markdown", is_flag=True,
+              help="With --published: print the markdown table section of docs/published-comparisons.md.")
 @json_option
-def validate(device: str, profile_name: str, cases_path: Path | None, out_dir: Path | None, plot_path: Path | None,
-             threads: int | None, target_s: float, as_json: bool) -> None:
-    """Predict each case with the profile, run the real layer, report the errors.
+@click.pass_context
+def validate(ctx: click.Context, published: bool, device: str, profile_name: str | None, cases_path: Path | None,
+             out_dir: Path | None, plot_path: Path | None, threads: int | None, target_s: float,
+             comparisons_path: Path | None, markdown: bool, as_json: bool) -> None:
+    """Check the model's predictions against measurements.
 
-    Prints predicted, measured and error per case, then the median and p90
-    absolute error. Validation cases are never used for fitting.
+    Without --published: predict each layer case with the profile, run the
+    real layer on this device (torch), report the errors, then the median and
+    p90 absolute error. Validation cases are never used for fitting.
+
+    With --published: run every published end-to-end comparison (training
+    throughput, step time, serving throughput, memory limits of real
+    deployments), print predicted, published, error = predicted / published - 1
+    and the stage that dominates each step, then the median and p90 |error|
+    per group (training, serving, all) and the memory checks that agree.
+    The exit status is 0 however large the errors (it is a report).
     """
+    if published:
+        given = [flag for name, flag in LAYER_OPTIONS.items()
+                 if ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT]
+        if given:
+            raise click.UsageError(f"--published does not take {', '.join(given)} (options of the layer cases "
+                                   "run on this device)", ctx=ctx)
+        if markdown and as_json:
+            raise click.UsageError("--markdown and --json cannot be combined", ctx=ctx)
+        verbose = bool((ctx.obj or {}).get("verbose"))
+        _published(comparisons_path, plot_path, markdown, as_json, verbose)
+        return
+    extra = [flag for flag, v in (("--comparisons", comparisons_path), ("--markdown", markdown)) if v]
+    if extra:
+        raise click.UsageError(f"{', '.join(extra)} needs --published", ctx=ctx)
+    if profile_name is None:
+        raise click.UsageError("Missing option '--profile' (or give --published to compare with published figures)",
+                               ctx=ctx)
+    _layer_cases(device, profile_name, cases_path, out_dir, plot_path, threads, target_s, as_json)
+
+
+def _published(comparisons_path: Path | None, plot_path: Path | None, markdown: bool, as_json: bool,
+               verbose: bool) -> None:
+    from ..published import load_comparisons, markdown as to_markdown, run_published
+    from .render import published as render
+
+    _check_plot(plot_path, render.plot_available)
+    cset = load_comparisons(comparisons_path)
+    report = run_published(cset, raise_errors=verbose)
+    if plot_path is not None:
+        render.plot_published(report, plot_path)
+    if as_json:
+        emit_json(report)
+    elif markdown:
+        click.echo(to_markdown(report))
+    else:
+        render.show_published(report)
+    if plot_path is not None and not as_json:
+        click.echo(f"wrote {plot_path}", err=True)
+
+
+def _layer_cases(device: str, profile_name: str, cases_path: Path | None, out_dir: Path | None,
+                 plot_path: Path | None, threads: int | None, target_s: float, as_json: bool) -> None:
     from ..calib.cases import load_cases
     from ..calib.runtime import require_torch
     from ..errors import InputError
@@ -88,12 +167,7 @@ def validate(device: str, profile_name: str, cases_path: Path | None, out_dir: P
     from .render import runner as render
 
     require_torch("validate")
-    if plot_path is not None:
-        if plot_path.suffix.lower() != ".png":
-            raise InputError(f"plot file must end in .png, got {plot_path.name!r}", source="--plot")
-        if not render.plot_available():
-            raise InputError("matplotlib is not installed; install it with: pip install 'moesim[plot]'", source="--plot")
-        writable(plot_path, "--plot")
+    _check_plot(plot_path, render.plot_available)
     if out_dir is not None and out_dir.exists() and not out_dir.is_dir():
         raise InputError("exists and is not a folder", source="--out")
     if out_dir is not None:
