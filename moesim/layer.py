@@ -50,7 +50,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from .ops import OpKind
@@ -102,10 +102,26 @@ class Op:
     collective: str = ""  # all_to_all / all_reduce / reduce_scatter / all_gather / sendrecv
     num_collectives: int = 0  # separate collective calls (the runner's all-to-all: counts, then rows)
     dtype: str | None = None  # compute dtype when it differs from the layer's (attention core, SiLU: see callers)
+    #: an operation whose backward is not its forward scaled (quantisation of the output gradient): its backward
+    #: activation bytes and kernels (see :meth:`backward`)
+    backward_bytes_moved: Any = None
+    backward_kernels: Any = None
 
     @property
     def total_bytes(self) -> Any:
         return self.bytes_moved + self.weight_bytes
+
+    def backward(self, factor: float) -> "Op":
+        """The operation's share of the backward pass: :meth:`scaled` by ``factor`` (GEMMs: dgrad and wgrad), or,
+        for an operation that states its own backward (``backward_bytes_moved``), that."""
+        if self.backward_bytes_moved is None:
+            return self.scaled(factor)
+        new = object.__new__(type(self))
+        d = new.__dict__
+        d.update(self.__dict__)
+        d["flops"], d["bytes_moved"], d["weight_bytes"] = 0.0, self.backward_bytes_moved, 0.0
+        d["num_kernels"] = self.backward_kernels if self.backward_kernels is not None else self.num_kernels
+        return new
 
     def scaled(self, factor: float) -> "Op":
         """The same operation with ``factor`` times the work at the same GEMM shape (backward passes:
@@ -362,6 +378,68 @@ def moe_ffn_ops(s: MoEShape, *, tokens: Any, rows: RowsPerExpert, plan: KernelPl
             ops.append(Op(OpKind.SHARED_EXPERTS, "shared_add", bytes_moved=3.0 * n_sh * D * b,
                           compute_kind="elementwise", num_kernels=1))
     return ops
+
+
+# --------------------------------------------------------------------------- low-precision GEMMs
+
+#: Bytes of block scales per quantised element: one 8-bit scale per 32 elements (MXFP8, NVFP4 per 16 is
+#: close) or one fp32 scale per 128 (DeepSeek-V3's 1 x 128 tiles) are both 1/32 byte per element.
+SCALE_BYTES_PER_ELEMENT = 1.0 / 32.0
+#: GEMM inputs that are the output of a norm: the quantisation is fused into the norm kernel (Transformer
+#: Engine's LayerNormLinear / LayerNormMLP), so the forward pays no separate pass for them.
+NORM_FED_GEMMS = frozenset({"dense_ffn_up", "shared_up", "router_logits"})
+#: GEMMs that low-precision recipes keep in BF16: the router (Megatron-Core's router is not a Transformer
+#: Engine module; DeepSeek-V3 keeps "the gating module" in higher precision, section 3.3.1) and the output
+#: layer (the same for Megatron's output_layer; inference engines leave lm_head unquantised).
+BF16_GEMMS = frozenset({"router_logits", "lm_head"})
+
+
+def low_precision_ops(ops: Sequence[Op], dtype: str, *, training: bool, element_bytes: float,
+                      act_bytes: float = 2.0, dispatched_quantised: bool = False) -> list[Op]:
+    """``ops`` as an FP8 / FP4 recipe runs them: the router and LM head in BF16, and a quantisation pass
+    before every low-precision GEMM whose input is not already quantised.
+
+    For a GEMM of ``R`` rows (all groups), inner ``K`` and width ``N``, with ``q = element_bytes + 1/32``
+    (element and scale bytes):
+
+    * forward: the input is read in BF16 and written quantised, ``R K (a + o q)`` bytes, with ``o = 2`` in
+      training (row-wise for the forward GEMM and column-wise for the weight gradient, as Hopper's FP8 GEMMs
+      and MXFP8's per-direction block scales need) and ``o = 1`` in inference; nothing for norm-fed inputs
+      (:data:`NORM_FED_GEMMS`; the attention projections pay one pass, their output projection's input,
+      the QKV input being norm-fed), and for the experts' up projection ``T D (a + o q)`` over the ``T`` tokens
+      before the dispatch when tokens are dispatched quantised (DeepSeek-V3 section 3.3.3);
+    * backward: the output gradient is quantised both ways, ``R N (a + 2 q)``.
+
+    ``R`` is rows per group times groups, as the ``fused`` plan's GEMMs state them. One kernel per pass. Left out: the separate amax pass of per-tensor current scaling and the per-step cast
+    of the weights (once per step, not per micro-batch).
+    """
+    if dtype not in ("fp8", "fp4"):
+        return list(ops)
+    q = element_bytes + SCALE_BYTES_PER_ELEMENT
+    outs = 2.0 if training else 1.0
+    tokens = next((op.gemm.m for op in ops if op.name == "router_logits" and op.gemm is not None), None)
+    out: list[Op] = []
+    for op in ops:
+        base = op.name
+        if base in BF16_GEMMS:
+            out.append(replace(op, dtype="bf16"))
+            continue
+        out.append(op)
+        g = op.gemm
+        if g is None or op.dtype is not None or op.compute_kind not in ("matmul", "grouped_matmul", "batched_matmul"):
+            continue
+        rows = g.m * g.groups
+        if base in NORM_FED_GEMMS:
+            fwd = 0.0
+        elif base == "experts_up" and dispatched_quantised and tokens is not None:
+            fwd = tokens * g.k * (act_bytes + outs * q)
+        else:
+            fwd = rows * g.k * (act_bytes + outs * q)
+        bwd = rows * g.n * (act_bytes + 2.0 * q)
+        out.append(Op(op.kind, f"{base}_quantize", bytes_moved=fwd, compute_kind="elementwise",
+                      num_kernels=1 if (not isinstance(fwd, (int, float)) or fwd > 0) else 0,
+                      backward_bytes_moved=bwd, backward_kernels=1))
+    return out
 
 
 def _kept(rows: RowsPerExpert, capacity: int) -> Any:

@@ -45,12 +45,29 @@ class Layout(_Spec):
     pp: GPUs = Field(1, description="Pipeline stages.")
     dp: GPUs | None = Field(None, description="Data parallel size; default num_gpus / (tp * pp).")
     ep: GPUs = Field(1, description="Expert parallel size (experts split over ep ranks).")
-    etp: GPUs = Field(1, description="Tensor parallel size inside each expert.")
+    etp: GPUs = Field(
+        1, description="Tensor parallel size inside each expert. Default: tp when ep is 1 (experts sharded over the "
+        "TP ranks, as Megatron-Core's expert_tensor_parallel_size defaults to the TP size and vLLM's tensor "
+        "parallelism shards every expert), else 1.")
     zero_stage: Literal[0, 1, 2, 3] = Field(
         0, description="ZeRO stage for training: 1 shards optimizer states, 2 also gradients, 3 (FSDP) also weights."
     )
     sequence_parallel: bool = Field(False, description="Megatron sequence parallelism with TP (activations sharded by tp).")
     num_microbatches: L.count(L.MICROBATCHES) | None = Field(None, description="Micro-batches per step per pipeline (training).")
+    virtual_stages: int = Field(
+        1, ge=1, le=64,
+        description="Virtual pipeline stages per GPU (Megatron's interleaved 1F1B, --virtual-pipeline-model-parallel-"
+        "size): each GPU holds this many chunks of layers, and the bubble shrinks by this factor; 1 = plain 1F1B.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_etp(cls, data: Any) -> Any:
+        """``etp`` left out: ``tp`` when there is no expert parallelism (``ep`` 1), else 1."""
+        if isinstance(data, dict) and "etp" not in data:
+            tp, ep = data.get("tp", 1), data.get("ep", 1)
+            if ep == 1 and isinstance(tp, int) and not isinstance(tp, bool) and tp > 1:
+                data = {**data, "etp": tp}
+        return data
 
 
 class RoutingSpec(_Spec):
@@ -82,6 +99,12 @@ class Schedule(_Spec):
         0.15, ge=0, lt=1, allow_inf_nan=False,
         description="Computation slows by this fraction while overlapped communication kernels hold SMs "
         "(DeepSeek-V3 gives 20 of 132 SMs to communication: 0.15).",
+    )
+    pipeline: Literal["1f1b", "dualpipe"] = Field(
+        "1f1b",
+        description="Pipeline schedule of training: '1f1b' (interleaved with layout.virtual_stages > 1) or 'dualpipe' "
+        "(DeepSeek-V3's bidirectional schedule: bubble (pp/2 - 1)(F&B + B - 3W), two copies of the parameters, pp "
+        "even).",
     )
     launch: Literal["auto", "eager", "graph"] = Field(
         "auto",
@@ -131,6 +154,18 @@ class ServeWorkload(_Spec):
     compute_dtype: Literal["bf16", "fp8", "fp4"] = Field("bf16", description="GEMM precision.")
     weight_dtype: DType | None = Field(None, description="Weight storage dtype; default the model's published dtype.")
     kv_dtype: Literal["bf16", "fp8"] = Field("bf16", description="KV-cache element type.")
+    mtp_draft_tokens: int = Field(
+        0, ge=0, le=8,
+        description="Speculative decoding with the model's multi-token-prediction modules (DeepSeek-V3 serves this "
+        "way): tokens drafted per sequence per decode iteration and verified in the next one; 0 = off.")
+    mtp_acceptance_rate: float | None = Field(
+        None, ge=0, le=1, allow_inf_nan=False,
+        description="Probability that a drafted token is accepted, given the one before it was (DeepSeek-V3 reports "
+        "85-90% for its second token); required with mtp_draft_tokens.")
+    memory_utilization_frac: float = Field(
+        0.9, gt=0, le=1, allow_inf_nan=False,
+        description="Share of each GPU's memory the engine may fill with weights, KV cache and activations; the rest "
+        "is its workspace (vLLM's gpu_memory_utilization, default 0.9). Ignored when workspace_bytes is set.")
 
     @property
     def context_tokens(self) -> int:
@@ -139,6 +174,11 @@ class ServeWorkload(_Spec):
 
     @model_validator(mode="after")
     def _tokens(self) -> "ServeWorkload":
+        if self.mtp_draft_tokens and self.mtp_acceptance_rate is None:
+            raise ValueError(f"mtp_draft_tokens = {self.mtp_draft_tokens} needs mtp_acceptance_rate (0 to 1, the "
+                             "probability that a drafted token is accepted)")
+        if self.mtp_draft_tokens and self.phase == "prefill":
+            raise ValueError("mtp_draft_tokens applies to decode; this deployment only prefills (phase = prefill)")
         ctx = self.context_tokens
         if ctx > L.CONTEXT.hi:
             raise ValueError(f"prompt_tokens + output_tokens ({self.prompt_tokens:,} + {self.output_tokens:,}) must "
@@ -219,8 +259,10 @@ class Scenario(_Spec):
     price_usd_per_gpu_hour: L.number(L.PRICE_PER_GPU_HOUR) | None = Field(
         None, description="Overrides the profile's price, USD per accelerator-hour."
     )
-    workspace_bytes: L.number(L.WORKSPACE_BYTES) = Field(
-        2.5e9, description="Per-GPU allowance for CUDA context, library workspaces and communication buffers."
+    workspace_bytes: L.number(L.WORKSPACE_BYTES) | None = Field(
+        None, description="Per-GPU allowance for CUDA context, library workspaces and communication buffers. "
+        "Default: 2.5 GB for training; for serving the share of device memory the engine leaves unused, "
+        "(1 - workload.memory_utilization_frac) x device memory."
     )
     base_dir: L.text(L.PATH) = Field(".", description="Folder that relative paths resolve against (set by the loader).")
 
@@ -283,6 +325,10 @@ class Scenario(_Spec):
             raise InputError(f"{what} exceeds the {model.max_context:,}-token context of model {model.name} "
                              f"(its max_context); allowed: at most {model.max_context:,} tokens per sequence",
                              source=src, field=field)
+        if isinstance(w, ServeWorkload) and w.mtp_draft_tokens and not model.mtp.num_modules:
+            raise InputError(f"model {model.name} has no multi-token-prediction modules to draft with (its "
+                             f"mtp.num_modules is 0); allowed: workload.mtp_draft_tokens = 0 for this model",
+                             source=src, field="workload.mtp_draft_tokens")
         if model.moe is not None:
             msg = L.routing_problem(self.routing.distribution, model.moe.num_experts, model.moe.top_k)
             if msg is not None:

@@ -44,7 +44,7 @@ from ..hardware import HardwareProfile
 from ..model import ModelSpec
 from ..ops import OpKind
 from ..scenario import RoutingSpec, Schedule, Scenario, ServeWorkload, TrainWorkload, load_scenario
-from ..layer import num_kernels
+from ..layer import low_precision_ops, num_kernels
 from ..timing import host_bound_s, op_time_s, time_op
 from . import bridge
 from .memory import (
@@ -85,6 +85,27 @@ def check_layout(sc: Scenario, model: ModelSpec, hw: HardwareProfile) -> None:
                          source=src, field="layout.tp")
     if lay.pp > model.num_layers:
         raise InputError(f"layout.pp ({lay.pp}) exceeds the {model.num_layers} layers", source=src, field="layout.pp")
+    v = lay.virtual_stages
+    training = isinstance(sc.workload, TrainWorkload) if hasattr(sc, "workload") else True
+    pipeline = sc.schedule.pipeline if hasattr(sc, "schedule") else "1f1b"
+    if (v > 1 or pipeline != "1f1b") and not training:
+        field = "layout.virtual_stages" if v > 1 else "schedule.pipeline"
+        raise InputError(f"{field} is a training pipeline schedule; allowed for serving: layout.virtual_stages = 1 "
+                         "and schedule.pipeline = '1f1b'", source=src, field=field)
+    if v > 1:
+        if lay.pp == 1:
+            raise InputError(f"layout.virtual_stages ({v}) needs pipeline stages (layout.pp > 1); allowed with pp 1: 1",
+                             source=src, field="layout.virtual_stages")
+        if pipeline == "dualpipe":
+            raise InputError("schedule.pipeline = 'dualpipe' has its own two chunks per GPU; allowed with it: "
+                             "layout.virtual_stages = 1", source=src, field="layout.virtual_stages")
+        if lay.pp * v > model.num_layers:
+            raise InputError(f"layout.pp x layout.virtual_stages ({lay.pp} x {v}) exceeds the {model.num_layers} "
+                             f"layers: a virtual stage holds at least one layer; allowed: virtual_stages <= "
+                             f"{model.num_layers // lay.pp}", source=src, field="layout.virtual_stages")
+    if pipeline == "dualpipe" and (lay.pp < 2 or lay.pp % 2):
+        raise InputError(f"schedule.pipeline = 'dualpipe' pairs stage j with stage pp-1-j, so layout.pp must be even "
+                         f"and at least 2; got {lay.pp}", source=src, field="layout.pp")
     moe = model.moe
     if moe is None:
         if lay.ep > 1 or lay.etp > 1:
@@ -222,7 +243,8 @@ def _plain(x) -> bool:
 def layer_pass(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Parallel, *, n, keys: float,
                decode_batch=0.0, context: float = 0.0, weight_dtype: str, kv_dtype: str,
                expert_weight_dtype: str | None = None,
-               compute_dtype: str, backward: bool = False, lm_tokens=None, detail: bool = True) -> Pass:
+               compute_dtype: str, backward: bool = False, training: bool = False, lm_tokens=None,
+               detail: bool = True) -> Pass:
     """Time of one MoE and one dense layer for ``n`` tokens per DP rank (forward, or backward).
 
     With ``detail=False`` (searches) ``n`` may be a numpy array of token counts: the
@@ -240,22 +262,25 @@ def layer_pass(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Paralle
     if not (_plain(n) and _plain(keys) and _plain(decode_batch) and _plain(context) and _plain(lm_tokens)):
         return _layer_pass(rt, sched, model, hw, lpar, n=n, keys=keys, decode_batch=decode_batch, context=context,
                            weight_dtype=weight_dtype, kv_dtype=kv_dtype, expert_weight_dtype=expert_weight_dtype,
-                           compute_dtype=compute_dtype, backward=backward, lm_tokens=lm_tokens, detail=detail)
+                           compute_dtype=compute_dtype, backward=backward, training=training, lm_tokens=lm_tokens,
+                           detail=detail)
     key = (model.fingerprint, bridge._hw_key(hw), lpar, rt, sched, type(n), n, type(keys), keys, type(decode_batch),
            decode_batch, type(context), context, type(lm_tokens), lm_tokens, weight_dtype, kv_dtype,
-           expert_weight_dtype, compute_dtype, backward, detail)
+           expert_weight_dtype, compute_dtype, backward, training, detail)
     hit = _PASSES.get(key)
     if hit is None:
         hit = _layer_pass(rt, sched, model, hw, lpar, n=n, keys=keys, decode_batch=decode_batch, context=context,
                           weight_dtype=weight_dtype, kv_dtype=kv_dtype, expert_weight_dtype=expert_weight_dtype,
-                          compute_dtype=compute_dtype, backward=backward, lm_tokens=lm_tokens, detail=detail)
+                          compute_dtype=compute_dtype, backward=backward, training=training, lm_tokens=lm_tokens,
+                          detail=detail)
         _PASSES.put(key, hit)
     return hit
 
 
 def _layer_pass(rt: RoutingSpec, sched: Schedule, model: ModelSpec, hw: HardwareProfile, par: Parallel, *, n,
                 keys: float, decode_batch, context: float, weight_dtype: str, kv_dtype: str,
-                expert_weight_dtype: str | None, compute_dtype: str, backward: bool, lm_tokens, detail: bool) -> Pass:
+                expert_weight_dtype: str | None, compute_dtype: str, backward: bool, training: bool, lm_tokens,
+                detail: bool) -> Pass:
     """:func:`layer_pass` itself, from the routing and schedule alone of the scenario."""
     vector = not detail and np.ndim(n) > 0  # token counts as a numpy array: time every op for all at once
     if vector:
@@ -272,6 +297,10 @@ def _layer_pass(rt: RoutingSpec, sched: Schedule, model: ModelSpec, hw: Hardware
     ewb = bytes_per_element(expert_weight_dtype) if expert_weight_dtype else wb
     attn = attention_ops(model, par, n, keys, decode_batch=decode_batch, context=context, weight_bytes=wb,
                          kv_bytes=bytes_per_element(kv_dtype))
+    def lowp(ops: list[Op]) -> list[Op]:
+        return low_precision_ops(ops, compute_dtype, training=training, element_bytes=bytes_per_element(compute_dtype),
+                                 dispatched_quantised=rt.dispatch_dtype == "fp8")
+
     overlap_shared = sched.overlap_shared_experts
     comm_overlap = sched.overlap_comm_with_compute
     slowdown = sched.overlap_slowdown_frac
@@ -282,7 +311,7 @@ def _layer_pass(rt: RoutingSpec, sched: Schedule, model: ModelSpec, hw: Hardware
         dur: dict = {}
         for name, op in zip(_node_names(ops), ops):
             if backward and op.compute_kind != "comm":
-                op = op.scaled(2.5 if op.kind == OpKind.ATTENTION else 2.0)
+                op = op.backward(2.5 if op.kind == OpKind.ATTENTION else 2.0)
             dur[name] = dur.get(name, 0.0) + (timer.time_only(op) if vector else timer.op(op)[0])
         if vector:
             total = critical_path_time(kind, dur, overlap_shared=overlap_shared, comm_overlap=comm_overlap,
@@ -301,8 +330,7 @@ def _layer_pass(rt: RoutingSpec, sched: Schedule, model: ModelSpec, hw: Hardware
         details = []
         for name, op in zip(names, ops):
             if backward and op.compute_kind != "comm":
-                factor = 2.5 if op.kind == OpKind.ATTENTION else 2.0
-                op = op.scaled(factor)
+                op = op.backward(2.5 if op.kind == OpKind.ATTENTION else 2.0)
             t, b = timer.op(op)
             dur[name] = dur.get(name, 0.0) + t
             details.append((name, op, t, b))
@@ -339,20 +367,22 @@ def _layer_pass(rt: RoutingSpec, sched: Schedule, model: ModelSpec, hw: Hardware
             mean_load, p99_load, load_summary = bridge.rank_load(rt, model, par, n_src)
         d, c = bridge.a2a_times_s(rt, model, hw, par, n_src, bpc, mean_load)
         timer.a2a = {OpKind.DISPATCH: d, OpKind.COMBINE: c}
-        moe_ops_mean = attn + moe_ops(model, par, n, mean_load, bytes_per_copy=bpc, weight_bytes=wb, expert_weight_bytes=ewb, plan=plan)
+        moe_ops_mean = lowp(attn + moe_ops(model, par, n, mean_load, bytes_per_copy=bpc, weight_bytes=wb,
+                                           expert_weight_bytes=ewb, plan=plan))
         moe_s, by_moe, _ = run("moe", moe_ops_mean)
     if detail and model.moe is not None and model.num_moe_layers:
         d, c = bridge.a2a_times_s(rt, model, hw, par, n_src, bpc, p99_load)
         timer.a2a = {OpKind.DISPATCH: d, OpKind.COMBINE: c}
-        moe_ops_p99 = attn + moe_ops(model, par, n, p99_load, bytes_per_copy=bpc, weight_bytes=wb, expert_weight_bytes=ewb, plan=plan)
+        moe_ops_p99 = lowp(attn + moe_ops(model, par, n, p99_load, bytes_per_copy=bpc, weight_bytes=wb,
+                                          expert_weight_bytes=ewb, plan=plan))
         moe_p99_s, _, _ = run("moe", moe_ops_p99, record=False)
     dense_s = 0.0
     by_dense: dict[str, float] = {}
     if model.num_dense_layers:
-        dense_s, by_dense, _ = run("dense", attn + dense_ffn_ops(model, par, n, weight_bytes=wb, plan=plan))
-    lm = lm_head_op(model, par, n if lm_tokens is None else lm_tokens, weight_bytes=wb)
+        dense_s, by_dense, _ = run("dense", lowp(attn + dense_ffn_ops(model, par, n, weight_bytes=wb, plan=plan)))
+    lm = lowp([lm_head_op(model, par, n if lm_tokens is None else lm_tokens, weight_bytes=wb)])[0]
     if backward:
-        lm = lm.scaled(2.0)
+        lm = lm.backward(2.0)
     if not detail:
         if vector:
             emb_t, lm_t = timer.time_only(embedding_op(model, n)), timer.time_only(lm)
@@ -576,11 +606,30 @@ def _train_step(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Parall
         n_moe, n_dense, first, last = counts[idx]
         return _stage_time(bwd, n_moe, n_dense, first, last, mtp)
 
+    schedule = sc.schedule.pipeline
+    if schedule == "dualpipe":
+        f_max = _max_of([_stage_time(fwd, *c, mtp) * (1 + recompute) for c in counts])
+
+    def pipeline_s(t: list):
+        """Time of the pipeline for stage times ``t`` per micro-batch (see docs/step-model.md, "Pipeline")."""
+        if schedule == "dualpipe":
+            # rank j holds stages j and pp-1-j; bubble (pp/2 - 1)(F&B + B - 3W) with B = W = half the backward and
+            # F&B = F + B + W: (pp/2 - 1) F
+            pair = [(t[j] + t[-1 - j]) / 2 for j in range(len(t))]
+            return m * _max_of(pair) + (par.pp / 2 - 1) * f_max
+        # 1F1B: fill and drain through the other stages, steady state at the slowest; interleaving with v
+        # virtual stages sends chunks of ceil(L_s / v) of a stage's L_s layers through the fill and drain
+        if v == 1:
+            return sum(t) + (m - 1) * _max_of(t)
+        return (sum(t) - _max_of(t)) * chunk_frac + m * _max_of(t)
+
+    v = sc.layout.virtual_stages
+    most_layers = max(len(layers) for layers in stages)
+    chunk_frac = math.ceil(most_layers / v) / most_layers if v > 1 and most_layers else 1.0
     t_mean = stage_times(False)
-    pipe_mean = sum(t_mean) + (m - 1) * _max_of(t_mean)
+    pipe_mean = pipeline_s(t_mean)
     if p99:
-        t_p99 = stage_times(True)
-        pipe_p99 = sum(t_p99) + (m - 1) * _max_of(t_p99)
+        pipe_p99 = pipeline_s(stage_times(True))
     else:
         pipe_p99 = pipe_mean
 
@@ -618,7 +667,8 @@ def _train(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Parallel, d
     w: TrainWorkload = sc.workload  # type: ignore[assignment]
     n = w.micro_batch_size * w.seq_len
     keys = (w.seq_len + 1) / 2
-    kw = dict(n=n, keys=keys, weight_dtype="bf16", kv_dtype="bf16", compute_dtype=w.compute_dtype, detail=detail)
+    kw = dict(n=n, keys=keys, weight_dtype="bf16", kv_dtype="bf16", compute_dtype=w.compute_dtype, training=True,
+              detail=detail)
     fwd = layer_pass(sc, model, hw, par, **kw)
     bwd = layer_pass(sc, model, hw, par, backward=True, **kw)
     st = _train_step(sc, model, hw, par, fwd, bwd, p99=detail)
@@ -645,9 +695,13 @@ def _train(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Parallel, d
             mfu_bf16_frac=st.mfu_bf16_frac, model_flops_per_token=st.model_flops_per_token, step_s=step,
             step_p99_s=None, ttft_s=None, tpot_s=None, max_batch_size=None, time_by_stage_s={}, bound_by_stage={},
             ops=[], load=None, cost=_cost(sc, hw, tps, w.total_tokens), notes=[])
-    notes = []
+    notes = _layout_notes(par)
     if par.pp > 1:
-        notes.append(f"1F1B pipeline: {m} micro-batches over {par.pp} stages, bubble {by_stage['pipeline_bubble']:.3g} s")
+        v = sc.layout.virtual_stages
+        kind = ("DualPipe" if sc.schedule.pipeline == "dualpipe"
+                else f"interleaved 1F1B ({v} virtual stages per GPU)" if v > 1 else "1F1B")
+        notes.append(f"{kind} pipeline: {m} micro-batches over {par.pp} stages, bubble "
+                     f"{by_stage['pipeline_bubble']:.3g} s")
     return Estimate.model_construct(  # every field built here with its type: no validation on the hot path
         scenario=sc.name, model=model.name, hardware=hw.name, num_gpus=sc.num_gpus, workload="train", phase="train",
         layout=_layout_dict(sc, par), fits=mem.fits, memory_per_gpu_bytes=mem.total_bytes, memory=_memory_result(mem),
@@ -656,6 +710,36 @@ def _train(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Parallel, d
         time_by_stage_s=by_stage, bound_by_stage=bound, ops=list(fwd.timings), load=fwd.load,
         cost=_cost(sc, hw, tps, w.total_tokens), notes=notes,
     )
+
+
+def _in_flight_microbatches(sc: Scenario, pp: int, stage, m):
+    """Micro-batches whose activations stage ``stage`` holds at its peak (in units of one micro-batch through the
+    whole stage): 1F1B ``min(pp - s, m)``; interleaved with ``v`` virtual stages Megatron's warm-up of
+    ``2 (pp - s - 1) + (v - 1) pp + 1`` chunks of ``1 / v`` of the stage, at most ``m v``; DualPipe ``pp + 1``
+    (DeepSeek-V3 report, Table 2), at most ``m``."""
+    v = sc.layout.virtual_stages
+    if sc.schedule.pipeline == "dualpipe":
+        return np.minimum(np.full(np.shape(stage), pp + 1.0), m)
+    if v > 1:
+        return np.minimum(2.0 * (pp - stage - 1) + (v - 1) * pp + 1, m * v) / v
+    return np.minimum(pp - stage, m)
+
+
+#: Per-GPU workspace of a training job when the scenario sets none: CUDA context (~0.5 GB), cuBLAS / NCCL
+#: workspaces and the caching allocator's fragmentation, as a fixed allowance.
+TRAIN_WORKSPACE_BYTES = 2.5e9
+
+
+def workspace_bytes(sc: Scenario, hw: HardwareProfile) -> float:
+    """The scenario's workspace per GPU: its ``workspace_bytes``, else :data:`TRAIN_WORKSPACE_BYTES` for
+    training and ``(1 - memory_utilization_frac) x device memory`` for serving (the share an engine such as
+    vLLM leaves unused: ``gpu_memory_utilization`` 0.9)."""
+    if sc.workspace_bytes is not None:
+        return float(sc.workspace_bytes)
+    w = sc.workload
+    if isinstance(w, ServeWorkload):
+        return (1.0 - w.memory_utilization_frac) * hw.accelerator.memory_bytes
+    return TRAIN_WORKSPACE_BYTES
 
 
 def _largest(table: dict[str, np.ndarray], capacity_bytes: float) -> MemoryBreakdown:
@@ -697,7 +781,11 @@ def train_memory_table(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par:
     dense = np.array([p.dense for p in sp], dtype=float)[col]
     expert = np.array([p.expert for p in sp], dtype=float)[col]
     state = param_state_bytes(StageParams(dense=dense, expert=expert), par, master_weights_fp32=w.master_weights_fp32)
-    in_flight = np.minimum(par.pp - np.arange(num)[col], m)
+    if sc.schedule.pipeline == "dualpipe":  # each GPU holds stages j and pp-1-j: two copies of weights and gradients
+        paired = StageParams(dense=dense + dense[::-1], expert=expert + expert[::-1])
+        both = param_state_bytes(paired, par, master_weights_fp32=w.master_weights_fp32)
+        state = {"weights": both["weights"], "gradients": both["gradients"], "optimizer": state["optimizer"]}
+    in_flight = _in_flight_microbatches(sc, par.pp, np.arange(num)[col], m)
     acts = np.array(per_microbatch_bytes, dtype=float)[col] * in_flight
     logits = np.zeros(num)
     logits[-1] = 4.0 * n * model.vocab_size / par.tp  # fp32 logits, last stage
@@ -709,7 +797,7 @@ def train_memory_table(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par:
     shape = np.shape(acts)
     return {"weights": state["weights"], "gradients": state["gradients"], "optimizer": state["optimizer"],
             "activations": acts, "dispatch_buffers": np.full(shape, buffers),
-            "workspace": np.full(shape, float(sc.workspace_bytes))}
+            "workspace": np.full(shape, workspace_bytes(sc, hw))}
 
 
 # ----------------------------------------------------------------------------- serving
@@ -768,13 +856,29 @@ def _serve_times(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Paral
                              lm_tokens=pb, detail=detail)
         ttft = total(prefill) + p2p(2.0 * pb * w.prompt_tokens * h)
     ctx = w.prompt_tokens + w.output_tokens / 2
+    it = _Iteration.of(sc, w)
     if w.phase in ("both", "decode"):
         # with pipeline stages, the batch decodes as pp micro-batches in flight, one per stage
         mb = b / par.pp
-        decode = layer_pass(sc, model, hw, par, n=mb, keys=ctx, decode_batch=mb, context=ctx, weight_dtype=wdt,
-                            expert_weight_dtype=edt, kv_dtype=w.kv_dtype, compute_dtype=dt, detail=detail)
-        tpot = total(decode) + p2p(2.0 * mb * h)
-        tpot_p99 = total(decode, p99=True) + p2p(2.0 * mb * h)
+        n_dec = mb * it.verified
+        chunk = mb * it.chunk_tokens_per_sequence  # prompt tokens of arriving requests riding along (chunked prefill)
+        n_it = n_dec + chunk
+        keys = (n_dec * ctx + chunk * (w.prompt_tokens + 1) / 2) / n_it if it.chunk_tokens_per_sequence else ctx
+        decode = layer_pass(sc, model, hw, par, n=n_it, keys=keys, decode_batch=mb, context=ctx, weight_dtype=wdt,
+                            expert_weight_dtype=edt, kv_dtype=w.kv_dtype, compute_dtype=dt,
+                            lm_tokens=None if n_it is n_dec else n_dec + chunk / w.prompt_tokens, detail=detail)
+        draft = 0.0
+        if it.drafted:  # the MTP module (one MoE layer and the shared head) runs once per drafted token
+            dp_ = layer_pass(sc, model, hw, par, n=mb, keys=ctx, decode_batch=mb, context=ctx, weight_dtype=wdt,
+                             expert_weight_dtype=edt, kv_dtype=w.kv_dtype, compute_dtype=dt, detail=False)
+            draft = it.drafted * (dp_.moe_s + dp_.lm_head_s)
+        p2p_s = p2p(2.0 * n_it * h)
+        stall = 0.0
+        if it.whole_prefill_share and ttft is not None:  # prompts prefilled whole between decode iterations
+            stall = it.whole_prefill_share * b / prefill_batch(w, b) * ttft
+        step = total(decode) + draft + p2p_s + stall
+        step_p99 = total(decode, p99=True) + draft + p2p_s + stall
+        tpot, tpot_p99 = step / it.tokens_per_iteration, step_p99 / it.tokens_per_iteration
     if w.phase == "prefill":
         tps = par.dp * b * w.prompt_tokens / ttft  # type: ignore[operator]
         flops_tok = forward_flops_per_token(model, (w.prompt_tokens + 1) / 2).total_flops
@@ -782,6 +886,40 @@ def _serve_times(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Paral
         tps = par.dp * b / tpot  # type: ignore[operator]
         flops_tok = forward_flops_per_token(model, ctx).total_flops
     return _ServeTimes(prefill, decode, ttft, tpot, tpot_p99, tps, flops_tok, counts)
+
+
+@dataclass(frozen=True)
+class _Iteration:
+    """What one decode iteration of a saturated replica carries (see docs/step-model.md, "Serving iterations").
+
+    * ``verified``: tokens per sequence the target model runs, ``1 + d`` with ``d`` MTP drafts;
+    * ``tokens_per_iteration``: tokens each sequence gains, ``sum_{i=0..d} a^i`` for acceptance rate ``a``
+      (a draft counts only when every draft before it was accepted);
+    * at steady state every sequence is replaced after its ``O`` output tokens, so ``b E / O`` requests arrive
+      per iteration. With chunked prefill (vLLM and SGLang's default) their prompts ride along in the decode
+      iterations: ``chunk_tokens_per_sequence = P E / O`` prompt tokens per running sequence. Without it each
+      prompt is prefilled whole while decode waits: ``whole_prefill_share = E / O`` prefills per sequence per
+      iteration, each batch of ``pb`` prompts taking one TTFT.
+    """
+
+    verified: int
+    drafted: int
+    tokens_per_iteration: float
+    chunk_tokens_per_sequence: float
+    whole_prefill_share: float
+
+    @classmethod
+    def of(cls, sc: Scenario, w: ServeWorkload) -> "_Iteration":
+        d = w.mtp_draft_tokens
+        a = w.mtp_acceptance_rate or 0.0
+        e = sum(a ** i for i in range(d + 1))
+        chunk = whole = 0.0
+        if w.phase == "both":
+            if sc.serving.chunked_prefill:
+                chunk = w.prompt_tokens * e / w.output_tokens
+            else:
+                whole = e / w.output_tokens
+        return cls(1 + d, d, e, chunk, whole)
 
 
 def _serve(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Parallel) -> Estimate:
@@ -804,9 +942,38 @@ def _serve(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Parallel) -
         model_flops_per_token=flops_tok, ttft_s=st.ttft_s, tpot_s=st.tpot_s, tpot_p99_s=st.tpot_p99_s,
         max_batch_size=max_batch, time_by_stage_s=by_stage, bound_by_stage=dict(main.bound), ops=list(main.timings),
         load=main.load, cost=_cost(sc, hw, tps, None),
-        notes=[f"{par.dp} replica(s) x batch {b}; decode at mean context {ctx:g} tokens; TTFT prefills "
-           f"{prefill_batch(w, b)} prompt(s) at once"] if st.tpot_s else [],
+        notes=_serve_notes(sc, w, par, hw, b, ctx),
     )
+
+
+def _serve_notes(sc: Scenario, w: ServeWorkload, par: Parallel, hw: HardwareProfile, b: int, ctx: float) -> list[str]:
+    notes = []
+    if w.phase != "prefill":
+        notes.append(f"{par.dp} replica(s) x batch {b}; decode at mean context {ctx:g} tokens; TTFT prefills "
+                     f"{prefill_batch(w, b)} prompt(s) at once")
+        it = _Iteration.of(sc, w)
+        if it.chunk_tokens_per_sequence:
+            notes.append(f"steady state: each decode iteration also carries {b * it.chunk_tokens_per_sequence:.4g} "
+                         f"prompt tokens of arriving requests (chunked prefill; serving.chunked_prefill = false "
+                         f"prefills them whole between iterations)")
+        elif it.whole_prefill_share:
+            notes.append("steady state: arriving prompts are prefilled whole between decode iterations "
+                         "(serving.chunked_prefill = false); TPOT includes those pauses")
+        if it.drafted:
+            notes.append(f"MTP speculative decoding: {it.drafted} draft token(s), {it.tokens_per_iteration:.3g} tokens "
+                         f"per sequence per iteration at acceptance {w.mtp_acceptance_rate:g}")
+    notes += _layout_notes(par)
+    if sc.workspace_bytes is None:
+        notes.append(f"workspace {workspace_bytes(sc, hw) / 1e9:.3g} GB per GPU: the {1 - w.memory_utilization_frac:.0%} "
+                     f"of device memory the engine leaves unused (workload.memory_utilization_frac = "
+                     f"{w.memory_utilization_frac:g})")
+    return notes
+
+
+def _layout_notes(par: Parallel) -> list[str]:
+    if par.ep == 1 and par.tp > 1 and par.etp == par.tp:
+        return [f"experts sharded over the {par.tp} TP ranks (etp = tp; set layout.etp to change)"]
+    return []
 
 
 def _serve_stage_memory(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Parallel, batch):
@@ -836,7 +1003,7 @@ def _serve_stage_memory(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par
         else:
             transient = prefill_tokens * act_per_token
             acts, fixed = batch * (act_per_token + logits) + transient, weights + transient
-        cat = {"weights": weights, "kv_cache": batch * kv_seq, "activations": acts, "workspace": sc.workspace_bytes}
+        cat = {"weights": weights, "kv_cache": batch * kv_seq, "activations": acts, "workspace": workspace_bytes(sc, hw)}
         out.append((cat, per_seq, fixed))
     return out
 
@@ -849,7 +1016,7 @@ def serve_memory(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Paral
     max_b: int | None = None
     for s, (cat, per_seq, fixed) in enumerate(_serve_stage_memory(sc, model, hw, par, w.batch_size)):
         mb = MemoryBreakdown(cat, cap, stage=s)
-        fit_b = max(0, int((cap - fixed - sc.workspace_bytes) // per_seq)) if per_seq > 0 else 0
+        fit_b = max(0, int((cap - fixed - workspace_bytes(sc, hw)) // per_seq)) if per_seq > 0 else 0
         max_b = fit_b if max_b is None else min(max_b, fit_b)
         if best is None or mb.total_bytes > best.total_bytes:
             best = mb
@@ -944,7 +1111,7 @@ def train_curve(sc: Scenario, model: ModelSpec, hw: HardwareProfile, candidates)
         one = Parallel(1, tp, 1, 1, ep, etp, 1, 0, seq_par, gpn)
         n_arr = np.array([mbs * w.seq_len for mbs in mbs_values], dtype=float)
         kw = dict(n=n_arr, keys=(w.seq_len + 1) / 2, weight_dtype="bf16", kv_dtype="bf16",
-                  compute_dtype=w.compute_dtype, detail=False)
+                  compute_dtype=w.compute_dtype, training=True, detail=False)
         try:
             fwd_all = layer_pass(sc, model, hw, one, **kw)
             bwd_all = layer_pass(sc, model, hw, one, backward=True, **kw)

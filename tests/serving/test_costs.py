@@ -23,7 +23,8 @@ def test_decode_iteration_is_the_step_models_decode_step(mixtral, batch):
     sc, model, hw, cost = mixtral
     w = sc.workload
     ctx = w.prompt_tokens + w.output_tokens / 2
-    tpot = float(serve_curve(sc, model, hw, [batch])["tpot_s"][0])
+    decode_only = load_scenario("mixtral-8x7b-serve-h100", ["workload.phase=decode"])  # no prefill chunks riding along
+    tpot = float(serve_curve(decode_only, model, hw, [batch])["tpot_s"][0])
     assert cost.exact_s(batch, ctx, batch * ctx, batch) == pytest.approx(tpot, rel=1e-12)
     assert cost.decode_s(batch, ctx) == pytest.approx(tpot, rel=2e-3)  # the interpolated table
 
@@ -52,8 +53,10 @@ def test_pipeline_stages_match_the_step_model_too():
     model, hw = sc.resolve_model(), sc.resolve_hardware()
     cost = costs.iteration_cost(sc, model, hw, max_tokens=8192, max_keys=4096, max_kv_read=100_000)
     cur = serve_curve(sc, model, hw, [8])
+    dec = serve_curve(sc.model_copy(update={"workload": sc.workload.model_copy(update={"phase": "decode"})}), model,
+                      hw, [8])
     ctx = sc.workload.prompt_tokens + sc.workload.output_tokens / 2
-    assert cost.decode_s(8, ctx) == pytest.approx(float(cur["tpot_s"][0]), rel=2e-3)
+    assert cost.decode_s(8, ctx) == pytest.approx(float(dec["tpot_s"][0]), rel=2e-3)
     assert cost.prefill_s(sc.workload.prompt_tokens) == pytest.approx(float(cur["ttft_s"][0]), rel=2e-3)
 
 

@@ -100,7 +100,9 @@ def test_one_expert_top1_moe_costs_what_the_dense_ffn_costs(tmp_path):
 
 
 def test_decode_at_batch_one_reads_only_the_experts_it_touches():
-    est = estimate(_serve(workload={"batch_size": 1}, layout={"tp": 1, "ep": 1}, num_gpus=1, hardware="h200"))
+    # a decode-only deployment: no prefill chunks of arriving requests ride along in the iteration
+    est = estimate(_serve(workload={"batch_size": 1, "phase": "decode"}, layout={"tp": 1, "ep": 1}, num_gpus=1,
+                          hardware="h200"))
     expert_bytes = sum(o.bytes_moved for o in est.ops if o.kind == "experts" and o.layer == "moe")
     m = load_model("mixtral-8x7b")
     from moesim.params import expert_params
