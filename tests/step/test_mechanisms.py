@@ -1,0 +1,224 @@
+"""Mechanisms of real training and serving runs (docs/step-model.md): pipeline schedules, low-precision
+quantisation passes, serving iterations with arriving prompts and MTP drafts, and the defaults that match
+the frameworks (experts sharded over TP, the engine's memory share)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from moesim.layer import SCALE_BYTES_PER_ELEMENT, GemmShape, Op, low_precision_ops
+from moesim.ops import OpKind
+from moesim.scenario import Layout, load_scenario, scenario_from_dict
+from moesim.step.estimate import _in_flight_microbatches, estimate, estimate_resolved
+
+DSV3_TRAIN = "deepseek-v3-train-h800"
+MIXTRAL_SERVE = "mixtral-8x7b-serve-h100"
+DSV3_DECODE = "deepseek-v3-decode-h800"
+
+
+def _train(**layout):
+    raw = {"name": "t", "model": "mixtral-8x7b", "hardware": "h100-sxm", "num_gpus": 64,
+           "layout": {"tp": 2, "pp": 4, "ep": 8, **layout},
+           "workload": {"kind": "train", "seq_len": 4096, "global_batch_size": 256, "compute_dtype": "bf16"}}
+    return raw
+
+
+def _est(raw, **schedule):
+    if schedule:
+        raw = {**raw, "schedule": schedule}
+    return estimate(scenario_from_dict(raw, "test"))
+
+
+# ----------------------------------------------------------------------------- pipeline schedules
+
+
+def test_virtual_stages_shrink_the_bubble_by_their_number():
+    """32 layers over 4 stages: with v virtual stages the fill and drain carry chunks of 8 / v layers, so the
+    bubble term (sum of the other stages) shrinks by v while the steady state (m x slowest stage) stays."""
+    base = _est(_train())
+    steps = {v: _est(_train(virtual_stages=v)).step_s for v in (1, 2, 4, 8)}
+    assert steps[1] == pytest.approx(base.step_s, rel=1e-12)
+    b = {v: steps[v] - steps[8] for v in (1, 2, 4)}
+    # (sum - max)(1 - 1/8) : (sum - max)(1/2 - 1/8) : (sum - max)(1/4 - 1/8) = 7 : 3 : 1
+    assert b[1] / b[4] == pytest.approx(7.0, rel=1e-6)
+    assert b[2] / b[4] == pytest.approx(3.0, rel=1e-6)
+
+
+def test_interleaving_holds_more_activations_on_the_first_stage():
+    # Megatron's warm-up: 2 (pp - s - 1) + (v - 1) pp + 1 chunks of 1 / v of the stage
+    assert float(_in_flight_microbatches(_sc(pp=4, v=2), 4, 0, 64)) == pytest.approx((6 + 4 + 1) / 2)
+    assert float(_in_flight_microbatches(_sc(pp=4, v=1), 4, 0, 64)) == 4
+    assert float(_in_flight_microbatches(_sc(pp=4, v=1), 4, 3, 64)) == 1
+    assert float(_in_flight_microbatches(_sc(pp=4, v=1, pipeline="dualpipe"), 4, 2, 64)) == 5  # PP + 1
+    one = _est(_train())
+    four = _est(_train(virtual_stages=4))
+    assert four.memory.by_category_bytes["activations"] > one.memory.by_category_bytes["activations"]
+
+
+def _sc(pp: int, v: int, pipeline: str = "1f1b"):
+    raw = _train(pp=pp, virtual_stages=v)
+    raw["schedule"] = {"pipeline": pipeline}
+    return scenario_from_dict(raw, "test")
+
+
+def test_dualpipe_has_a_smaller_bubble_and_two_copies_of_the_parameters():
+    f1b = _est(_train())
+    dual = _est(_train(), pipeline="dualpipe")
+    assert dual.step_s < f1b.step_s
+    assert dual.time_by_stage_s["pipeline_bubble"] < f1b.time_by_stage_s["pipeline_bubble"]
+    # each GPU holds stages j and pp-1-j: the weights of two stages, the optimizer states of one
+    w1, w2 = f1b.memory.by_category_bytes, dual.memory.by_category_bytes
+    assert w2["weights"] > 1.7 * w1["weights"]
+    assert w2["gradients"] > 1.7 * w1["gradients"]
+    assert any("DualPipe" in n for n in dual.notes)
+
+
+@pytest.mark.parametrize("layout,schedule,needle", [
+    ({"virtual_stages": 2, "pp": 1}, {}, "layout.pp > 1"),
+    ({"virtual_stages": 9}, {}, "virtual_stages <= 8"),
+    ({"virtual_stages": 2}, {"pipeline": "dualpipe"}, "virtual_stages = 1"),
+    ({"pp": 1}, {"pipeline": "dualpipe"}, "must be even"),
+])
+def test_impossible_pipeline_schedules_are_refused(layout, schedule, needle):
+    raw = _train(**layout)
+    if layout.get("pp") == 1:
+        raw["num_gpus"] = 16
+    with pytest.raises(Exception, match=needle):
+        _est(raw, **schedule)
+
+
+def test_pipeline_schedules_are_training_only():
+    with pytest.raises(Exception, match="training pipeline schedule"):
+        estimate(load_scenario(MIXTRAL_SERVE, ["layout.virtual_stages=2"]))
+
+
+# ----------------------------------------------------------------------------- low precision
+
+
+def _gemm(name: str, m: float, n: float, k: float, groups: float = 1.0, kind=OpKind.EXPERTS) -> Op:
+    return Op(kind, name, flops=2 * m * n * k * groups, gemm=GemmShape(m=m, n=n, k=k, groups=groups),
+              compute_kind="grouped_matmul" if groups > 1 else "matmul")
+
+
+def test_fp8_adds_one_quantisation_pass_per_gemm_input_with_its_own_backward():
+    ops = [_gemm("router_logits", 4096, 64, 2048, kind=OpKind.ROUTER),
+           _gemm("experts_up", 512, 1536, 2048, groups=16), _gemm("experts_down", 512, 2048, 768, groups=16),
+           Op(OpKind.LM_HEAD, "lm_head", flops=1.0, gemm=GemmShape(m=4096, n=1000, k=2048))]
+    out = low_precision_ops(ops, "fp8", training=True, element_bytes=1.0)
+    by = {o.name: o for o in out}
+    q = 1.0 + SCALE_BYTES_PER_ELEMENT
+    up = by["experts_up_quantize"]
+    assert up.bytes_moved == pytest.approx(512 * 16 * 2048 * (2 + 2 * q))  # row- and column-wise copies
+    # its backward quantises the output gradient [rows, N] both ways
+    assert up.backward(2.0).bytes_moved == pytest.approx(512 * 16 * 1536 * (2 + 2 * q))
+    assert up.backward(2.0).flops == 0
+    assert by["experts_down_quantize"].bytes_moved == pytest.approx(512 * 16 * 768 * (2 + 2 * q))
+    # router and LM head stay in BF16, with no quantisation pass
+    assert by["router_logits"].dtype == "bf16" and by["lm_head"].dtype == "bf16"
+    assert "router_logits_quantize" not in by and "lm_head_quantize" not in by
+    # inference writes one copy; tokens dispatched in FP8 were quantised once before the dispatch (4096 tokens)
+    inf = {o.name: o for o in low_precision_ops(ops, "fp8", training=False, element_bytes=1.0,
+                                                 dispatched_quantised=True)}
+    assert inf["experts_up_quantize"].bytes_moved == pytest.approx(4096 * 2048 * (2 + q))
+    assert inf["experts_down_quantize"].bytes_moved == pytest.approx(512 * 16 * 768 * (2 + q))
+    # BF16 is untouched
+    assert low_precision_ops(ops, "bf16", training=True, element_bytes=2.0) == ops
+
+
+def test_fp8_training_is_slower_than_its_gemms_alone():
+    sc = load_scenario(DSV3_TRAIN)
+    est = estimate(sc)
+    quant = [o for o in est.ops if o.kind in ("experts", "attention", "dense_ffn", "shared_experts")
+             and o.bytes_moved > 0 and o.flops == 0]
+    assert quant, "FP8 training has quantisation passes"
+    assert all(o.bound in ("memory", "latency") for o in quant)
+
+
+# ----------------------------------------------------------------------------- serving iterations
+
+
+def test_decode_iterations_carry_the_prompts_of_arriving_requests():
+    both = estimate(MIXTRAL_SERVE)
+    dec = estimate(MIXTRAL_SERVE, ["workload.phase=decode"])
+    assert both.tpot_s > dec.tpot_s
+    assert any("prompt tokens of arriving requests" in n for n in both.notes)
+
+
+def test_without_chunked_prefill_the_throughput_is_decode_plus_whole_prefills():
+    """dp b O / ((b / pb) TTFT + O TPOT_decode): every request's prefill paid on the same GPUs."""
+    ov = ["serving.chunked_prefill=false", "workload.prefill_batch_size=4"]
+    est = estimate(MIXTRAL_SERVE, ov)
+    dec = estimate(MIXTRAL_SERVE, ov + ["workload.phase=decode"])
+    sc = load_scenario(MIXTRAL_SERVE)
+    w = sc.workload
+    expect = sc.dp * w.batch_size * w.output_tokens / (w.batch_size / 4 * est.ttft_s + w.output_tokens * dec.tpot_s)
+    assert est.tokens_per_s == pytest.approx(expect, rel=1e-9)
+
+
+def test_mtp_drafts_raise_decode_throughput_by_the_accepted_tokens():
+    base = estimate(DSV3_DECODE)
+    mtp = estimate(DSV3_DECODE, ["workload.mtp_draft_tokens=1", "workload.mtp_acceptance_rate=0.85"])
+    none = estimate(DSV3_DECODE, ["workload.mtp_draft_tokens=1", "workload.mtp_acceptance_rate=0"])
+    # nothing accepted: the iteration got longer (2 tokens verified, one draft pass) for the same one token
+    assert none.tpot_s > base.tpot_s
+    # 1.85 tokens per iteration, the iteration costs less than 1.85 plain ones (decode is memory-bound)
+    assert base.tpot_s / 1.85 < mtp.tpot_s < base.tpot_s
+    assert mtp.tokens_per_s == pytest.approx(none.tokens_per_s * 1.85, rel=1e-9)
+
+
+@pytest.mark.parametrize("overrides,needle", [
+    (["workload.mtp_draft_tokens=1"], "mtp_acceptance_rate"),
+    (["workload.mtp_draft_tokens=1", "workload.mtp_acceptance_rate=1.5"], "mtp_acceptance_rate"),
+    (["workload.mtp_draft_tokens=9", "workload.mtp_acceptance_rate=0.8"], "mtp_draft_tokens"),
+    (["workload.memory_utilization_frac=0"], "memory_utilization_frac"),
+    (["workload.memory_utilization_frac=1.2"], "memory_utilization_frac"),
+    (["layout.virtual_stages=0"], "virtual_stages"),
+    (["schedule.pipeline=zb1p"], "schedule.pipeline"),
+])
+def test_bad_new_fields_exit_2_with_one_line_naming_the_field(run_cli, overrides, needle):
+    args = ["estimate", DSV3_DECODE]
+    for o in overrides:
+        args += ["--set", o]
+    r = run_cli(*args)
+    assert r.exit_code == 2
+    lines = [x for x in r.stderr.splitlines() if x.strip()]
+    assert len(lines) == 1 and needle in lines[0], r.stderr
+
+
+def test_mtp_needs_a_model_with_mtp_modules(run_cli):
+    r = run_cli("estimate", MIXTRAL_SERVE, "--set", "workload.mtp_draft_tokens=1",
+                "--set", "workload.mtp_acceptance_rate=0.8")
+    assert r.exit_code == 2
+    assert "multi-token-prediction" in r.stderr and "workload.mtp_draft_tokens" in r.stderr
+
+
+# ----------------------------------------------------------------------------- defaults
+
+
+def test_experts_are_sharded_over_tp_when_there_is_no_expert_parallelism():
+    assert Layout(tp=4).etp == 4
+    assert Layout(tp=4, ep=2).etp == 1
+    assert Layout(tp=4, etp=1).etp == 1  # stated: kept
+    raw = {"name": "dbrx", "model": "dbrx", "hardware": "h100-sxm", "num_gpus": 4, "layout": {"tp": 4},
+           "workload": {"kind": "serve", "batch_size": 8, "prompt_tokens": 2048, "output_tokens": 256}}
+    sc = scenario_from_dict(raw, "t")
+    est = estimate_resolved(sc, sc.resolve_model(), sc.resolve_hardware())
+    # DBRX (132 B) in BF16 on 4x H100: 66 GB of weights per GPU with the experts split four ways
+    assert est.fits and est.layout["etp"] == 4
+    assert any("etp = tp" in n for n in est.notes)
+
+
+def test_serving_workspace_is_the_engines_unused_share_of_the_device():
+    est = estimate(MIXTRAL_SERVE)
+    cap = est.memory.capacity_bytes
+    assert est.memory.by_category_bytes["workspace"] == pytest.approx(0.1 * cap)
+    b200 = estimate(MIXTRAL_SERVE, ["hardware=b200"])
+    assert b200.memory.by_category_bytes["workspace"] == pytest.approx(0.1 * b200.memory.capacity_bytes)
+    half = estimate(MIXTRAL_SERVE, ["workload.memory_utilization_frac=0.5"])
+    assert half.max_batch_size < est.max_batch_size
+    fixed = estimate(MIXTRAL_SERVE, ["workspace_bytes=2.5e9"])
+    assert fixed.memory.by_category_bytes["workspace"] == 2.5e9
+    train = estimate(DSV3_TRAIN)
+    assert train.memory.by_category_bytes["workspace"] == 2.5e9
+    assert np.isfinite(est.tokens_per_s)
