@@ -80,20 +80,10 @@ def tokens_per_s_per_node(est, sc) -> float:  # noqa: ANN001
     return est.tokens_per_s / est.num_gpus * GPUS_PER_NODE
 
 
-def offline_system_tokens_per_s(est, sc) -> float:  # noqa: ANN001
-    """Generated tokens/s of the system with every prefill counted: ``dp * b * O / ((b / pb) * ttft + O * tpot)``.
-
-    ``Estimate.tokens_per_s`` counts decode steps only and ``ttft_s`` is one prefill of ``pb``
-    prompts; an offline benchmark pays the prefill of each of the ``b`` requests per replica on the
-    same GPUs, ``b / pb`` prefills per ``O`` decode steps.
-    """
-    w = sc.workload
-    if est.ttft_s is None or est.tpot_s is None or not hasattr(w, "output_tokens"):
-        raise ValueError("figure offline_system_tokens_per_s needs a serving scenario with both phases "
-                         "(workload.phase = 'both')")
-    pb = w.prefill_batch_size or 1
-    b, o = w.batch_size, w.output_tokens
-    return sc.dp * b * o / (b / pb * est.ttft_s + o * est.tpot_s)
+def tokens_per_s(est, sc) -> float:  # noqa: ANN001
+    """Tokens/s of the whole deployment as estimated (serving with both phases: output tokens with the prefill of
+    every request paid on the same GPUs, as an offline benchmark counts them)."""
+    return est.tokens_per_s
 
 
 def fits(est, sc) -> bool:  # noqa: ANN001
@@ -104,7 +94,7 @@ def fits(est, sc) -> bool:  # noqa: ANN001
 #: the named figures a comparison may read (the ``figure`` field)
 FIGURES: dict[str, Callable[[Any, Any], float | bool]] = {
     f.__name__: f for f in (gpu_hours_per_trillion_tokens, mfu_bf16, model_tflops_per_gpu, tokens_per_s_per_gpu,
-                            step_s, tokens_per_s_per_node, offline_system_tokens_per_s, fits)
+                            step_s, tokens_per_s_per_node, tokens_per_s, fits)
 }
 
 Group = Literal["training", "serving", "memory"]
