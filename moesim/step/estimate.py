@@ -1098,16 +1098,17 @@ def train_curve(sc: Scenario, model: ModelSpec, hw: HardwareProfile, candidates)
         if tp * pp * dp != g or (tp * dp) % (lay.ep * lay.etp) or w.global_batch_size % (dp * mbs):
             continue
         try:
-            check_layout(types.SimpleNamespace(name=sc.name, layout=lay, num_gpus=g, routing=sc.routing), model, hw)
+            check_layout(types.SimpleNamespace(name=sc.name, layout=lay, num_gpus=g, routing=sc.routing,
+                                               workload=w, schedule=sc.schedule), model, hw)
         except InputError:
             continue
         dps[i], edps[i] = dp, tp * dp // (lay.ep * lay.etp)
         out["valid"][i] = True
         key = (tp, lay.ep, lay.etp, lay.sequence_parallel)
-        groups.setdefault(key, {}).setdefault((pp, mbs), []).append(i)
+        groups.setdefault(key, {}).setdefault((pp, mbs, lay.virtual_stages), []).append(i)
     cap = hw.accelerator.memory_bytes
     for (tp, ep, etp, seq_par), members in groups.items():
-        mbs_values = sorted({mbs for _, mbs in members})
+        mbs_values = sorted({mbs for _, mbs, _ in members})
         one = Parallel(1, tp, 1, 1, ep, etp, 1, 0, seq_par, gpn)
         n_arr = np.array([mbs * w.seq_len for mbs in mbs_values], dtype=float)
         kw = dict(n=n_arr, keys=(w.seq_len + 1) / 2, weight_dtype="bf16", kv_dtype="bf16",
@@ -1118,9 +1119,10 @@ def train_curve(sc: Scenario, model: ModelSpec, hw: HardwareProfile, candidates)
         except InputError:  # the layer cannot run (e.g. a node limit the EP group cannot meet)
             out["valid"][[i for idx in members.values() for i in idx]] = False
             continue
-        for (pp, mbs), group in members.items():
+        for (pp, mbs, vs), group in members.items():
             j = mbs_values.index(mbs)
-            sc_mbs = sc.model_copy(update={"workload": w.model_copy(update={"micro_batch_size": mbs})})
+            sc_mbs = sc.model_copy(update={"workload": w.model_copy(update={"micro_batch_size": mbs}),
+                                           "layout": sc.layout.model_copy(update={"virtual_stages": vs})})
             fwd, bwd = _pass_at(fwd_all, j), _pass_at(bwd_all, j)
 
             def step(idx: list[int]) -> tuple[Parallel, _TrainStep]:
