@@ -26,7 +26,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "load": ("moesim.cli.load_cmd", "load", "Expert load: per-rank tokens, imbalance, drops."),
     "comm": ("moesim.cli.comm_cmd", "comm", "Collective time over the topology (all-to-all, all-reduce, ...)."),
     "calibrate": ("moesim.cli.calibrate_cmd", "calibrate", "Measure this device and write a calibrated profile."),
-    "validate": ("moesim.cli.validate_cmd", "validate", "Predicted vs measured time of real MoE layers."),
+    "validate": ("moesim.cli.validate_cmd", "validate", "Predicted vs measured: real MoE layers on this device, or published runs (--published)."),
     "bench-layer": ("moesim.cli.bench_layer_cmd", "bench_layer", "Run one MoE layer; print measured and predicted."),
     "plan": ("moesim.cli.plan_cmd", "plan", "Search hardware x layout x batch under constraints."),
     "sweep": ("moesim.cli.sweep_cmd", "sweep", "Evaluate a scenario over a grid of field values."),
