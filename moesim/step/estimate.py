@@ -90,8 +90,8 @@ def check_layout(sc: Scenario, model: ModelSpec, hw: HardwareProfile) -> None:
     pipeline = sc.schedule.pipeline if hasattr(sc, "schedule") else "1f1b"
     if (v > 1 or pipeline != "1f1b") and not training:
         field = "layout.virtual_stages" if v > 1 else "schedule.pipeline"
-        raise InputError(f"{field} is a training pipeline schedule; allowed for serving: layout.virtual_stages = 1 "
-                         "and schedule.pipeline = '1f1b'", source=src, field=field)
+        raise InputError("sets a training pipeline schedule; allowed for serving: layout.virtual_stages = 1 and "
+                         "schedule.pipeline = '1f1b'", source=src, field=field)
     if v > 1:
         if lay.pp == 1:
             raise InputError(f"layout.virtual_stages ({v}) needs pipeline stages (layout.pp > 1); allowed with pp 1: 1",
