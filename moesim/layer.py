@@ -437,7 +437,7 @@ def low_precision_ops(ops: Sequence[Op], dtype: str, *, training: bool, element_
             fwd = rows * g.k * (act_bytes + outs * q)
         bwd = rows * g.n * (act_bytes + 2.0 * q)
         out.append(Op(op.kind, f"{base}_quantize", bytes_moved=fwd, compute_kind="elementwise",
-                      num_kernels=1 if (not isinstance(fwd, (int, float)) or fwd > 0) else 0,
+                      num_kernels=0 if base in NORM_FED_GEMMS else 1,
                       backward_bytes_moved=bwd, backward_kernels=1))
     return out
 

@@ -86,9 +86,8 @@ def check_layout(sc: Scenario, model: ModelSpec, hw: HardwareProfile) -> None:
     if lay.pp > model.num_layers:
         raise InputError(f"layout.pp ({lay.pp}) exceeds the {model.num_layers} layers", source=src, field="layout.pp")
     v = lay.virtual_stages
-    training = isinstance(sc.workload, TrainWorkload) if hasattr(sc, "workload") else True
-    pipeline = sc.schedule.pipeline if hasattr(sc, "schedule") else "1f1b"
-    if (v > 1 or pipeline != "1f1b") and not training:
+    pipeline = sc.schedule.pipeline
+    if (v > 1 or pipeline != "1f1b") and not isinstance(sc.workload, TrainWorkload):
         field = "layout.virtual_stages" if v > 1 else "schedule.pipeline"
         raise InputError("sets a training pipeline schedule; allowed for serving: layout.virtual_stages = 1 and "
                          "schedule.pipeline = '1f1b'", source=src, field=field)
@@ -607,6 +606,9 @@ def _train_step(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Parall
         return _stage_time(bwd, n_moe, n_dense, first, last, mtp)
 
     schedule = sc.schedule.pipeline
+    v = sc.layout.virtual_stages
+    most_layers = max(len(layers) for layers in stages)
+    chunk_frac = math.ceil(most_layers / v) / most_layers if v > 1 and most_layers else 1.0
     if schedule == "dualpipe":
         f_max = _max_of([_stage_time(fwd, *c, mtp) * (1 + recompute) for c in counts])
 
@@ -623,9 +625,6 @@ def _train_step(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Parall
             return sum(t) + (m - 1) * _max_of(t)
         return (sum(t) - _max_of(t)) * chunk_frac + m * _max_of(t)
 
-    v = sc.layout.virtual_stages
-    most_layers = max(len(layers) for layers in stages)
-    chunk_frac = math.ceil(most_layers / v) / most_layers if v > 1 and most_layers else 1.0
     t_mean = stage_times(False)
     pipe_mean = pipeline_s(t_mean)
     if p99:
@@ -866,7 +865,7 @@ def _serve_times(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Paral
         keys = (n_dec * ctx + chunk * (w.prompt_tokens + 1) / 2) / n_it if it.chunk_tokens_per_sequence else ctx
         decode = layer_pass(sc, model, hw, par, n=n_it, keys=keys, decode_batch=mb, context=ctx, weight_dtype=wdt,
                             expert_weight_dtype=edt, kv_dtype=w.kv_dtype, compute_dtype=dt,
-                            lm_tokens=None if n_it is n_dec else n_dec + chunk / w.prompt_tokens, detail=detail)
+                            lm_tokens=n_dec + chunk / w.prompt_tokens, detail=detail)
         draft = 0.0
         if it.drafted:  # the MTP module (one MoE layer and the shared head) runs once per drafted token
             dp_ = layer_pass(sc, model, hw, par, n=mb, keys=ctx, decode_batch=mb, context=ctx, weight_dtype=wdt,
