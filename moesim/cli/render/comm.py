@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
-import io
 import math
 from pathlib import Path
 
 from rich.table import Table
 
 from . import console
+from .plots import pyplot, save_png
+from .plots import plot_available as plot_available  # the command asks this module
 from .fmt import nbytes, seconds
 
 
@@ -100,27 +100,11 @@ def render_topology(s: dict) -> None:
 # ----------------------------------------------------------------------------- plots
 
 
-def plot_available() -> bool:
-    return importlib.util.find_spec("matplotlib") is not None
-
-
-def _save(fig, path: Path) -> None:  # noqa: ANN001
-    import matplotlib.pyplot as plt
-
-    from ...io import atomic_write_bytes
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write_bytes(Path(path), buf.getvalue())
 
 
 def plot_sweep(results: list, path: Path) -> None:
     """Time and busbw against size (log-log), written atomically as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     r0 = results[0]
     sizes = [r.size_bytes for r in results]
@@ -136,15 +120,12 @@ def plot_sweep(results: list, path: Path) -> None:
     ax2.legend()
     ax2.grid(True, which="both", alpha=0.3)
     fig.suptitle(f"{r0.collective.replace('_', '-')} on {r0.hardware}, {r0.num_ranks} ranks / {r0.num_nodes} node(s)")
-    _save(fig, path)
+    save_png(fig, path)
 
 
 def plot_all_to_all(series: list, path: Path) -> None:
     """Dispatch and combine time against tokens per rank, written atomically as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     r0 = series[-1]
     x = [r.tokens_per_rank for r in series]
@@ -156,4 +137,4 @@ def plot_all_to_all(series: list, path: Path) -> None:
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     ax.set_title(f"EP {r0.num_ranks} on {r0.hardware}, top-{r0.top_k}/{r0.num_experts}, {r0.algorithm}")
-    _save(fig, path)
+    save_png(fig, path)

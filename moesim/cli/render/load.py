@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
-import io
 from pathlib import Path
 
 from rich.table import Table
 
 from . import console
+from .plots import pyplot, save_png
+from .plots import plot_available as plot_available  # the command asks this module
 from .fmt import bar, nbytes
 
 #: ranks shown in the table before it switches to the most loaded ones
@@ -132,18 +132,11 @@ def render_layers(res, title: str | None = None) -> None:  # noqa: ANN001
     render_load(res.layers[res.worst_layer], f"layer {res.worst_layer}")
 
 
-def plot_available() -> bool:
-    return importlib.util.find_spec("matplotlib") is not None
-
 
 def plot_load(res, path: Path) -> None:  # noqa: ANN001
     """Per-expert expected tokens and per-rank mean / p99, as a PNG written atomically."""
-    import matplotlib
+    plt = pyplot()
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from ...io import atomic_write_bytes
 
     s = res.spec
     fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(10, 7), constrained_layout=True)
@@ -166,7 +159,4 @@ def plot_load(res, path: Path) -> None:  # noqa: ANN001
     ax2.set_ylabel("tokens / step")
     ax2.set_title(f"EP {s.ep_size}, {s.placement} placement: max/mean {res.imbalance.max_over_mean_ratio:.2f}")
     ax2.legend(loc="upper right", fontsize="small")
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write_bytes(Path(path), buf.getvalue())
+    save_png(fig, path, dpi=110)

@@ -8,6 +8,7 @@ from pathlib import Path
 from rich.table import Table
 
 from . import console
+from .plots import pyplot, save_png
 from .fmt import gib, seconds
 
 
@@ -68,17 +69,12 @@ def progress_bar():
 def plot_frontier(result, feasible: list[dict], path: Path) -> None:
     """Every feasible candidate (grey) and the Pareto frontier, coloured by hardware."""
     from ...errors import InputError
-    from ...io import atomic_write_bytes
     from ...plan.search import frontier_axes
 
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        plt = pyplot()
     except ImportError:
         raise InputError("matplotlib is not installed; pip install 'moesim[plot]'", source="--plot") from None
-    import io
 
     xkey, ykey = frontier_axes(result.workload == "train", result.workload)
     labels = {"usd_per_million_tokens": "USD per million tokens", "tpot_s": "time per output token (s)",
@@ -98,8 +94,5 @@ def plot_frontier(result, feasible: list[dict], path: Path) -> None:
     ax.set_yscale("log")
     ax.set_title(f"{result.scenario}: {len(pts):,} feasible candidates")
     ax.legend(fontsize=8)
-    buf = io.BytesIO()
     fig.tight_layout()
-    fig.savefig(buf, format="png", dpi=120)
-    plt.close(fig)
-    atomic_write_bytes(Path(path), buf.getvalue())
+    save_png(fig, path, dpi=120)

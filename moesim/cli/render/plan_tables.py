@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import importlib.util
-import io
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -13,6 +11,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from . import console
+from .plots import pyplot, save_png
+from .plots import plot_available as plot_available  # the command asks this module
 from .fmt import gib, seconds
 
 # ----------------------------------------------------------------------------- shared formatting
@@ -140,9 +140,6 @@ def render_sweep(result, title: str | None = None) -> None:  # noqa: ANN001
         c.print(f"{'*' if star else 'bold green'}: best value among the points that fit")
 
 
-def plot_available() -> bool:
-    return importlib.util.find_spec("matplotlib") is not None
-
 
 def _num(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
@@ -153,12 +150,8 @@ def plot_sweep(result, path: Path, x: str, y: str, hue: str | None = None) -> No
 
     Points that cannot run are left out; points that do not fit in memory are drawn hollow.
     """
-    import matplotlib
+    plt = pyplot()
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from ...io import atomic_write_bytes
 
     rows = [r for r in result.records() if r["error"] is None and r.get(y) is not None and r.get(x) is not None]
     group_fields = ([hue] if hue else []) + [f for f in result.fields if f not in (x, hue)]
@@ -195,10 +188,7 @@ def plot_sweep(result, path: Path, x: str, y: str, hue: str | None = None) -> No
     ax.grid(True, alpha=0.3)
     if len(groups) > 1:
         ax.legend(fontsize="small")
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write_bytes(Path(path), buf.getvalue())
+    save_png(fig, path, dpi=110)
 
 
 # ----------------------------------------------------------------------------- compare

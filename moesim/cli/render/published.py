@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-import io
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +9,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from . import console
+from .plots import parity_axes, pyplot, save_png
+from .plots import plot_available as plot_available  # the command asks this module
 
 _GROUP_STYLE = {"training": ("o", "tab:blue"), "serving": ("s", "tab:orange")}
 
@@ -57,19 +57,12 @@ def show_published(report: Any) -> None:
 # ----------------------------------------------------------------------------- plot
 
 
-def plot_available() -> bool:
-    return importlib.util.find_spec("matplotlib") is not None
-
 
 def plot_published(report: Any, path: Path) -> None:
     """Predicted against published (log-log), one marker per numeric row, written atomically as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     import numpy as np
 
-    from ...io import atomic_write_bytes
 
     rows = [r for r in report.numeric_rows if r.failure is None and r.predicted and r.predicted > 0]
     fig, ax = plt.subplots(figsize=(7.5, 6.5), constrained_layout=True)
@@ -88,19 +81,10 @@ def plot_published(report: Any, path: Path) -> None:
         for r in sel:
             ax.annotate(str(r.number), (float(r.published), float(r.predicted)), textcoords="offset points",
                         xytext=(5, 3), fontsize=8)
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlim(lo, hi)
-    ax.set_ylim(lo, hi)
-    ax.set_xlabel("published (the row's unit)")
-    ax.set_ylabel("predicted (same unit)")
-    ax.grid(True, which="both", alpha=0.3)
+    parity_axes(ax, lo, hi, "published (the row's unit)", "predicted (same unit)")
     ax.legend(loc="upper left")
     s = report.summaries.get("all")
     if s is not None and s.median_abs_error_frac is not None:
         ax.set_title(f"moesim against published figures: {s.num_rows} rows, median |error| "
                      f"{s.median_abs_error_frac:.0%}, p90 {s.p90_abs_error_frac:.0%}")
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write_bytes(Path(path), buf.getvalue())
+    save_png(fig, path, dpi=110)

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import importlib.util
-import io
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -12,8 +10,9 @@ from typing import Any
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from ...io import atomic_write_bytes
 from . import console
+from .plots import parity_axes, pyplot, save_png
+from .plots import plot_available as plot_available  # the command asks this module
 from .fmt import rate, seconds
 
 STAGE_ORDER = ("router", "dispatch", "experts", "combine", "shared_experts")
@@ -144,16 +143,10 @@ def show_bench_layer(res: Any) -> None:
         c.print(f"  {k}: {v}")
 
 
-def plot_available() -> bool:
-    return importlib.util.find_spec("matplotlib") is not None
-
 
 def plot_validation(report: Any, path: Path) -> None:
     """Predicted against measured (log-log) with the y = x line and ±10 % / ±20 % bands; written atomically."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     meas = [c.measured_s for c in report.cases]
     pred = [c.predicted_s for c in report.cases]
@@ -171,17 +164,8 @@ def plot_validation(report: Any, path: Path) -> None:
             ax.scatter([p[0] for p in pts], [p[1] for p in pts], color=col, s=28, label=impl, zorder=3)
     for c in report.cases:
         ax.annotate(c.name, (c.measured_s, c.predicted_s), fontsize=6, xytext=(3, 3), textcoords="offset points")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlim(lo, hi)
-    ax.set_ylim(lo, hi)
-    ax.set_xlabel("measured layer time (s)")
-    ax.set_ylabel("predicted layer time (s)")
+    parity_axes(ax, lo, hi, "measured layer time (s)", "predicted layer time (s)")
     ax.set_title(f"{report.device_name}, profile {report.profile}\nmedian |err| "
                  f"{report.median_abs_error_frac * 100:.1f} %, p90 {report.p90_abs_error_frac * 100:.1f} %")
     ax.legend(loc="upper left", fontsize=8)
-    ax.grid(True, which="both", alpha=0.3)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=130)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    save_png(fig, path, dpi=130)

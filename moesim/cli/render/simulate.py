@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 from rich import box
 from rich.table import Table
 
 from . import console
+from .plots import pyplot, save_png
 from .fmt import seconds
 
 
@@ -90,23 +90,10 @@ def render_rate_sweep(s) -> None:
     c.print(t)
 
 
-def _save(fig, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    from ...io import atomic_write_bytes
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write_bytes(Path(path), buf.getvalue())
-
 
 def plot_timeline(r, path: Path) -> None:
     """Queue length, running batch and KV-cache use over time, one column per pool."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     n = max(1, len(r.timelines))
     fig, axes = plt.subplots(2, n, figsize=(6.5 * n, 6), squeeze=False, constrained_layout=True)
@@ -126,15 +113,12 @@ def plot_timeline(r, path: Path) -> None:
         ax2.grid(True, alpha=0.3)
     rate = f"{r.rate_per_s:g} req/s" if r.rate_per_s is not None else "trace"
     fig.suptitle(f"{r.scenario}: {r.num_requests:,} requests at {rate}")
-    _save(fig, path)
+    save_png(fig, path)
 
 
 def plot_rate_sweep(s, path: Path) -> None:
     """TTFT and TPOT percentiles against the request rate, with the saturation rate."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     rates = [p.rate_per_s for p in s.points]
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.8), constrained_layout=True)
@@ -152,7 +136,7 @@ def plot_rate_sweep(s, path: Path) -> None:
         ax.grid(True, alpha=0.3, which="both")
         ax.legend(fontsize="small")
     fig.suptitle(f"{s.scenario} ({s.mode}, {s.num_gpus} GPUs): latency percentiles vs rate")
-    _save(fig, path)
+    save_png(fig, path)
 
 
 # ----------------------------------------------------------------------------- plan --rate
@@ -189,10 +173,7 @@ def render_rate_plan(res) -> None:
 
 def plot_rate_plan(res, feasible: list[dict], path: Path) -> None:
     """Feasible deployments: cost per hour (or GPUs) against p99 TPOT, aggregated and disaggregated."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     xkey = "usd_per_hour" if all(r["usd_per_hour"] is not None for r in feasible) else "num_gpus"
     fig, ax = plt.subplots(figsize=(7.5, 4.8), constrained_layout=True)
@@ -206,4 +187,4 @@ def plot_rate_plan(res, feasible: list[dict], path: Path) -> None:
     ax.set_title(f"{res.scenario}: {res.constraints.rate_per_s:g} requests/s, {len(feasible)} feasible deployments")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize="small")
-    _save(fig, path)
+    save_png(fig, path)
