@@ -42,10 +42,16 @@ class ForwardFlops:
         return self.matmul_flops + self.attention_flops
 
 
+def attention_score_flops_per_key(model: ModelSpec) -> float:
+    """QK^T and AV FLOPs of one token in one layer per key attended: ``2 H (d_qk + d_v)``."""
+    a = model.attention
+    return 2.0 * a.num_heads * (a.qk_head_dim + a.v_head_dim)
+
+
 def attention_score_flops(model: ModelSpec, keys_attended: float) -> float:
     """QK^T and AV FLOPs of one token over all layers, attending to ``keys_attended`` keys."""
     a = model.attention
-    per_key = 2.0 * a.num_heads * (a.qk_head_dim + a.v_head_dim)
+    per_key = attention_score_flops_per_key(model)
     n_slide = model.num_sliding_layers
     windowed = min(keys_attended, float(a.sliding_window)) if a.sliding_window is not None else keys_attended
     return per_key * ((model.num_layers - n_slide) * keys_attended + n_slide * windowed)

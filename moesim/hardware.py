@@ -243,6 +243,21 @@ class ScaleOut(_Frozen):
         return self
 
 
+class AttentionEfficiency(_Frozen):
+    """Fraction of the BF16 dense peak that a fused attention kernel (QK^T, softmax, AV in one kernel) reaches,
+    over the mean number of keys each query attends (the key-block loop length of the kernel).
+
+    ``forward_frac`` is read from causal forward runs (mean keys per query ``S / 2`` at sequence length ``S``),
+    ``backward_frac`` from backward runs at their own mean keys per query; FLOPs are counted as the useful work
+    (the masked half of a causal score matrix excluded; the backward's recomputed ``Q K^T`` counted, 2.5x the
+    forward). See docs/step-model.md ("Attention kernel efficiency").
+    """
+
+    source: str = Field(description="The kernel benchmark the curves are read from.")
+    forward_frac: Curve = Field(description="Forward pass: fraction of the BF16 peak vs mean keys per query.")
+    backward_frac: Curve = Field(description="Backward pass: fraction of the BF16 peak vs mean keys per query.")
+
+
 class Efficiency(_Frozen):
     """Achievable fractions of the peaks and fixed overheads (defaults until calibrated)."""
 
@@ -264,6 +279,11 @@ class Efficiency(_Frozen):
         description="Fraction of the dtype's dense peak that arithmetic inside elementwise kernels reaches (the "
         "SiLU's exp and division): vector units without FMA pairing and transcendental sequences run below the GEMM "
         "peak; fitted from the calibration's swiglu benchmark, 1 (never binding on GPUs) by default.",
+    )
+    attention: AttentionEfficiency | None = Field(
+        None,
+        description="Fused attention kernel efficiency over keys per query (published kernel benchmarks); when "
+        "absent the attention core is timed as a GEMM of its FLOPs on matmul_frac.",
     )
     host_issue_s: Seconds | None = Field(
         None,

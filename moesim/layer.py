@@ -55,7 +55,7 @@ from typing import Any, Literal
 
 from .ops import OpKind
 
-ComputeKind = Literal["matmul", "grouped_matmul", "batched_matmul", "elementwise", "comm"]
+ComputeKind = Literal["matmul", "grouped_matmul", "batched_matmul", "attention", "elementwise", "comm"]
 Group = Literal["", "tp", "ep", "etp", "dp", "edp", "pp"]
 KernelPlan = Literal["fused", "grouped", "padded", "loop"]
 KERNEL_PLANS: tuple[str, ...] = ("fused", "grouped", "padded", "loop")
@@ -106,19 +106,29 @@ class Op:
     #: activation bytes and kernels (see :meth:`backward`)
     backward_bytes_moved: Any = None
     backward_kernels: Any = None
+    #: work of the backward pass over the forward's when it is not the caller's dgrad + wgrad factor (the fused
+    #: attention core recomputes ``Q K^T``: 5 GEMMs against the forward's 2, so 2.5)
+    backward_factor: float | None = None
+    #: fused attention core: mean keys attended per query (where its kernel efficiency is read, moesim.timing)
+    keys_per_query: Any = None
+    is_backward: bool = False  #: this is the backward pass of the operation (attention reads its backward curve)
 
     @property
     def total_bytes(self) -> Any:
         return self.bytes_moved + self.weight_bytes
 
     def backward(self, factor: float) -> "Op":
-        """The operation's share of the backward pass: :meth:`scaled` by ``factor`` (GEMMs: dgrad and wgrad), or,
-        for an operation that states its own backward (``backward_bytes_moved``), that."""
+        """The operation's share of the backward pass: :meth:`scaled` by ``factor`` (GEMMs: dgrad and wgrad) or by
+        the operation's own ``backward_factor``, or, for an operation that states its own backward
+        (``backward_bytes_moved``), that."""
         if self.backward_bytes_moved is None:
-            return self.scaled(factor)
+            new = self.scaled(self.backward_factor if self.backward_factor is not None else factor)
+            new.__dict__["is_backward"] = True
+            return new
         new = object.__new__(type(self))
         d = new.__dict__
         d.update(self.__dict__)
+        d["is_backward"] = True
         d["flops"], d["bytes_moved"], d["weight_bytes"] = 0.0, self.backward_bytes_moved, 0.0
         d["num_kernels"] = self.backward_kernels if self.backward_kernels is not None else self.num_kernels
         return new

@@ -75,7 +75,7 @@ def gemm_efficiency(profile: HardwareProfile, kind: str, dtype: str, op: "Op") -
         size = g.flops_per_gemm
     else:
         size = op.flops
-    curve = eff.matmul_frac if kind == "matmul" else eff.grouped
+    curve = eff.matmul_frac if kind in ("matmul", "attention") else eff.grouped
     if _scalar(size):
         return curve(max(float(size), 1e-30))
     return curve(np.maximum(np.asarray(size, dtype=float), 1e-30))
@@ -88,7 +88,13 @@ def op_terms(profile: HardwareProfile, op: "Op", dtype: str) -> tuple[Any, Any, 
     d = op.dtype or dtype
     peak = acc.peak_for(d)
     flops = op.flops
-    if op.compute_kind in ("matmul", "grouped_matmul", "batched_matmul") and not (_scalar(flops) and flops <= 0):
+    if op.compute_kind == "attention" and eff.attention is not None:
+        curve = eff.attention.backward_frac if op.is_backward else eff.attention.forward_frac
+        keys = op.keys_per_query
+        compute = flops / (peak * (curve(max(float(keys), 1e-30)) if _scalar(keys)
+                                   else curve(np.maximum(np.asarray(keys, dtype=float), 1e-30))))
+    elif (op.compute_kind in ("matmul", "grouped_matmul", "batched_matmul", "attention")
+          and not (_scalar(flops) and flops <= 0)):
         compute = flops / (peak * gemm_efficiency(profile, op.compute_kind, d, op))
     else:
         compute = flops / (peak * eff.elementwise_compute_frac)

@@ -23,7 +23,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from ..flops import attention_score_flops
+import numpy as np
+
+from ..flops import attention_score_flops_per_key
 from ..layer import GemmShape, KernelPlan, MoEShape, Op, RowsPerExpert, ffn_gemm_ops, moe_ffn_ops
 from ..memory import kv_elements_per_token_per_layer
 from ..model import MLAAttention, ModelSpec
@@ -32,8 +34,12 @@ from ..params import attention_params, ffn_params
 from .parallel import Parallel
 
 ACT_BYTES = 2.0  # bf16 activations
+#: backward work of a fused attention core over its forward: the kernel recomputes S = Q K^T from Q, K and the
+#: saved log-sum-exp, then computes dV = P^T dO, dP = dO V^T, dQ = dS K and dK = dS^T Q: five GEMMs of the
+#: forward's size against its two (Dao et al., FlashAttention, NeurIPS 2022, Algorithm 4)
+ATTENTION_BACKWARD_FACTOR = 2.5
 
-__all__ = ["ACT_BYTES", "ExpertRankLoad", "Op", "attention_ops", "dense_ffn_ops", "dispatch_bytes_per_copy",
+__all__ = ["ACT_BYTES", "ATTENTION_BACKWARD_FACTOR", "ExpertRankLoad", "Op", "attention_ops", "dense_ffn_ops", "dispatch_bytes_per_copy",
            "embedding_op", "lm_head_op", "moe_ops"]
 
 
@@ -61,18 +67,31 @@ def attention_ops(model: ModelSpec, par: Parallel, n: float, keys: float, *, dec
     h = model.hidden_size
     p_attn = attention_params(model) / par.tp
     proj_flops = 2.0 * p_attn * n
-    score_flops = attention_score_flops(model, keys) / model.num_layers * n / par.tp
     mla = isinstance(model.attention, MLAAttention)
     kv_layer = kv_elements_per_token_per_layer(model) * kv_bytes / par.kv_shard(model.attention.num_kv_heads, mla)
-    kv_read = decode_batch * context * kv_layer
     kv_write = n * kv_layer
     q_dim = model.attention.num_heads * model.attention.qk_head_dim / par.tp
     ops = [
         Op(OpKind.ATTENTION, "attention_proj", flops=proj_flops, bytes_moved=ACT_BYTES * n * 2 * h,
            weight_bytes=p_attn * weight_bytes, num_kernels=3, gemm=GemmShape(m=n, n=p_attn / h, k=h)),
-        # the attention core (QK^T, softmax, AV) runs in bf16 even when the GEMMs use fp8
-        Op(OpKind.ATTENTION, "attention_core", flops=score_flops, bytes_moved=kv_read + kv_write, num_kernels=1,
-           dtype="bf16"),
+    ]
+    # the attention core (QK^T, softmax, AV): one fused kernel per layer, in bf16 even when the GEMMs use fp8;
+    # full-attention and sliding-window layers apart (their keys per query, and so kernel efficiency, differ),
+    # each weighted by its share of the layers
+    n_slide = model.num_sliding_layers
+    window = model.attention.sliding_window
+    for name, share, k_q, ctx in (
+            ("attention_core", (model.num_layers - n_slide) / model.num_layers, keys, context),
+            ("attention_core_window", n_slide / model.num_layers,
+             _at_most(keys, window), _at_most(context, window))):
+        if share <= 0:
+            continue
+        flops = attention_score_flops_per_key(model) * k_q * n / par.tp * share
+        kv_read = decode_batch * ctx * kv_layer * share
+        ops.append(Op(OpKind.ATTENTION, name, flops=flops, bytes_moved=kv_read + kv_write * share,
+                      num_kernels=share, dtype="bf16", compute_kind="attention", keys_per_query=k_q,
+                      backward_factor=ATTENTION_BACKWARD_FACTOR))
+    ops += [
         # norm, residual add and rotary embedding: separate memory-bound kernels
         Op(OpKind.ATTENTION, "attention_norm_rope", bytes_moved=ACT_BYTES * n * (5 * h + 4 * q_dim),
            compute_kind="elementwise", num_kernels=3),
@@ -81,6 +100,12 @@ def attention_ops(model: ModelSpec, par: Parallel, n: float, keys: float, *, dec
         ops.append(Op(OpKind.TP_COMM, "attention_tp_all_reduce", comm_bytes=ACT_BYTES * n * h, group="tp",
                       compute_kind="comm", collective="all_reduce"))
     return ops
+
+
+def _at_most(x, cap: float | None):
+    if cap is None:
+        return x
+    return min(x, float(cap)) if isinstance(x, (int, float)) else np.minimum(x, float(cap))
 
 
 def moe_shape(model: ModelSpec, par: Parallel) -> MoEShape:

@@ -1,0 +1,130 @@
+"""The fused attention core: its kernel efficiency over keys per query (profile tables from published kernel
+benchmarks), its backward's recomputation, and sliding-window layers (docs/step-model.md, "Attention kernel
+efficiency")."""
+
+from __future__ import annotations
+
+import json
+import tomllib
+
+import numpy as np
+import pytest
+
+from moesim.catalog import load_model
+from moesim.flops import attention_score_flops
+from moesim.hardware import bundled_profile_path, load_hardware
+from moesim.step.ops import ATTENTION_BACKWARD_FACTOR, attention_ops
+from moesim.step.parallel import Parallel
+from moesim.timing import op_terms
+
+H100 = "h100-sxm"
+
+
+def _par(tp: int = 1) -> Parallel:
+    return Parallel(num_gpus=tp, tp=tp, pp=1, dp=1, ep=1, etp=1, edp=1, zero_stage=0, sequence_parallel=False,
+                    gpus_per_node=8)
+
+
+def _core(model: str, n: float, keys: float, *, tp: int = 1, **kw):
+    ops = attention_ops(load_model(model), _par(tp), n, keys, **kw)
+    return {op.name: op for op in ops}
+
+
+def test_the_core_runs_at_the_profiles_forward_and_backward_curves_at_its_keys_per_query():
+    hw = load_hardware(H100)
+    att = hw.efficiency.attention
+    assert att is not None
+    peak = hw.accelerator.peak_for("bf16")
+    for seq in (512, 4096, 16384):
+        keys = (seq + 1) / 2
+        core = _core("mixtral-8x7b", 4096.0, keys)["attention_core"]
+        assert core.compute_kind == "attention" and core.keys_per_query == keys
+        compute, _, _ = op_terms(hw, core, "fp8")  # the core stays in bf16 under an fp8 recipe
+        assert compute == pytest.approx(core.flops / (peak * att.forward_frac(keys)), rel=1e-12)
+        back = core.backward(2.0)  # the caller's dgrad + wgrad factor does not apply to the core
+        assert back.flops == pytest.approx(ATTENTION_BACKWARD_FACTOR * core.flops, rel=1e-12)
+        compute_b, _, _ = op_terms(hw, back, "bf16")
+        assert compute_b == pytest.approx(back.flops / (peak * att.backward_frac(keys)), rel=1e-12)
+
+
+def test_short_sequences_cost_more_per_flop_than_long_ones():
+    """The kernel's key-block loop fills its pipeline over more blocks at longer keys (FA3: 292 TFLOP/s causal
+    at S = 512 against 616 at 16k on H100)."""
+    hw = load_hardware(H100)
+    per_flop = []
+    for seq in (512, 2048, 8192):
+        core = _core("mixtral-8x7b", 8192.0, (seq + 1) / 2)["attention_core"]
+        per_flop.append(op_terms(hw, core, "bf16")[0] / core.flops)
+    assert per_flop[0] > 1.5 * per_flop[2]
+    assert per_flop[0] > per_flop[1] > per_flop[2]
+
+
+def test_a_profile_without_an_attention_table_times_the_core_as_a_gemm_of_its_flops():
+    hw = load_hardware("a100-sxm-80gb")
+    assert hw.efficiency.attention is None
+    core = _core("mixtral-8x7b", 4096.0, 2048.5)["attention_core"]
+    compute, _, _ = op_terms(hw, core, "bf16")
+    want = core.flops / (hw.accelerator.peak_for("bf16") * hw.efficiency.matmul_frac(core.flops))
+    assert compute == pytest.approx(want, rel=1e-12)
+
+
+def test_projections_and_norms_have_a_dgrad_plus_wgrad_backward():
+    ops = _core("mixtral-8x7b", 4096.0, 2048.5)
+    for name in ("attention_proj", "attention_norm_rope"):
+        op = ops[name]
+        assert op.backward(2.0).flops == pytest.approx(2.0 * op.flops, rel=1e-12)
+        assert op.backward(2.0).bytes_moved == pytest.approx(2.0 * op.bytes_moved, rel=1e-12)
+
+
+def test_sliding_window_layers_attend_their_window_at_their_own_efficiency():
+    model = load_model("gpt-oss-120b")
+    window = float(model.attention.sliding_window)
+    share = model.num_sliding_layers / model.num_layers
+    assert 0 < share < 1
+    n, keys, tp = 4096.0, 2048.5, 2
+    ops = _core("gpt-oss-120b", n, keys, tp=tp)
+    full, win = ops["attention_core"], ops["attention_core_window"]
+    assert win.keys_per_query == window and full.keys_per_query == keys
+    assert full.num_kernels + win.num_kernels == pytest.approx(1.0)  # one core kernel per layer on average
+    # the two ops together are the model's attention FLOPs per layer (moesim.flops)
+    assert full.flops + win.flops == pytest.approx(attention_score_flops(model, keys) / model.num_layers * n / tp,
+                                                   rel=1e-12)
+    hw = load_hardware(H100)
+    att = hw.efficiency.attention
+    assert op_terms(hw, win, "bf16")[0] / win.flops > op_terms(hw, full, "bf16")[0] / full.flops
+    assert att.forward_frac(window) < att.forward_frac(keys)
+
+
+def test_decode_reads_only_the_window_of_the_kv_cache_in_sliding_layers():
+    model = load_model("gpt-oss-120b")
+    window = float(model.attention.sliding_window)
+    b, ctx = 64.0, 8192.0
+    ops = _core("gpt-oss-120b", b, ctx, decode_batch=b, context=ctx)
+    full, win = ops["attention_core"], ops["attention_core_window"]
+    share_f, share_w = full.num_kernels, win.num_kernels
+    kv_per_token = full.bytes_moved / share_f / (b * ctx + b)  # full layers: read b x ctx tokens, write b
+    assert win.bytes_moved == pytest.approx(share_w * kv_per_token * (b * window + b), rel=1e-9)
+    assert window < ctx
+
+
+def test_vector_token_counts_give_the_scalar_times():
+    hw = load_hardware(H100)
+    ns = np.array([512.0, 4096.0, 32768.0])
+    vec = _core("gpt-oss-120b", ns, 1024.5)
+    for i, n in enumerate(ns):
+        one = _core("gpt-oss-120b", float(n), 1024.5)
+        for name in ("attention_core", "attention_core_window"):
+            assert op_terms(hw, vec[name], "bf16")[0][i] == pytest.approx(op_terms(hw, one[name], "bf16")[0],
+                                                                          rel=1e-12)
+
+
+def test_a_bad_attention_curve_in_a_profile_exits_2_naming_the_field(run_cli, tmp_path):
+    raw = tomllib.loads(bundled_profile_path(H100).read_text())
+    raw["efficiency"]["attention"]["forward_frac"]["points"] = [[4096, 0.6], [1024, 0.5]]
+    f = tmp_path / "bad.json"
+    f.write_text(json.dumps(raw))
+    res = run_cli("hardware", "show", str(f))
+    assert res.exit_code == 2
+    line = res.stderr.strip()
+    assert "\n" not in line and "Traceback" not in line
+    assert "efficiency.attention.forward_frac" in line and "bad.json" in line
