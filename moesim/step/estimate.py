@@ -240,7 +240,7 @@ def _plain(x) -> bool:
 
 
 def layer_pass(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Parallel, *, n, keys: float,
-               decode_batch=0.0, context: float = 0.0, weight_dtype: str, kv_dtype: str,
+               decode_batch=0.0, context: float = 0.0, decode_tokens=None, weight_dtype: str, kv_dtype: str,
                expert_weight_dtype: str | None = None,
                compute_dtype: str, backward: bool = False, training: bool = False, lm_tokens=None,
                detail: bool = True) -> Pass:
@@ -258,18 +258,20 @@ def layer_pass(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Paralle
     """
     lpar = par.layer_view()
     rt, sched = sc.routing, sc.schedule
-    if not (_plain(n) and _plain(keys) and _plain(decode_batch) and _plain(context) and _plain(lm_tokens)):
+    if not (_plain(n) and _plain(keys) and _plain(decode_batch) and _plain(context) and _plain(lm_tokens)
+            and _plain(decode_tokens)):
         return _layer_pass(rt, sched, model, hw, lpar, n=n, keys=keys, decode_batch=decode_batch, context=context,
-                           weight_dtype=weight_dtype, kv_dtype=kv_dtype, expert_weight_dtype=expert_weight_dtype,
+                           decode_tokens=decode_tokens, weight_dtype=weight_dtype, kv_dtype=kv_dtype, expert_weight_dtype=expert_weight_dtype,
                            compute_dtype=compute_dtype, backward=backward, training=training, lm_tokens=lm_tokens,
                            detail=detail)
     key = (model.fingerprint, bridge._hw_key(hw), lpar, rt, sched, type(n), n, type(keys), keys, type(decode_batch),
-           decode_batch, type(context), context, type(lm_tokens), lm_tokens, weight_dtype, kv_dtype,
+           decode_batch, type(context), context, type(decode_tokens), decode_tokens, type(lm_tokens), lm_tokens,
+           weight_dtype, kv_dtype,
            expert_weight_dtype, compute_dtype, backward, training, detail)
     hit = _PASSES.get(key)
     if hit is None:
         hit = _layer_pass(rt, sched, model, hw, lpar, n=n, keys=keys, decode_batch=decode_batch, context=context,
-                          weight_dtype=weight_dtype, kv_dtype=kv_dtype, expert_weight_dtype=expert_weight_dtype,
+                          decode_tokens=decode_tokens, weight_dtype=weight_dtype, kv_dtype=kv_dtype, expert_weight_dtype=expert_weight_dtype,
                           compute_dtype=compute_dtype, backward=backward, training=training, lm_tokens=lm_tokens,
                           detail=detail)
         _PASSES.put(key, hit)
@@ -277,7 +279,7 @@ def layer_pass(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Paralle
 
 
 def _layer_pass(rt: RoutingSpec, sched: Schedule, model: ModelSpec, hw: HardwareProfile, par: Parallel, *, n,
-                keys: float, decode_batch, context: float, weight_dtype: str, kv_dtype: str,
+                keys: float, decode_batch, context: float, decode_tokens, weight_dtype: str, kv_dtype: str,
                 expert_weight_dtype: str | None, compute_dtype: str, backward: bool, training: bool, lm_tokens,
                 detail: bool) -> Pass:
     """:func:`layer_pass` itself, from the routing and schedule alone of the scenario."""
@@ -294,7 +296,8 @@ def _layer_pass(rt: RoutingSpec, sched: Schedule, model: ModelSpec, hw: Hardware
     issue_factor = 2.0 if backward else 1.0  # dgrad and wgrad kernels
     wb = bytes_per_element(weight_dtype)
     ewb = bytes_per_element(expert_weight_dtype) if expert_weight_dtype else wb
-    attn = attention_ops(model, par, n, keys, decode_batch=decode_batch, context=context, weight_bytes=wb,
+    attn = attention_ops(model, par, n, keys, decode_batch=decode_batch, context=context,
+                         decode_tokens=decode_tokens, weight_bytes=wb,
                          kv_bytes=bytes_per_element(kv_dtype))
     def lowp(ops: list[Op]) -> list[Op]:
         return low_precision_ops(ops, compute_dtype, training=training, element_bytes=bytes_per_element(compute_dtype),
@@ -863,7 +866,8 @@ def _serve_times(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Paral
         chunk = mb * it.chunk_tokens_per_sequence  # prompt tokens of arriving requests riding along (chunked prefill)
         n_it = n_dec + chunk
         keys = (n_dec * ctx + chunk * (w.prompt_tokens + 1) / 2) / n_it if it.chunk_tokens_per_sequence else ctx
-        decode = layer_pass(sc, model, hw, par, n=n_it, keys=keys, decode_batch=mb, context=ctx, weight_dtype=wdt,
+        decode = layer_pass(sc, model, hw, par, n=n_it, keys=keys, decode_batch=mb, context=ctx, decode_tokens=n_dec,
+                            weight_dtype=wdt,
                             expert_weight_dtype=edt, kv_dtype=w.kv_dtype, compute_dtype=dt,
                             lm_tokens=n_dec + chunk / w.prompt_tokens, detail=detail)
         draft = 0.0

@@ -59,47 +59,97 @@ class ExpertRankLoad:
 
 
 def attention_ops(model: ModelSpec, par: Parallel, n: float, keys: float, *, decode_batch: float = 0.0,
-                  context: float = 0.0, weight_bytes: float = 2.0, kv_bytes: float = 2.0) -> list[Op]:
+                  context: float = 0.0, decode_tokens=None, weight_bytes: float = 2.0,
+                  kv_bytes: float = 2.0) -> list[Op]:
     """Attention block of one layer for ``n`` tokens attending to ``keys`` keys on average.
 
-    In decode (``decode_batch`` sequences at ``context`` tokens) the KV cache is read once per step.
+    In decode (``decode_batch`` sequences at ``context`` tokens) the KV cache is read once per step;
+    ``decode_tokens`` (default ``decode_batch``: one per sequence) of the ``n`` tokens are decode queries,
+    each attending ``context`` cached keys. With MLA they run in the absorbed form (:func:`mla_core_ops`).
     """
     h = model.hidden_size
     p_attn = attention_params(model) / par.tp
-    proj_flops = 2.0 * p_attn * n
     mla = isinstance(model.attention, MLAAttention)
     kv_layer = kv_elements_per_token_per_layer(model) * kv_bytes / par.kv_shard(model.attention.num_kv_heads, mla)
-    kv_write = n * kv_layer
-    q_dim = model.attention.num_heads * model.attention.qk_head_dim / par.tp
+    # the projections are the same FLOPs in MLA's expanded and absorbed forms (absorbing W_UK and W_UV moves
+    # 2 H d_c (d_nope + d_v) per token from the KV up-projection to the query and output side)
     ops = [
-        Op(OpKind.ATTENTION, "attention_proj", flops=proj_flops, bytes_moved=ACT_BYTES * n * 2 * h,
+        Op(OpKind.ATTENTION, "attention_proj", flops=2.0 * p_attn * n, bytes_moved=ACT_BYTES * n * 2 * h,
            weight_bytes=p_attn * weight_bytes, num_kernels=3, gemm=GemmShape(m=n, n=p_attn / h, k=h)),
     ]
-    # the attention core (QK^T, softmax, AV): one fused kernel per layer, in bf16 even when the GEMMs use fp8;
-    # full-attention and sliding-window layers apart (their keys per query, and so kernel efficiency, differ),
-    # each weighted by its share of the layers
-    n_slide = model.num_sliding_layers
-    window = model.attention.sliding_window
-    for name, share, k_q, ctx in (
-            ("attention_core", (model.num_layers - n_slide) / model.num_layers, keys, context),
-            ("attention_core_window", n_slide / model.num_layers,
-             _at_most(keys, window), _at_most(context, window))):
-        if share <= 0:
-            continue
-        flops = attention_score_flops_per_key(model) * k_q * n / par.tp * share
-        kv_read = decode_batch * ctx * kv_layer * share
-        ops.append(Op(OpKind.ATTENTION, name, flops=flops, bytes_moved=kv_read + kv_write * share,
-                      num_kernels=share, dtype="bf16", compute_kind="attention", keys_per_query=k_q,
-                      backward_factor=ATTENTION_BACKWARD_FACTOR))
-    ops += [
-        # norm, residual add and rotary embedding: separate memory-bound kernels
-        Op(OpKind.ATTENTION, "attention_norm_rope", bytes_moved=ACT_BYTES * n * (5 * h + 4 * q_dim),
-           compute_kind="elementwise", num_kernels=3),
-    ]
+    if mla and not (_plain(decode_batch) and decode_batch <= 0):
+        ops += mla_core_ops(model, par, n, keys, decode_batch=decode_batch, context=context,
+                            decode_tokens=decode_batch if decode_tokens is None else decode_tokens,
+                            kv_layer_bytes=kv_layer)
+    else:
+        ops += _core_ops(model, par, n, keys, decode_batch=decode_batch, context=context, kv_layer_bytes=kv_layer)
+    q_dim = model.attention.num_heads * model.attention.qk_head_dim / par.tp
+    # norm, residual add and rotary embedding: separate memory-bound kernels
+    ops.append(Op(OpKind.ATTENTION, "attention_norm_rope", bytes_moved=ACT_BYTES * n * (5 * h + 4 * q_dim),
+                  compute_kind="elementwise", num_kernels=3))
     if par.tp > 1:
         ops.append(Op(OpKind.TP_COMM, "attention_tp_all_reduce", comm_bytes=ACT_BYTES * n * h, group="tp",
                       compute_kind="comm", collective="all_reduce"))
     return ops
+
+
+def _core(name: str, flops, bytes_moved, kernels, keys_per_query) -> Op:
+    """One fused attention core (QK^T, softmax, AV), in bf16 even when the GEMMs use fp8."""
+    return Op(OpKind.ATTENTION, name, flops=flops, bytes_moved=bytes_moved, num_kernels=kernels, dtype="bf16",
+              compute_kind="attention", keys_per_query=keys_per_query, backward_factor=ATTENTION_BACKWARD_FACTOR)
+
+
+def _core_ops(model: ModelSpec, par: Parallel, n, keys, *, decode_batch, context, kv_layer_bytes) -> list[Op]:
+    """The core of every layer: full-attention and sliding-window layers apart (their keys per query, and so
+    kernel efficiency, differ), each weighted by its share of the layers (one kernel per layer on average)."""
+    n_slide = model.num_sliding_layers
+    window = model.attention.sliding_window
+    ops = []
+    for name, share, k_q, ctx in (
+            ("attention_core", (model.num_layers - n_slide) / model.num_layers, keys, context),
+            ("attention_core_window", n_slide / model.num_layers,
+             _at_most(keys, window), _at_most(context, window))):
+        if share > 0:
+            kv = (decode_batch * ctx + n) * kv_layer_bytes * share  # decode reads the cache; every token writes
+            ops.append(_core(name, attention_score_flops_per_key(model) * k_q * n / par.tp * share, kv, share, k_q))
+    return ops
+
+
+def mla_absorbed_flops_per_key(model: ModelSpec) -> float:
+    """Core FLOPs of one decode query per cached key in MLA's absorbed form, one layer: scores against the
+    latent and the rope key, ``2 H (d_c + d_r)``, and values in the latent, ``2 H d_c`` (DeepSeek-V2, arXiv
+    2405.04434, section 2.1.2: W_UK is absorbed into the query and W_UV into the output projection)."""
+    a = model.attention
+    assert isinstance(a, MLAAttention)
+    return 2.0 * a.num_heads * (a.kv_lora_rank + a.qk_rope_head_dim) + 2.0 * a.num_heads * a.kv_lora_rank
+
+
+def mla_core_ops(model: ModelSpec, par: Parallel, n, keys, *, decode_batch, context, decode_tokens,
+                 kv_layer_bytes) -> list[Op]:
+    """MLA's core in an iteration with decode queries: the ``decode_tokens`` queries attend the cached
+    latents in the absorbed form (one kernel, as FlashMLA); the iteration's other tokens (prefill chunks riding
+    along) attend in the expanded form, as a prefill does (``n keys`` query-key pairs in all)."""
+    pairs_dec = decode_tokens * context
+    pairs_pre = _at_least(n * keys - pairs_dec, 0.0)
+    return [
+        _core("attention_core", attention_score_flops_per_key(model) * pairs_pre / par.tp,
+              (n - decode_tokens) * kv_layer_bytes, _positive(pairs_pre),
+              pairs_pre / _at_least(n - decode_tokens, 1.0)),
+        _core("attention_core_decode", mla_absorbed_flops_per_key(model) * pairs_dec / par.tp,
+              (decode_batch * context + decode_tokens) * kv_layer_bytes, _positive(pairs_dec), context),
+    ]
+
+
+def _plain(x) -> bool:
+    return type(x) in (int, float)
+
+
+def _at_least(x, lo: float):
+    return max(x, lo) if _plain(x) else np.maximum(x, lo)
+
+
+def _positive(x):
+    return (1.0 if x > 0 else 0.0) if _plain(x) else (np.asarray(x) > 0).astype(float)
 
 
 def _at_most(x, cap: float | None):

@@ -128,3 +128,54 @@ def test_a_bad_attention_curve_in_a_profile_exits_2_naming_the_field(run_cli, tm
     line = res.stderr.strip()
     assert "\n" not in line and "Traceback" not in line
     assert "efficiency.attention.forward_frac" in line and "bad.json" in line
+
+
+# ----------------------------------------------------------------------------- MLA's absorbed decode
+
+
+def test_mla_decode_queries_attend_the_latent_in_the_absorbed_form():
+    """DeepSeek-V3: 128 heads, latent 512, rope key 64 -> 2 x 128 x (512 + 64) + 2 x 128 x 512 = 278,528 FLOPs per
+    cached key, against 2 x 128 x (192 + 128) = 81,920 in the expanded form a prefill runs."""
+    model = load_model("deepseek-v3")
+    b, ctx, tp = 64.0, 4096.0, 2
+    ops = _core("deepseek-v3", b, ctx, tp=tp, decode_batch=b, context=ctx)
+    dec, pre = ops["attention_core_decode"], ops["attention_core"]
+    assert dec.flops == pytest.approx(278_528 * b * ctx / tp, rel=1e-12)
+    assert dec.keys_per_query == ctx and dec.num_kernels == 1.0
+    assert pre.flops == 0.0 and pre.num_kernels == 0.0  # no prefill tokens in a pure decode iteration
+    # a prefill of the same model stays in the expanded form, with no decode kernel
+    prefill = _core("deepseek-v3", 4096.0, 2048.5, tp=tp)
+    assert "attention_core_decode" not in prefill
+    assert prefill["attention_core"].flops == pytest.approx(
+        attention_score_flops(model, 2048.5) / model.num_layers * 4096.0 / tp, rel=1e-12)
+
+
+def test_an_iteration_with_prefill_chunks_splits_its_query_key_pairs_between_the_two_forms():
+    b, ctx, chunk, prompt = 32.0, 3000.0, 256.0, 2048.0
+    n = b + chunk
+    keys = (b * ctx + chunk * (prompt + 1) / 2) / n
+    ops = _core("deepseek-v3", n, keys, decode_batch=b, context=ctx, decode_tokens=b)
+    dec, pre = ops["attention_core_decode"], ops["attention_core"]
+    assert pre.flops == pytest.approx(81_920 * chunk * (prompt + 1) / 2, rel=1e-9)
+    assert pre.keys_per_query == pytest.approx((prompt + 1) / 2, rel=1e-9)
+    assert dec.flops == pytest.approx(278_528 * b * ctx, rel=1e-12)
+    assert pre.num_kernels == dec.num_kernels == 1.0
+
+
+def test_mtp_verified_tokens_are_decode_queries_each_attending_the_context():
+    b, ctx, verified = 16.0, 1024.0, 2.0
+    ops = _core("deepseek-v3", b * verified, ctx, decode_batch=b, context=ctx, decode_tokens=b * verified)
+    assert ops["attention_core_decode"].flops == pytest.approx(278_528 * b * verified * ctx, rel=1e-12)
+    assert ops["attention_core"].flops == 0.0
+
+
+def test_absorbed_decode_is_compute_bound_on_hopper():
+    """The absorbed form does 3.4x the expanded count's core FLOPs: 242 FLOPs per byte of BF16 latent, above
+    H200's ridge at the attention curve, so the core is compute-bound, not bound by the latent read."""
+    hw = load_hardware("h200")
+    model = load_model("deepseek-v3")
+    dec = _core("deepseek-v3", 128.0, 2048.0, decode_batch=128.0, context=2048.0)["attention_core_decode"]
+    compute, memory, _ = op_terms(hw, dec, "fp8")
+    assert compute > memory
+    expanded_flops = attention_score_flops(model, 2048.0) / model.num_layers * 128.0
+    assert dec.flops / expanded_flops == pytest.approx(278_528 / 81_920, rel=1e-12)
