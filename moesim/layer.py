@@ -392,6 +392,7 @@ def moe_ffn_ops(s: MoEShape, *, tokens: Any, rows: RowsPerExpert, plan: KernelPl
 
 # --------------------------------------------------------------------------- low-precision GEMMs
 
+_ELEMENT_BYTES = {"fp8": 1.0, "fp4": 0.5}
 #: Bytes of block scales per quantised element: one 8-bit scale per 32 elements (MXFP8, NVFP4 per 16 is
 #: close) or one fp32 scale per 128 (DeepSeek-V3's 1 x 128 tiles) are both 1/32 byte per element.
 SCALE_BYTES_PER_ELEMENT = 1.0 / 32.0
@@ -405,7 +406,8 @@ BF16_GEMMS = frozenset({"router_logits", "lm_head"})
 
 
 def low_precision_ops(ops: Sequence[Op], dtype: str, *, training: bool, element_bytes: float,
-                      act_bytes: float = 2.0, dispatched_quantised: bool = False) -> list[Op]:
+                      act_bytes: float = 2.0, dispatched_quantised: bool = False,
+                      expert_dtype: str | None = None) -> list[Op]:
     """``ops`` as an FP8 / FP4 recipe runs them: the router and LM head in BF16, and a quantisation pass
     before every low-precision GEMM whose input is not already quantised.
 
@@ -422,22 +424,35 @@ def low_precision_ops(ops: Sequence[Op], dtype: str, *, training: bool, element_
 
     ``R`` is rows per group times groups, as the ``fused`` plan's GEMMs state them. One kernel per pass. Left out: the separate amax pass of per-tensor current scaling and the per-step cast
     of the weights (once per step, not per micro-batch).
+
+    ``expert_dtype`` (when set and not ``dtype``): the routed experts' GEMMs run in it (an FP4 MoE checkpoint
+    with FP8 elsewhere), with their quantisation passes at its element bytes.
     """
-    if dtype not in ("fp8", "fp4"):
+    if expert_dtype == dtype:
+        expert_dtype = None
+    if dtype not in ("fp8", "fp4") and expert_dtype is None:
         return list(ops)
-    q = element_bytes + SCALE_BYTES_PER_ELEMENT
+    low = dtype in ("fp8", "fp4")
     outs = 2.0 if training else 1.0
     tokens = next((op.gemm.m for op in ops if op.name == "router_logits" and op.gemm is not None), None)
     out: list[Op] = []
     for op in ops:
         base = op.name
-        if base in BF16_GEMMS:
+        if base in BF16_GEMMS and low:
             out.append(replace(op, dtype="bf16"))
             continue
-        out.append(op)
         g = op.gemm
-        if g is None or op.dtype is not None or op.compute_kind not in ("matmul", "grouped_matmul", "batched_matmul"):
+        gemm = g is not None and op.compute_kind in ("matmul", "grouped_matmul", "batched_matmul")
+        d = dtype
+        if expert_dtype is not None and gemm and op.kind == OpKind.EXPERTS and op.dtype is None:
+            d = expert_dtype
+            op = replace(op, dtype=d)
+        elif op.dtype is not None:
+            gemm = False
+        out.append(op)
+        if not gemm or d not in ("fp8", "fp4"):
             continue
+        q = (element_bytes if d == dtype else _ELEMENT_BYTES[d]) + SCALE_BYTES_PER_ELEMENT
         rows = g.m * g.groups
         if base in NORM_FED_GEMMS:
             fwd = 0.0

@@ -153,6 +153,15 @@ class ServeWorkload(_Spec):
     output_tokens: Tokens = Field(1, description="Generated tokens per sequence.")
     compute_dtype: Literal["bf16", "fp8", "fp4"] = Field("bf16", description="GEMM precision.")
     weight_dtype: DType | None = Field(None, description="Weight storage dtype; default the model's published dtype.")
+    expert_compute_dtype: Literal["bf16", "fp8", "fp4"] | None = Field(
+        None,
+        description="GEMM precision of the routed experts when it differs from compute_dtype: NVFP4 / MXFP4 "
+        "checkpoints quantise the MoE experts only (nvidia/DeepSeek-R1-FP4 keeps attention and the dense layers "
+        "in FP8); default compute_dtype.")
+    expert_weight_dtype: DType | None = Field(
+        None,
+        description="Storage dtype of the routed experts' weights when it differs from the other weights; default "
+        "weight_dtype when that is set, else the model's published expert dtype.")
     kv_dtype: Literal["bf16", "fp8"] = Field("bf16", description="KV-cache element type.")
     mtp_draft_tokens: int = Field(
         0, ge=0, le=8,

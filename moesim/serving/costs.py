@@ -87,7 +87,7 @@ class IterationCost:
         self._sc, self._model, self._hw, self._par = sc, model, hw, par
         wdt, edt = serve_weight_dtypes(model, w)
         self._kw = dict(weight_dtype=wdt, expert_weight_dtype=edt, kv_dtype=w.kv_dtype, compute_dtype=w.compute_dtype,
-                        detail=False)
+                        expert_compute_dtype=w.expert_compute_dtype, detail=False)
         self._n_moe = model.num_moe_layers
         self._n_dense = model.num_dense_layers
         self.dp, self.pp = par.dp, par.pp

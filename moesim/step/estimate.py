@@ -242,8 +242,8 @@ def _plain(x) -> bool:
 def layer_pass(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Parallel, *, n, keys: float,
                decode_batch=0.0, context: float = 0.0, decode_tokens=None, weight_dtype: str, kv_dtype: str,
                expert_weight_dtype: str | None = None,
-               compute_dtype: str, backward: bool = False, training: bool = False, lm_tokens=None,
-               detail: bool = True) -> Pass:
+               compute_dtype: str, expert_compute_dtype: str | None = None, backward: bool = False,
+               training: bool = False, lm_tokens=None, detail: bool = True) -> Pass:
     """Time of one MoE and one dense layer for ``n`` tokens per DP rank (forward, or backward).
 
     With ``detail=False`` (searches) ``n`` may be a numpy array of token counts: the
@@ -262,26 +262,26 @@ def layer_pass(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Paralle
             and _plain(decode_tokens)):
         return _layer_pass(rt, sched, model, hw, lpar, n=n, keys=keys, decode_batch=decode_batch, context=context,
                            decode_tokens=decode_tokens, weight_dtype=weight_dtype, kv_dtype=kv_dtype, expert_weight_dtype=expert_weight_dtype,
-                           compute_dtype=compute_dtype, backward=backward, training=training, lm_tokens=lm_tokens,
-                           detail=detail)
+                           compute_dtype=compute_dtype, expert_compute_dtype=expert_compute_dtype,
+                           backward=backward, training=training, lm_tokens=lm_tokens, detail=detail)
     key = (model.fingerprint, bridge._hw_key(hw), lpar, rt, sched, type(n), n, type(keys), keys, type(decode_batch),
            decode_batch, type(context), context, type(decode_tokens), decode_tokens, type(lm_tokens), lm_tokens,
            weight_dtype, kv_dtype,
-           expert_weight_dtype, compute_dtype, backward, training, detail)
+           expert_weight_dtype, compute_dtype, expert_compute_dtype, backward, training, detail)
     hit = _PASSES.get(key)
     if hit is None:
         hit = _layer_pass(rt, sched, model, hw, lpar, n=n, keys=keys, decode_batch=decode_batch, context=context,
                           decode_tokens=decode_tokens, weight_dtype=weight_dtype, kv_dtype=kv_dtype, expert_weight_dtype=expert_weight_dtype,
-                          compute_dtype=compute_dtype, backward=backward, training=training, lm_tokens=lm_tokens,
-                          detail=detail)
+                          compute_dtype=compute_dtype, expert_compute_dtype=expert_compute_dtype,
+                          backward=backward, training=training, lm_tokens=lm_tokens, detail=detail)
         _PASSES.put(key, hit)
     return hit
 
 
 def _layer_pass(rt: RoutingSpec, sched: Schedule, model: ModelSpec, hw: HardwareProfile, par: Parallel, *, n,
                 keys: float, decode_batch, context: float, decode_tokens, weight_dtype: str, kv_dtype: str,
-                expert_weight_dtype: str | None, compute_dtype: str, backward: bool, training: bool, lm_tokens,
-                detail: bool) -> Pass:
+                expert_weight_dtype: str | None, compute_dtype: str, expert_compute_dtype: str | None,
+                backward: bool, training: bool, lm_tokens, detail: bool) -> Pass:
     """:func:`layer_pass` itself, from the routing and schedule alone of the scenario."""
     vector = not detail and np.ndim(n) > 0  # token counts as a numpy array: time every op for all at once
     if vector:
@@ -301,6 +301,7 @@ def _layer_pass(rt: RoutingSpec, sched: Schedule, model: ModelSpec, hw: Hardware
                          kv_bytes=bytes_per_element(kv_dtype))
     def lowp(ops: list[Op]) -> list[Op]:
         return low_precision_ops(ops, compute_dtype, training=training, element_bytes=bytes_per_element(compute_dtype),
+                                 expert_dtype=expert_compute_dtype,
                                  dispatched_quantised=rt.dispatch_dtype == "fp8")
 
     overlap_shared = sched.overlap_shared_experts
@@ -807,7 +808,10 @@ def train_memory_table(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par:
 
 def serve_weight_dtypes(model: ModelSpec, w: ServeWorkload) -> tuple[str, str | None]:
     """(dtype of the weights, dtype of the routed experts when different): the published checkpoint's
-    (gpt-oss keeps its experts in MXFP4) unless the workload names one dtype for all weights."""
+    (gpt-oss keeps its experts in MXFP4) unless the workload names one dtype for all weights, or names the
+    experts' own (``expert_weight_dtype``)."""
+    if w.expert_weight_dtype is not None:
+        return w.weight_dtype or model.weight_dtype, w.expert_weight_dtype
     if w.weight_dtype is not None:
         return w.weight_dtype, None
     return model.weight_dtype, model.expert_weight_dtype
@@ -849,13 +853,14 @@ def _serve_times(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Paral
     def p2p(nbytes):
         return (par.pp - 1) * bridge.p2p_time_s(hw, par, nbytes) if par.pp > 1 else 0.0
 
+    dtypes = dict(weight_dtype=wdt, expert_weight_dtype=edt, kv_dtype=w.kv_dtype, compute_dtype=dt,
+                  expert_compute_dtype=w.expert_compute_dtype)
     ttft = tpot = tpot_p99 = None
     prefill = decode = None
     if w.phase in ("both", "prefill"):
         pb = prefill_batch(w, b)
         prefill = layer_pass(sc, model, hw, par, n=pb * w.prompt_tokens, keys=(w.prompt_tokens + 1) / 2,
-                             weight_dtype=wdt, expert_weight_dtype=edt, kv_dtype=w.kv_dtype, compute_dtype=dt,
-                             lm_tokens=pb, detail=detail)
+                             lm_tokens=pb, detail=detail, **dtypes)
         ttft = total(prefill) + p2p(2.0 * pb * w.prompt_tokens * h)
     ctx = w.prompt_tokens + w.output_tokens / 2
     it = _Iteration.of(sc, w)
@@ -867,13 +872,10 @@ def _serve_times(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Paral
         n_it = n_dec + chunk
         keys = (n_dec * ctx + chunk * (w.prompt_tokens + 1) / 2) / n_it if it.chunk_tokens_per_sequence else ctx
         decode = layer_pass(sc, model, hw, par, n=n_it, keys=keys, decode_batch=mb, context=ctx, decode_tokens=n_dec,
-                            weight_dtype=wdt,
-                            expert_weight_dtype=edt, kv_dtype=w.kv_dtype, compute_dtype=dt,
-                            lm_tokens=n_dec + chunk / w.prompt_tokens, detail=detail)
+                            lm_tokens=n_dec + chunk / w.prompt_tokens, detail=detail, **dtypes)
         draft = 0.0
         if it.drafted:  # the MTP module (one MoE layer and the shared head) runs once per drafted token
-            dp_ = layer_pass(sc, model, hw, par, n=mb, keys=ctx, decode_batch=mb, context=ctx, weight_dtype=wdt,
-                             expert_weight_dtype=edt, kv_dtype=w.kv_dtype, compute_dtype=dt, detail=False)
+            dp_ = layer_pass(sc, model, hw, par, n=mb, keys=ctx, decode_batch=mb, context=ctx, detail=False, **dtypes)
             draft = it.drafted * (dp_.moe_s + dp_.lm_head_s)
         p2p_s = p2p(2.0 * n_it * h)
         stall = 0.0
