@@ -128,16 +128,27 @@ def mla_core_ops(model: ModelSpec, par: Parallel, n, keys, *, decode_batch, cont
                  kv_layer_bytes) -> list[Op]:
     """MLA's core in an iteration with decode queries: the ``decode_tokens`` queries attend the cached
     latents in the absorbed form (one kernel, as FlashMLA); the iteration's other tokens (prefill chunks riding
-    along) attend in the expanded form, as a prefill does (``n keys`` query-key pairs in all)."""
+    along) attend in the expanded form, as a prefill does (``n keys`` query-key pairs in all). The decode
+    kernel's efficiency is read at ``min(context, keys)``: the context in a pure decode iteration, the
+    iteration's mean keys per query when prefill chunks ride along (as the other models' single core does;
+    the serving simulator states an iteration by its total cached tokens, not per sequence)."""
+    decode_tokens = decode_tokens * _positive(context)  # no cached keys: no decode queries
     pairs_dec = decode_tokens * context
     pairs_pre = _at_least(n * keys - pairs_dec, 0.0)
+    # the n new tokens' latents are written by the two kernels in the share of the pairs each attends
+    pre_share = pairs_pre / _at_least(n * keys, 1e-30)
+    write = n * kv_layer_bytes
     return [
-        _core("attention_core", attention_score_flops_per_key(model) * pairs_pre / par.tp,
-              (n - decode_tokens) * kv_layer_bytes, _positive(pairs_pre),
-              pairs_pre / _at_least(n - decode_tokens, 1.0)),
+        _core("attention_core", attention_score_flops_per_key(model) * pairs_pre / par.tp, write * pre_share,
+              _positive(pairs_pre), pairs_pre / _at_least(n - decode_tokens, 1.0)),
         _core("attention_core_decode", mla_absorbed_flops_per_key(model) * pairs_dec / par.tp,
-              (decode_batch * context + decode_tokens) * kv_layer_bytes, _positive(pairs_dec), context),
+              decode_batch * context * kv_layer_bytes + write * (1.0 - pre_share), _positive(pairs_dec),
+              _at_most_array(context, keys)),
     ]
+
+
+def _at_most_array(x, cap):
+    return min(x, cap) if _plain(x) and _plain(cap) else np.minimum(x, cap)
 
 
 def _plain(x) -> bool:

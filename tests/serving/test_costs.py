@@ -37,6 +37,25 @@ def test_prefill_iteration_is_the_step_models_ttft(mixtral):
     assert cost.prefill_s(P) == pytest.approx(ttft, rel=2e-3)
 
 
+@pytest.mark.parametrize("batch", [1, 32])
+def test_mla_decode_and_prefill_iterations_are_the_step_models(batch):
+    """DeepSeek-V3: the simulator states a decode iteration by its total cached tokens; the absorbed MLA core
+    still gets the step model's FLOPs and kernel efficiency."""
+    sc = load_scenario("deepseek-v3-decode-h800")
+    model, hw = sc.resolve_model(), sc.resolve_hardware()
+    cost = costs.iteration_cost(sc, model, hw, max_tokens=8192, max_keys=8192, max_kv_read=500_000)
+    w = sc.workload
+    ctx = w.prompt_tokens + w.output_tokens / 2
+    decode_only = load_scenario("deepseek-v3-decode-h800", ["workload.phase=decode"])
+    tpot = float(serve_curve(decode_only, model, hw, [batch])["tpot_s"][0])
+    assert cost.exact_s(batch, ctx, batch * ctx, batch) == pytest.approx(tpot, rel=1e-12)
+    P = 1024
+    prefill = load_scenario("deepseek-v3-decode-h800", ["workload.phase=both", f"workload.prompt_tokens={P}"])
+    ttft = float(serve_curve(prefill, model, hw, [1])["ttft_s"][0])
+    cost_p = costs.iteration_cost(prefill, model, hw, max_tokens=8192, max_keys=8192, max_kv_read=500_000)
+    assert cost_p.exact_s(P, (P + 1) / 2, 0.0, 1.0) == pytest.approx(ttft, rel=1e-12)
+
+
 def test_interpolated_table_is_within_half_a_percent_of_the_step_model(mixtral):
     *_, cost = mixtral
     rng = np.random.default_rng(0)
