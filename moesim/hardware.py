@@ -244,8 +244,8 @@ class ScaleOut(_Frozen):
 
 
 class AttentionEfficiency(_Frozen):
-    """Fraction of the BF16 dense peak that a fused attention kernel (QK^T, softmax, AV in one kernel) reaches,
-    over the mean number of keys each query attends (the key-block loop length of the kernel).
+    """Fraction of the BF16 dense peak that a fused attention kernel (QK^T, softmax, AV in one kernel) reaches
+    at one head dimension, over the mean number of keys each query attends (the key-block loop length).
 
     ``forward_frac`` is read from causal forward runs (mean keys per query ``S / 2`` at sequence length ``S``),
     ``backward_frac`` from backward runs at their own mean keys per query; FLOPs are counted as the useful work
@@ -254,6 +254,7 @@ class AttentionEfficiency(_Frozen):
     """
 
     source: str = Field(description="The kernel benchmark the curves are read from.")
+    head_dim: int = Field(gt=0, le=4096, description="Head dimension of the benchmark the curves are read from.")
     forward_frac: Curve = Field(description="Forward pass: fraction of the BF16 peak vs mean keys per query.")
     backward_frac: Curve = Field(description="Backward pass: fraction of the BF16 peak vs mean keys per query.")
 
@@ -280,10 +281,11 @@ class Efficiency(_Frozen):
         "SiLU's exp and division): vector units without FMA pairing and transcendental sequences run below the GEMM "
         "peak; fitted from the calibration's swiglu benchmark, 1 (never binding on GPUs) by default.",
     )
-    attention: AttentionEfficiency | None = Field(
-        None,
-        description="Fused attention kernel efficiency over keys per query (published kernel benchmarks); when "
-        "absent the attention core is timed as a GEMM of its FLOPs on matmul_frac.",
+    attention: list[AttentionEfficiency] = Field(
+        default_factory=list,
+        description="Fused attention kernel efficiency over keys per query, one entry per benchmarked head "
+        "dimension (strictly increasing; interpolated linearly in log(head dim) between them, held outside); when "
+        "empty the attention core is timed as a GEMM of its FLOPs on matmul_frac.",
     )
     host_issue_s: Seconds | None = Field(
         None,
@@ -291,6 +293,27 @@ class Efficiency(_Frozen):
         "pass takes max(device time, kernels x host_issue_s) unless it runs as a captured graph. None: the host is "
         "the device (a CPU), its cost is in kernel_overhead_s.",
     )
+
+    @model_validator(mode="after")
+    def _attention_head_dims(self) -> "Efficiency":
+        dims = [a.head_dim for a in self.attention]
+        if any(b <= a for a, b in zip(dims, dims[1:])):
+            raise ValueError(f"attention head_dim values must be strictly increasing, got {dims}")
+        return self
+
+    def attention_frac(self, head_dim: float, keys: Any, backward: bool) -> Any:
+        """The fused attention kernel's fraction of the BF16 peak at ``keys`` keys per query (scalar or array)
+        for ``head_dim``: the curves of the nearest benchmarked head dimensions, linear in log(head dim)."""
+        tables = self.attention
+        pick = (lambda a: a.backward_frac(keys)) if backward else (lambda a: a.forward_frac(keys))
+        if head_dim <= tables[0].head_dim:
+            return pick(tables[0])
+        if head_dim >= tables[-1].head_dim:
+            return pick(tables[-1])
+        i = next(j for j, a in enumerate(tables) if a.head_dim >= head_dim)
+        lo, hi = tables[i - 1], tables[i]
+        t = (math.log(head_dim) - math.log(lo.head_dim)) / (math.log(hi.head_dim) - math.log(lo.head_dim))
+        return pick(lo) + t * (pick(hi) - pick(lo))
 
     @property
     def grouped(self) -> Curve:

@@ -111,6 +111,7 @@ class Op:
     backward_factor: float | None = None
     #: fused attention core: mean keys attended per query (where its kernel efficiency is read, moesim.timing)
     keys_per_query: Any = None
+    head_dim: float = 128.0  #: fused attention core: the head dimension its kernel runs at
     is_backward: bool = False  #: this is the backward pass of the operation (attention reads its backward curve)
 
     @property

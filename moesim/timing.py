@@ -88,11 +88,10 @@ def op_terms(profile: HardwareProfile, op: "Op", dtype: str) -> tuple[Any, Any, 
     d = op.dtype or dtype
     peak = acc.peak_for(d)
     flops = op.flops
-    if op.compute_kind == "attention" and eff.attention is not None:
-        curve = eff.attention.backward_frac if op.is_backward else eff.attention.forward_frac
+    if op.compute_kind == "attention" and eff.attention:
         keys = op.keys_per_query
-        compute = flops / (peak * (curve(max(float(keys), 1e-30)) if _scalar(keys)
-                                   else curve(np.maximum(np.asarray(keys, dtype=float), 1e-30))))
+        keys = max(float(keys), 1e-30) if _scalar(keys) else np.maximum(np.asarray(keys, dtype=float), 1e-30)
+        compute = flops / (peak * eff.attention_frac(op.head_dim, keys, op.is_backward))
     elif (op.compute_kind in ("matmul", "grouped_matmul", "batched_matmul", "attention")
           and not (_scalar(flops) and flops <= 0)):
         compute = flops / (peak * gemm_efficiency(profile, op.compute_kind, d, op))

@@ -93,10 +93,16 @@ def attention_ops(model: ModelSpec, par: Parallel, n: float, keys: float, *, dec
     return ops
 
 
-def _core(name: str, flops, bytes_moved, kernels, keys_per_query) -> Op:
+def _core(name: str, flops, bytes_moved, kernels, keys_per_query, head_dim: float) -> Op:
     """One fused attention core (QK^T, softmax, AV), in bf16 even when the GEMMs use fp8."""
     return Op(OpKind.ATTENTION, name, flops=flops, bytes_moved=bytes_moved, num_kernels=kernels, dtype="bf16",
-              compute_kind="attention", keys_per_query=keys_per_query, backward_factor=ATTENTION_BACKWARD_FACTOR)
+              compute_kind="attention", keys_per_query=keys_per_query, backward_factor=ATTENTION_BACKWARD_FACTOR,
+              head_dim=float(head_dim))
+
+
+def _head_dim(model: ModelSpec) -> int:
+    """The head dimension an attention kernel is built for: the larger of the query/key and value dims."""
+    return max(model.attention.qk_head_dim, model.attention.v_head_dim)
 
 
 def _core_ops(model: ModelSpec, par: Parallel, n, keys, *, decode_batch, context, kv_layer_bytes) -> list[Op]:
@@ -111,7 +117,8 @@ def _core_ops(model: ModelSpec, par: Parallel, n, keys, *, decode_batch, context
              _at_most(keys, window), _at_most(context, window))):
         if share > 0:
             kv = (decode_batch * ctx + n) * kv_layer_bytes * share  # decode reads the cache; every token writes
-            ops.append(_core(name, attention_score_flops_per_key(model) * k_q * n / par.tp * share, kv, share, k_q))
+            ops.append(_core(name, attention_score_flops_per_key(model) * k_q * n / par.tp * share, kv, share, k_q,
+                             _head_dim(model)))
     return ops
 
 
@@ -132,6 +139,8 @@ def mla_core_ops(model: ModelSpec, par: Parallel, n, keys, *, decode_batch, cont
     kernel's efficiency is read at ``min(context, keys)``: the context in a pure decode iteration, the
     iteration's mean keys per query when prefill chunks ride along (as the other models' single core does;
     the serving simulator states an iteration by its total cached tokens, not per sequence)."""
+    a = model.attention
+    assert isinstance(a, MLAAttention)
     decode_tokens = decode_tokens * _positive(context)  # no cached keys: no decode queries
     pairs_dec = decode_tokens * context
     pairs_pre = _at_least(n * keys - pairs_dec, 0.0)
@@ -140,10 +149,10 @@ def mla_core_ops(model: ModelSpec, par: Parallel, n, keys, *, decode_batch, cont
     write = n * kv_layer_bytes
     return [
         _core("attention_core", attention_score_flops_per_key(model) * pairs_pre / par.tp, write * pre_share,
-              _positive(pairs_pre), pairs_pre / _at_least(n - decode_tokens, 1.0)),
+              _positive(pairs_pre), pairs_pre / _at_least(n - decode_tokens, 1.0), _head_dim(model)),
         _core("attention_core_decode", mla_absorbed_flops_per_key(model) * pairs_dec / par.tp,
               decode_batch * context * kv_layer_bytes + write * (1.0 - pre_share), _positive(pairs_dec),
-              _at_most_array(context, keys)),
+              _at_most_array(context, keys), a.kv_lora_rank + a.qk_rope_head_dim),
     ]
 
 

@@ -32,8 +32,9 @@ def _core(model: str, n: float, keys: float, *, tp: int = 1, **kw):
 
 def test_the_core_runs_at_the_profiles_forward_and_backward_curves_at_its_keys_per_query():
     hw = load_hardware(H100)
-    att = hw.efficiency.attention
-    assert att is not None
+    eff = hw.efficiency
+    assert [a.head_dim for a in eff.attention] == [64, 128]
+    att = eff.attention[1]
     peak = hw.accelerator.peak_for("bf16")
     for seq in (512, 4096, 16384):
         keys = (seq + 1) / 2
@@ -61,7 +62,7 @@ def test_short_sequences_cost_more_per_flop_than_long_ones():
 
 def test_a_profile_without_an_attention_table_times_the_core_as_a_gemm_of_its_flops():
     hw = load_hardware("a100-sxm-80gb")
-    assert hw.efficiency.attention is None
+    assert hw.efficiency.attention == []
     core = _core("mixtral-8x7b", 4096.0, 2048.5)["attention_core"]
     compute, _, _ = op_terms(hw, core, "bf16")
     want = core.flops / (hw.accelerator.peak_for("bf16") * hw.efficiency.matmul_frac(core.flops))
@@ -90,9 +91,8 @@ def test_sliding_window_layers_attend_their_window_at_their_own_efficiency():
     assert full.flops + win.flops == pytest.approx(attention_score_flops(model, keys) / model.num_layers * n / tp,
                                                    rel=1e-12)
     hw = load_hardware(H100)
-    att = hw.efficiency.attention
     assert op_terms(hw, win, "bf16")[0] / win.flops > op_terms(hw, full, "bf16")[0] / full.flops
-    assert att.forward_frac(window) < att.forward_frac(keys)
+    assert hw.efficiency.attention_frac(64, window, False) < hw.efficiency.attention_frac(64, keys, False)
 
 
 def test_decode_reads_only_the_window_of_the_kv_cache_in_sliding_layers():
@@ -120,14 +120,14 @@ def test_vector_token_counts_give_the_scalar_times():
 
 def test_a_bad_attention_curve_in_a_profile_exits_2_naming_the_field(run_cli, tmp_path):
     raw = tomllib.loads(bundled_profile_path(H100).read_text())
-    raw["efficiency"]["attention"]["forward_frac"]["points"] = [[4096, 0.6], [1024, 0.5]]
+    raw["efficiency"]["attention"][1]["forward_frac"]["points"] = [[4096, 0.6], [1024, 0.5]]
     f = tmp_path / "bad.json"
     f.write_text(json.dumps(raw))
     res = run_cli("hardware", "show", str(f))
     assert res.exit_code == 2
     line = res.stderr.strip()
     assert "\n" not in line and "Traceback" not in line
-    assert "efficiency.attention.forward_frac" in line and "bad.json" in line
+    assert "efficiency.attention.1.forward_frac" in line and "bad.json" in line
 
 
 # ----------------------------------------------------------------------------- MLA's absorbed decode
@@ -179,3 +179,29 @@ def test_absorbed_decode_is_compute_bound_on_hopper():
     assert compute > memory
     expanded_flops = attention_score_flops(model, 2048.0) / model.num_layers * 128.0
     assert dec.flops / expanded_flops == pytest.approx(278_528 / 81_920, rel=1e-12)
+
+
+def test_the_head_dimension_picks_and_interpolates_the_benchmarked_curves():
+    """FlashAttention-3 runs head dim 64 at 420 TFLOP/s (causal, S = 4k) against 579 at 128: gpt-oss's 64-wide
+    heads cost more per FLOP than Mixtral's 128-wide ones at the same keys per query."""
+    eff = load_hardware(H100).efficiency
+    lo, hi = eff.attention
+    assert eff.attention_frac(64, 2048.0, False) == pytest.approx(lo.forward_frac(2048.0))
+    assert eff.attention_frac(128, 2048.0, True) == pytest.approx(hi.backward_frac(2048.0))
+    assert eff.attention_frac(192, 2048.0, False) == pytest.approx(hi.forward_frac(2048.0))  # held above
+    mid = eff.attention_frac(np.sqrt(64 * 128), 2048.0, False)  # halfway in log(head dim)
+    assert mid == pytest.approx((lo.forward_frac(2048.0) + hi.forward_frac(2048.0)) / 2)
+    oss = _core("gpt-oss-120b", 4096.0, 2048.5)["attention_core"]
+    mix = _core("mixtral-8x7b", 4096.0, 2048.5)["attention_core"]
+    assert (oss.head_dim, mix.head_dim) == (64.0, 128.0)
+    hw = load_hardware(H100)
+    assert op_terms(hw, oss, "bf16")[0] / oss.flops > 1.3 * op_terms(hw, mix, "bf16")[0] / mix.flops
+
+
+def test_head_dims_of_a_profile_must_increase(run_cli, tmp_path):
+    raw = tomllib.loads(bundled_profile_path(H100).read_text())
+    raw["efficiency"]["attention"][0]["head_dim"] = 256
+    f = tmp_path / "dims.json"
+    f.write_text(json.dumps(raw))
+    res = run_cli("hardware", "show", str(f))
+    assert res.exit_code == 2 and "head_dim" in res.stderr and "\n" not in res.stderr.strip()

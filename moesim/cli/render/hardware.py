@@ -65,9 +65,9 @@ def render_hardware(p) -> None:
     e = p.efficiency
     c.print(f"efficiency ({e.source}): matmul {e.matmul_frac.points}, memory {e.memory_frac.points}, "
             f"scale-up {e.scale_up_frac:.0%}, scale-out {e.scale_out_frac:.0%}, kernel {seconds(e.kernel_overhead_s)}")
-    if e.attention is not None:
-        c.print(f"attention kernel over keys per query ({e.attention.source}): forward {e.attention.forward_frac.points}, "
-                f"backward {e.attention.backward_frac.points}")
+    for a in e.attention:
+        c.print(f"attention kernel, head dim {a.head_dim}, over keys per query: forward {a.forward_frac.points}, "
+                f"backward {a.backward_frac.points} ({a.source})")
     if p.calibration:
         cal = p.calibration
         c.print(f"calibrated on {cal.device_name} at {cal.date_utc} from {cal.measurements_file} "
