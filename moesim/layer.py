@@ -268,7 +268,7 @@ def activation_op(kind: OpKind, name: str, num_elements: Any, act_bytes: float, 
 def moe_ffn_ops(s: MoEShape, *, tokens: Any, rows: RowsPerExpert, plan: KernelPlan, act_bytes: float,
                 weight_bytes_per_element: float, expert_weight_bytes_per_element: float | None = None,
                 bytes_per_copy: float | None = None, sent_rows: Any = None, capacity: int | None = None,
-                shared_tokens: Any = None, routed_rows: Any = None) -> list[Op]:
+                shared_tokens: Any = None, routed_rows: Any = None, gather_in_gemm: bool = False) -> list[Op]:
     """Router, permute, dispatch, experts, combine, unpermute and shared experts of one rank's MoE FFN.
 
     ``tokens`` (``T``) enter the layer on the rank, ``rows`` are what its experts
@@ -284,7 +284,10 @@ def moe_ffn_ops(s: MoEShape, *, tokens: Any, rows: RowsPerExpert, plan: KernelPl
     * router: logits GEMM ``2 T D E``; scores / top-k / probs over ``T E`` fp32
       (3 passes, 5 with group-limited routing) plus ``T K`` indices and weights
       (4 passes); fused: 1 kernel; eager: 18 calls (+8 group-limited).
-    * permute (dispatch, local): fused ``2 A c``, 1 kernel; grouped: sort of ``A``
+    * permute (dispatch, local): fused ``2 A c``, 1 kernel; with ``gather_in_gemm`` (an inference engine's
+      fused MoE at EP 1: vLLM's and SGLang's Triton kernel loads each copy's token row through the sorted
+      token ids inside the up GEMM) no gather pass, only the alignment kernel that sorts the ``A`` ids
+      (int32 in and out, ``8 A`` bytes); grouped: sort of ``A``
       keys + gather ``2 A D b`` (5 + 1 calls); loop: ``E`` compare/nonzero passes
       over ``A`` + gather (``3 E`` + ``3 E`` calls); padded: GShard positions (a
       one-hot cumsum over ``A E``) and the ``E C D`` buffer fill; EP adds the
@@ -323,7 +326,10 @@ def moe_ffn_ops(s: MoEShape, *, tokens: Any, rows: RowsPerExpert, plan: KernelPl
                       compute_kind="elementwise", num_kernels=1 if fused else 18 + (8 if grouped_limit else 0)))
 
     sent = A if sent_rows is None else sent_rows
-    if fused:
+    if fused and gather_in_gemm and not ep:
+        ops.append(Op(OpKind.DISPATCH, "permute_align", bytes_moved=8.0 * A, compute_kind="elementwise",
+                      num_kernels=1))
+    elif fused:
         ops.append(Op(OpKind.DISPATCH, "permute", bytes_moved=2.0 * c * A, compute_kind="elementwise", num_kernels=1))
     elif ep:
         ops.append(Op(OpKind.DISPATCH, "permute_sort", bytes_moved=sort_bytes(A) + A * INDEX_BYTES * 3,

@@ -117,6 +117,12 @@ class Schedule(_Spec):
         description="Kernels of the MoE FFN (moesim/layer.py): 'fused' as training frameworks and inference engines "
         "run it, or one of the reference runner's eager PyTorch implementations.",
     )
+    gather_in_gemm: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="Fused plan at EP 1: the up GEMM gathers each token copy's row itself (vLLM's and SGLang's Triton "
+        "fused MoE) instead of a separate permute pass (Megatron-Core, TensorRT-LLM's MoE plugin). 'auto': on for "
+        "serving, off for training.",
+    )
 
 
 class TrainWorkload(_Spec):

@@ -293,6 +293,9 @@ def _layer_pass(rt: RoutingSpec, sched: Schedule, model: ModelSpec, hw: Hardware
     else:
         graph = launch == "graph"
     plan = sched.kernel_plan
+    # vLLM's / SGLang's fused MoE at EP 1 gathers each copy's row inside the up GEMM (moesim.layer.moe_ffn_ops)
+    gather = plan == "fused" and par.ep == 1 and (sched.gather_in_gemm == "on"
+                                                  or (sched.gather_in_gemm == "auto" and not training))
     issue_factor = 2.0 if backward else 1.0  # dgrad and wgrad kernels
     wb = bytes_per_element(weight_dtype)
     ewb = bytes_per_element(expert_weight_dtype) if expert_weight_dtype else wb
@@ -371,13 +374,13 @@ def _layer_pass(rt: RoutingSpec, sched: Schedule, model: ModelSpec, hw: Hardware
         d, c = bridge.a2a_times_s(rt, model, hw, par, n_src, bpc, mean_load)
         timer.a2a = {OpKind.DISPATCH: d, OpKind.COMBINE: c}
         moe_ops_mean = lowp(attn + moe_ops(model, par, n, mean_load, bytes_per_copy=bpc, weight_bytes=wb,
-                                           expert_weight_bytes=ewb, plan=plan))
+                                           expert_weight_bytes=ewb, plan=plan, gather_in_gemm=gather))
         moe_s, by_moe, _ = run("moe", moe_ops_mean)
     if detail and model.moe is not None and model.num_moe_layers:
         d, c = bridge.a2a_times_s(rt, model, hw, par, n_src, bpc, p99_load)
         timer.a2a = {OpKind.DISPATCH: d, OpKind.COMBINE: c}
         moe_ops_p99 = lowp(attn + moe_ops(model, par, n, p99_load, bytes_per_copy=bpc, weight_bytes=wb,
-                                          expert_weight_bytes=ewb, plan=plan))
+                                          expert_weight_bytes=ewb, plan=plan, gather_in_gemm=gather))
         moe_p99_s, _, _ = run("moe", moe_ops_p99, record=False)
     dense_s = 0.0
     by_dense: dict[str, float] = {}

@@ -194,7 +194,7 @@ def moe_shape(model: ModelSpec, par: Parallel) -> MoEShape:
 
 def moe_ops(model: ModelSpec, par: Parallel, n: float, load: ExpertRankLoad, *, bytes_per_copy: float,
             weight_bytes: float = 2.0, expert_weight_bytes: float | None = None,
-            plan: KernelPlan = "fused") -> list[Op]:
+            plan: KernelPlan = "fused", gather_in_gemm: bool = False) -> list[Op]:
     """Router, dispatch, experts, combine and shared experts of one MoE layer (``n`` tokens per DP rank).
 
     The expected straggler computes ``copies`` rows spread over the
@@ -204,7 +204,7 @@ def moe_ops(model: ModelSpec, par: Parallel, n: float, load: ExpertRankLoad, *, 
     rows = RowsPerExpert.expected(load.copies, load.experts_touched)
     ops = moe_ffn_ops(moe_shape(model, par), tokens=n_src, rows=rows, plan=plan, act_bytes=ACT_BYTES,
                       weight_bytes_per_element=weight_bytes, expert_weight_bytes_per_element=expert_weight_bytes,
-                      bytes_per_copy=bytes_per_copy, shared_tokens=n)
+                      bytes_per_copy=bytes_per_copy, shared_tokens=n, gather_in_gemm=gather_in_gemm)
     if par.etp > 1:
         ops.append(Op(OpKind.TP_COMM, "experts_etp_all_reduce", comm_bytes=ACT_BYTES * n_src * model.hidden_size,
                       group="etp", compute_kind="comm", collective="all_reduce"))
