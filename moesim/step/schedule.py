@@ -21,6 +21,10 @@ training and two-batch overlap in serving), the communication of one
 micro-batch hides under the computation of the other, so a layer costs
 ``max(sum of compute / (1 - s), sum of communication)`` per micro-batch, where
 ``s`` is the share of SMs the communication kernels take from computation.
+
+Shared experts overlapped with the dispatch share the SMs with it: with ``W`` their time alone and ``d`` the
+dispatch's, they run at ``1 - s`` of the SMs while it is in flight and at all of them after, so they take
+``min(W / (1 - s), W + s d)`` (:func:`shared_under_dispatch`).
 Left out: contention for memory bandwidth between the two.
 """
 
@@ -84,6 +88,27 @@ def template(kind: str, overlap_shared: bool) -> tuple[tuple[str, ...], tuple[tu
     return tuple(order), tuple(preds[x] for x in order)
 
 
+def shared_under_dispatch(shared, dispatch, slowdown: float):
+    """Time of the shared experts started with the dispatch: ``min(W / (1 - s), W + s d)`` (module docstring)."""
+    if slowdown <= 0:
+        return shared
+    a, b = shared / (1.0 - slowdown), shared + slowdown * dispatch
+    if isinstance(a, float) and isinstance(b, float):
+        return min(a, b)
+    import numpy as np
+
+    return np.minimum(a, b)
+
+
+def _overlapped(kind: str, durations: dict, overlap_shared: bool, slowdown: float) -> dict:
+    if kind != "moe" or not overlap_shared or slowdown <= 0 or "shared_experts" not in durations:
+        return durations
+    out = dict(durations)
+    out["shared_experts"] = shared_under_dispatch(durations["shared_experts"], durations.get("dispatch", 0.0),
+                                                  slowdown)
+    return out
+
+
 def critical_path_s(kind: str, durations: dict[str, float], *, overlap_shared: bool = True,
                     comm_overlap: bool = False, overlap_slowdown_frac: float = 0.0) -> tuple[float, list[str]]:
     """Time of one layer and the nodes on its critical path.
@@ -95,6 +120,7 @@ def critical_path_s(kind: str, durations: dict[str, float], *, overlap_shared: b
         comm = sum(v for k, v in durations.items() if k in COMM_NODES)
         comp = sum(v for k, v in durations.items() if k not in COMM_NODES) / (1.0 - overlap_slowdown_frac)
         return max(comm, comp), sorted(k for k in durations if (k in COMM_NODES) == (comm >= comp))
+    durations = _overlapped(kind, durations, overlap_shared, overlap_slowdown_frac)
     order, preds = template(kind, overlap_shared)
     finish: dict[str, float] = {}
     via: dict[str, str | None] = {}
@@ -122,6 +148,7 @@ def critical_path_time(kind: str, durations: dict, *, overlap_shared: bool = Tru
         comm = sum(v for k, v in durations.items() if k in COMM_NODES)
         comp = sum(v for k, v in durations.items() if k not in COMM_NODES) / (1.0 - overlap_slowdown_frac)
         return np.maximum(comm, comp)
+    durations = _overlapped(kind, durations, overlap_shared, overlap_slowdown_frac)
     order, preds = template(kind, overlap_shared)
     finish: dict = {}
     for node, ps in zip(order, preds):
