@@ -183,10 +183,14 @@ class Accelerator(_Frozen):
         Falls back fp4 -> fp8 -> bf16 and fp16 -> bf16 -> fp32 when the device has no
         faster path for the narrower format.
         """
+        return self.peak_flops_per_s[self.peak_dtype_for(dtype)]
+
+    def peak_dtype_for(self, dtype: str) -> str:
+        """The format whose peak :meth:`peak_for` uses for ``dtype`` (``dtype`` itself when the device has it)."""
         peaks = self.peak_flops_per_s
         for d in _PEAK_FALLBACK.get(dtype) or (dtype, "bf16", "fp32"):
             if d in peaks:
-                return peaks[d]
+                return d
         raise KeyError(dtype)
 
 

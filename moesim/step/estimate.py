@@ -701,7 +701,7 @@ def _train(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Parallel, d
             mfu_bf16_frac=st.mfu_bf16_frac, model_flops_per_token=st.model_flops_per_token, step_s=step,
             step_p99_s=None, ttft_s=None, tpot_s=None, max_batch_size=None, time_by_stage_s={}, bound_by_stage={},
             ops=[], load=None, cost=_cost(sc, hw, tps, w.total_tokens), notes=[])
-    notes = _layout_notes(par)
+    notes = _layout_notes(par) + _dtype_notes(hw, w.compute_dtype)
     if par.pp > 1:
         v = sc.layout.virtual_stages
         kind = ("DualPipe" if sc.schedule.pipeline == "dualpipe"
@@ -970,7 +970,7 @@ def _serve_notes(sc: Scenario, w: ServeWorkload, par: Parallel, hw: HardwareProf
         if it.drafted:
             notes.append(f"MTP speculative decoding: {it.drafted} draft token(s), {it.tokens_per_iteration:.3g} tokens "
                          f"per sequence per iteration at acceptance {w.mtp_acceptance_rate:g}")
-    notes += _layout_notes(par)
+    notes += _layout_notes(par) + _dtype_notes(hw, w.compute_dtype, w.expert_compute_dtype)
     if sc.workspace_bytes is None:
         notes.append(f"workspace {workspace_bytes(sc, hw) / 1e9:.3g} GB per GPU: the {1 - w.memory_utilization_frac:.0%} "
                      f"of device memory the engine leaves unused (workload.memory_utilization_frac = "
@@ -982,6 +982,17 @@ def _layout_notes(par: Parallel) -> list[str]:
     if par.ep == 1 and par.tp > 1 and par.etp == par.tp:
         return [f"experts sharded over the {par.tp} TP ranks (etp = tp; set layout.etp to change)"]
     return []
+
+
+def _dtype_notes(hw: HardwareProfile, *dtypes: str | None) -> list[str]:
+    """A note for each GEMM dtype the device has no peak for (it runs at the nearest wider format's)."""
+    notes = []
+    peaks = hw.accelerator.peak_flops_per_s
+    for d in dict.fromkeys(x for x in dtypes if x):
+        if d not in peaks:
+            notes.append(f"{hw.name} has no {d} peak: {d} GEMMs are timed at its {hw.accelerator.peak_dtype_for(d)} "
+                         "peak")
+    return notes
 
 
 def _serve_stage_memory(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Parallel, batch):

@@ -90,3 +90,15 @@ def test_training_workloads_refuse_the_serving_only_field(run_cli):
     res = run_cli("estimate", "deepseek-v3-train-h800", "--set", "workload.expert_compute_dtype=fp8")
     assert res.exit_code == 2
     assert "expert_compute_dtype" in res.stderr
+
+
+def test_a_dtype_the_device_lacks_is_named_in_the_notes():
+    h800 = scenario_from_dict({"name": "t", "model": "deepseek-v3", "hardware": "h800", "num_gpus": 8,
+                               "layout": {"tp": 1, "dp": 8, "ep": 8},
+                               "workload": {"kind": "serve", "batch_size": 16, "prompt_tokens": 512,
+                                            "output_tokens": 256, "compute_dtype": "fp8",
+                                            "expert_compute_dtype": "fp4"}}, "test")
+    notes = estimate(h800).notes
+    assert "h800 has no fp4 peak: fp4 GEMMs are timed at its fp8 peak" in notes
+    assert not [n for n in estimate(_dsv3_b200(compute_dtype="fp8", expert_compute_dtype="fp4")).notes
+                if "has no" in n]  # B200 has an fp4 peak
