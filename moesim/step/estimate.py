@@ -883,7 +883,7 @@ def _serve_times(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Paral
         p2p_s = p2p(2.0 * n_it * h)
         stall = 0.0
         if it.whole_prefill_share and ttft is not None:  # prompts prefilled whole between decode iterations
-            stall = it.whole_prefill_share * b / prefill_batch(w, b) * ttft
+            stall = slowest_of_coupled(it.whole_prefill_share * b / prefill_batch(w, b), par.coupled_replicas) * ttft
         step = total(decode) + draft + p2p_s + stall
         step_p99 = total(decode, p99=True) + draft + p2p_s + stall
         tpot, tpot_p99 = step / it.tokens_per_iteration, step_p99 / it.tokens_per_iteration
@@ -894,6 +894,23 @@ def _serve_times(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Paral
         tps = par.dp * b / tpot  # type: ignore[operator]
         flops_tok = forward_flops_per_token(model, ctx).total_flops
     return _ServeTimes(prefill, decode, ttft, tpot, tpot_p99, tps, flops_tok, counts)
+
+
+def slowest_of_coupled(events, replicas: int):
+    """Expected prefills per iteration of the replica that prefills most, among ``replicas`` replicas coupled by
+    the expert all-to-all, each with ``events`` prefills per iteration on average (scalar or array).
+
+    At steady state with fixed lengths, sequences finish at a fixed rate: a replica prefills ``floor(events)`` or
+    ``ceil(events)`` times per iteration, the latter with probability ``frac(events)``, independently of the
+    others (their phases are unrelated). The slowest replica then prefills ``floor + 1 - (1 - frac)^c`` times;
+    with ``c = 1`` that is ``events`` itself.
+    """
+    if replicas <= 1:
+        return events
+    whole = np.floor(events)
+    frac = events - whole
+    out = whole + np.where(frac > 0, 1.0 - (1.0 - frac) ** replicas, 0.0)
+    return float(out) if np.ndim(out) == 0 else out
 
 
 @dataclass(frozen=True)
@@ -967,6 +984,12 @@ def _serve_notes(sc: Scenario, w: ServeWorkload, par: Parallel, hw: HardwareProf
         elif it.whole_prefill_share:
             notes.append("steady state: arriving prompts are prefilled whole between decode iterations "
                          "(serving.chunked_prefill = false); TPOT includes those pauses")
+            c = par.coupled_replicas
+            if c > 1:
+                events = it.whole_prefill_share * b / prefill_batch(w, b)
+                notes.append(f"{c} attention-DP replicas share each EP group and wait for the one that prefills: "
+                             f"{slowest_of_coupled(events, c):.3g} prefills per iteration on the critical path "
+                             f"({events:.3g} per replica)")
         if it.drafted:
             notes.append(f"MTP speculative decoding: {it.drafted} draft token(s), {it.tokens_per_iteration:.3g} tokens "
                          f"per sequence per iteration at acceptance {w.mtp_acceptance_rate:g}")

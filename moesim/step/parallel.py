@@ -54,6 +54,12 @@ class Parallel:
         """Tokens entering the MoE layer on one EP rank for ``n_tokens`` per DP rank."""
         return n_tokens * self.etp / self.tp
 
+    @property
+    def coupled_replicas(self) -> int:
+        """Attention data-parallel replicas that one EP group joins (``ep etp / tp``, at most ``dp``): their MoE
+        layers exchange tokens every layer, so each waits for the slowest of them."""
+        return max(1, min(self.dp, self.ep * self.etp // self.tp))
+
     def layers_per_stage(self, model: ModelSpec) -> list[list[int]]:
         """Layer indices of each pipeline stage (the first ``L mod pp`` stages take one extra)."""
         return self.layers_per_stage_even(model.num_layers)

@@ -156,6 +156,39 @@ def test_without_chunked_prefill_the_throughput_is_decode_plus_whole_prefills():
     assert est.tokens_per_s == pytest.approx(expect, rel=1e-9)
 
 
+def test_ep_coupled_replicas_wait_for_the_one_that_prefills():
+    """Attention DP8 + EP8 without chunked prefill: each iteration pays the prefills of the replica that prefills
+    most, floor(l) + 1 - (1 - frac(l))^8 with l = b E / (O pb) per replica, not l."""
+    from moesim.step.estimate import slowest_of_coupled
+
+    trt = "scenarios/validation-e2e/deepseek-v3-serve-h200-trtllm-maxthroughput.toml"
+    est = estimate(trt)
+    dec = estimate(trt, ["workload.phase=decode"])
+    sc = load_scenario(trt)
+    w = sc.workload
+    events = w.batch_size / w.output_tokens  # one prefill per finished sequence, pb = 1
+    assert events == pytest.approx(0.0625)
+    stall = est.tpot_s - dec.tpot_s
+    assert stall == pytest.approx((1 - (1 - events) ** 8) * est.ttft_s, rel=1e-9)
+    assert any("8 attention-DP replicas" in n for n in est.notes)
+    # one replica per EP group (TP8 attention, experts EP8 inside it): no coupling, the plain share
+    assert slowest_of_coupled(0.0625, 1) == 0.0625
+    assert slowest_of_coupled(1.5, 4) == pytest.approx(1 + 1 - 0.5 ** 4)
+    assert slowest_of_coupled(2.0, 8) == pytest.approx(2.0)
+    assert list(slowest_of_coupled(np.array([0.25, 1.0]), 2)) == pytest.approx([1 - 0.75 ** 2, 1.0])
+
+
+@pytest.mark.parametrize("layout,want", [({"tp": 1, "ep": 8}, 8), ({"tp": 8, "ep": 8, "etp": 1}, 1),
+                                         ({"tp": 2, "ep": 8, "etp": 1}, 4), ({"tp": 1, "ep": 1}, 1)])
+def test_replicas_coupled_by_one_ep_group(layout, want):
+    from moesim.step.parallel import Parallel
+
+    raw = {"name": "t", "model": "deepseek-v3", "hardware": "h200", "num_gpus": 8, "layout": layout,
+           "workload": {"kind": "serve", "batch_size": 8, "prompt_tokens": 256, "output_tokens": 64}}
+    sc = scenario_from_dict(raw, "test")
+    assert Parallel.of(sc, 8).coupled_replicas == want
+
+
 def test_mtp_drafts_raise_decode_throughput_by_the_accepted_tokens():
     base = estimate(DSV3_DECODE)
     mtp = estimate(DSV3_DECODE, ["workload.mtp_draft_tokens=1", "workload.mtp_acceptance_rate=0.85"])
@@ -222,3 +255,14 @@ def test_serving_workspace_is_the_engines_unused_share_of_the_device():
     train = estimate(DSV3_TRAIN)
     assert train.memory.by_category_bytes["workspace"] == 2.5e9
     assert np.isfinite(est.tokens_per_s)
+
+
+def test_the_vectorised_serving_curve_pays_the_coupled_prefills_too():
+    from moesim.step.estimate import serve_curve
+
+    trt = "scenarios/validation-e2e/deepseek-v3-serve-h200-trtllm-maxthroughput.toml"
+    sc = load_scenario(trt)
+    curve = serve_curve(sc, sc.resolve_model(), sc.resolve_hardware(), [64, 128])
+    for i, b in enumerate((64, 128)):
+        one = estimate(trt, [f"workload.batch_size={b}"])
+        assert float(curve["tpot_s"][i]) == pytest.approx(one.tpot_s, rel=1e-9)
