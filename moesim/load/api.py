@@ -24,6 +24,7 @@ pure function of a frozen :class:`LoadSpec` and returns a typed
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -295,16 +296,28 @@ def _q(a: np.ndarray, q: float | np.ndarray, axis: int = 0) -> np.ndarray:
     return np.quantile(a, q, axis=axis, method="linear")
 
 
-def expert_load(spec: LoadSpec | None = None, /, **fields: Any) -> ExpertLoad:
-    """Evaluate the expert load of one MoE layer for one step (module docstring).
+@dataclass(frozen=True)
+class _Draw:
+    """The arrays every summary of one evaluation is computed from (steps 1-3 of the module docstring)."""
 
-    Give a :class:`LoadSpec` or its fields as keywords (``distribution`` may be a
-    string such as ``"zipf:1.2"``, ``router`` a name such as ``"switch"``).
-    Raises :class:`InputError` for inconsistent inputs (top-k above the experts,
-    EP size not dividing them, capacity factor <= 0, a bad histogram, ...).
-    """
-    spec = _spec(spec, dict(fields))
-    e, k, t, R = spec.num_experts, spec.top_k, spec.num_tokens, spec.ep_size
+    spec: LoadSpec
+    p: np.ndarray  #: per-slot expert probabilities [E]
+    frac: np.ndarray  #: P(a token uses expert e) [E]
+    count_model: str
+    w: np.ndarray  #: expected tokens per expert [E]
+    placement: Any
+    a: np.ndarray  #: share matrix [E, R]
+    ex: np.ndarray  #: physical experts sorted by rank
+    starts: np.ndarray  #: first physical expert of every rank
+    counts: np.ndarray  #: sampled tokens per expert [S, E]
+    cap: int | None
+    loads: np.ndarray  #: tokens per rank [S, R]
+    routed: np.ndarray  #: routed slots per sample [S]
+    kept_sum: np.ndarray  #: kept slots per sample [S]
+
+
+def _draw(spec: LoadSpec) -> _Draw:
+    e, t, R = spec.num_experts, spec.num_tokens, spec.ep_size
     check_layout(e, R, spec.num_redundant_experts)
     p = expert_probs(spec.distribution, e)
     frac, count_model = _token_frac(spec, p)
@@ -325,22 +338,105 @@ def expert_load(spec: LoadSpec | None = None, /, **fields: Any) -> ExpertLoad:
     loads = np.add.reduceat(kept[:, ex] * sh, starts, axis=1)  # [S, R] = kept @ a
     routed = counts.sum(axis=1).astype(float)
     kept_sum = kept.sum(axis=1).astype(float)
+    return _Draw(spec, p, frac, count_model, w, placement, a, ex, starts, counts, cap, loads, routed, kept_sum)
 
-    mean_r = loads.mean(axis=1)  # per sample
-    max_r = loads.max(axis=1)
-    safe = np.where(mean_r > 0, mean_r, 1.0)
-    exp_rank = loads.mean(axis=0)
-    p50_rank, p99_rank = _q(loads, np.array([0.5, 0.99]))
+
+def _max_stats(d: _Draw) -> tuple[np.ndarray, np.ndarray, np.ndarray, float, float, float]:
+    """(per-sample mean over ranks, per-sample max, expected load per rank, mean, p50 and p99 of the max)."""
+    mean_r = d.loads.mean(axis=1)  # per sample
+    max_r = d.loads.max(axis=1)
+    exp_rank = d.loads.mean(axis=0)
     max_p50, max_p99 = _q(max_r, np.array([0.5, 0.99]))
+    return mean_r, max_r, exp_rank, float(mean_r.mean()), max_p50, max_p99
+
+
+def _max_over_mean(max_r: np.ndarray, mean_all: float) -> float:
+    return float(np.mean(max_r) / mean_all) if mean_all > 0 else 1.0
+
+
+def _cv(d: _Draw, mean_r: np.ndarray) -> float:
+    safe = np.where(mean_r > 0, mean_r, 1.0)
+    return float(np.mean(d.loads.std(axis=1) / safe))
+
+
+def _distinct_rank(d: _Draw) -> np.ndarray:
+    """Expected distinct experts each rank touches per step, [R] (decode reads)."""
+    touched_p = 1.0 - np.power(np.clip(1.0 - d.frac[:, None] * d.a, 0.0, 1.0), d.spec.num_tokens)  # [E, R] (replica chosen at random)
+    if isinstance(d.spec.router, ExpertChoice):
+        touched_p = (d.a > 0) * float(min(d.cap or 0, d.spec.num_tokens) > 0)
+    return touched_p.sum(axis=0)
+
+
+def _slots_per_rank(d: _Draw) -> float:
+    assert d.cap is not None
+    return float((d.cap * d.a.sum(axis=0)).max())
+
+
+def _dropped_frac(d: _Draw) -> np.ndarray:
+    """Dropped / routed slots per sample."""
+    return (d.routed - d.kept_sum) / np.where(d.routed > 0, d.routed, 1.0)
+
+
+@dataclass(frozen=True)
+class StragglerLoad:
+    """What a step model reads of :func:`expert_load`: the max-loaded rank and the imbalance summary.
+
+    Every field equals the :class:`ExpertLoad` field of the same meaning (named in its comment) for the
+    same spec, to the last bit: both come from one draw and the same functions.
+    """
+
+    max_rank_mean_tokens: float  #: max_rank.mean_tokens, tokens
+    max_rank_p99_tokens: float  #: max_rank.p99_tokens, tokens
+    hottest_expected_tokens: float  #: max_rank.hottest_expected_tokens, tokens
+    mean_tokens_per_rank: float  #: imbalance.mean_tokens_per_rank, tokens
+    max_over_mean_ratio: float  #: imbalance.max_over_mean_ratio, ratio
+    cv_ratio: float  #: imbalance.cv_ratio, ratio
+    max_rank_expected_distinct: float  #: decode.max_rank_expected_distinct, count
+    capacity_slots_per_rank: float | None  #: capacity.slots_per_rank, count; None = dropless
+    dropped_frac: float | None  #: capacity.dropped_frac, fraction; None = dropless
+
+
+def straggler_load(spec: LoadSpec) -> StragglerLoad:
+    """The fields of :func:`expert_load` that set a layer's time (:class:`StragglerLoad`), without the rest
+    (per-rank table, placement summary, closed-form cross-check): what a step model evaluates thousands of times."""
+    d = _draw(spec)
+    mean_r, max_r, exp_rank, mean_all, _, max_p99 = _max_stats(d)
+    hot = int(np.argmax(exp_rank))
+    capped = d.cap is not None
+    return StragglerLoad(
+        max_rank_mean_tokens=float(max_r.mean()),
+        max_rank_p99_tokens=float(max_p99),
+        hottest_expected_tokens=float(exp_rank[hot]),
+        mean_tokens_per_rank=mean_all,
+        max_over_mean_ratio=_max_over_mean(max_r, mean_all),
+        cv_ratio=_cv(d, mean_r),
+        max_rank_expected_distinct=float(_distinct_rank(d).max()),
+        capacity_slots_per_rank=_slots_per_rank(d) if capped else None,
+        dropped_frac=float(np.mean(_dropped_frac(d))) if capped else None,
+    )
+
+
+def expert_load(spec: LoadSpec | None = None, /, **fields: Any) -> ExpertLoad:
+    """Evaluate the expert load of one MoE layer for one step (module docstring).
+
+    Give a :class:`LoadSpec` or its fields as keywords (``distribution`` may be a
+    string such as ``"zipf:1.2"``, ``router`` a name such as ``"switch"``).
+    Raises :class:`InputError` for inconsistent inputs (top-k above the experts,
+    EP size not dividing them, capacity factor <= 0, a bad histogram, ...).
+    """
+    spec = _spec(spec, dict(fields))
+    d = _draw(spec)
+    e, k, t, R = spec.num_experts, spec.top_k, spec.num_tokens, spec.ep_size
+    p, frac, count_model, w, placement, a = d.p, d.frac, d.count_model, d.w, d.placement, d.a
+    ex, starts, counts, cap, loads, routed, kept_sum = d.ex, d.starts, d.counts, d.cap, d.loads, d.routed, d.kept_sum
+
+    mean_r, max_r, exp_rank, mean_all, max_p50, max_p99 = _max_stats(d)
+    p50_rank, p99_rank = _q(loads, np.array([0.5, 0.99]))
     argmax = np.argmax(loads, axis=1)
     max_frac = np.bincount(argmax, minlength=R) / spec.num_samples
-    mean_all = float(mean_r.mean())
 
     # decode: distinct experts touched
-    touched_p = 1.0 - np.power(np.clip(1.0 - frac[:, None] * a, 0.0, 1.0), t)  # [E, R] (replica chosen at random)
-    if isinstance(spec.router, ExpertChoice):
-        touched_p = (a > 0) * float(min(cap or 0, t) > 0)
-    distinct_rank = touched_p.sum(axis=0)
+    distinct_rank = _distinct_rank(d)
     distinct_mc = np.add.reduceat((counts[:, ex] > 0).astype(np.int64), starts, axis=1).max(axis=1)
     per_rank_phys = placement.experts_per_rank()
     bpe = spec.bytes_per_expert
@@ -352,10 +448,10 @@ def expert_load(spec: LoadSpec | None = None, /, **fields: Any) -> ExpertLoad:
     max_e = counts.max(axis=1)
     imbalance = Imbalance(
         mean_tokens_per_rank=mean_all,
-        max_over_mean_ratio=float(np.mean(max_r) / mean_all) if mean_all > 0 else 1.0,
+        max_over_mean_ratio=_max_over_mean(max_r, mean_all),
         p99_max_over_mean_ratio=float(max_p99 / mean_all) if mean_all > 0 else 1.0,
         expected_max_over_mean_ratio=float(expected_loads_det.max() / expected_loads_det.mean()) if expected_loads_det.mean() > 0 else 1.0,
-        cv_ratio=float(np.mean(loads.std(axis=1) / safe)),
+        cv_ratio=_cv(d, mean_r),
         expert_cv_ratio=float(w.std() / w.mean()) if w.mean() > 0 else 0.0,
         max_expert_mean_tokens=float(max_e.mean()),
         max_expert_p99_tokens=float(_q(max_e.astype(float), 0.99)),
@@ -365,17 +461,18 @@ def expert_load(spec: LoadSpec | None = None, /, **fields: Any) -> ExpertLoad:
     capacity = None
     if cap is not None:
         dropped = routed - kept_sum
+        dropped_frac = _dropped_frac(d)
         padded = (cap * e) - kept_sum
         cf = spec.capacity_factor if spec.capacity_factor is not None else 1.0
-        slots_rank = float((cap * a.sum(axis=0)).max())
+        slots_rank = _slots_per_rank(d)
         capacity = CapacityStats(
             capacity_factor=cf,
             capacity_tokens=cap,
             routed_slots=float(routed.mean()),
             kept_slots=float(kept_sum.mean()),
             dropped_slots=float(dropped.mean()),
-            dropped_frac=float(np.mean(dropped / np.where(routed > 0, routed, 1.0))),
-            p99_dropped_frac=float(_q(dropped / np.where(routed > 0, routed, 1.0), 0.99)),
+            dropped_frac=float(np.mean(dropped_frac)),
+            p99_dropped_frac=float(_q(dropped_frac, 0.99)),
             padded_slots=float(padded.mean()),
             padded_frac=float(padded.mean() / (cap * e)) if cap * e else 0.0,
             slots_per_rank=slots_rank,

@@ -20,7 +20,7 @@ from ..comm.api import collective_time_s as _collective_s
 from ..comm.api import time_ep_all_to_all
 from ..comm.placement import GroupSpec
 from ..hardware import HardwareProfile
-from ..load.api import LoadSpec, expert_load
+from ..load.api import LoadSpec, StragglerLoad, straggler_load
 from ..load.distributions import expert_probs, parse_distribution
 from ..load.routing import GroupLimited, TopK
 from ..load.traffic import dispatch_traffic
@@ -44,13 +44,13 @@ def _hw_key(hw: HardwareProfile) -> str:
 
 @lru_cache(maxsize=4096)
 def _load(num_experts: int, top_k: int, ep: int, num_tokens: int, distribution: str, router_key: tuple,
-          capacity_factor: float | None, placement: str, redundant: int, samples: int, seed: int):
+          capacity_factor: float | None, placement: str, redundant: int, samples: int, seed: int) -> StragglerLoad:
     dist = parse_distribution(distribution, source="routing.distribution")
     if router_key[0] == "group_limited":
         router = GroupLimited(num_groups=router_key[1], topk_groups=router_key[2], scoring=router_key[3])
     else:
         router = TopK(scoring=router_key[1])
-    return expert_load(LoadSpec(num_experts=num_experts, top_k=top_k, ep_size=ep, num_tokens=num_tokens,
+    return straggler_load(LoadSpec(num_experts=num_experts, top_k=top_k, ep_size=ep, num_tokens=num_tokens,
                                 distribution=dist, router=router, capacity_factor=capacity_factor,
                                 placement=placement, num_redundant_experts=redundant, num_samples=samples, seed=seed))
 
@@ -69,16 +69,16 @@ def _rank_load_core(num_experts: int, top_k: int, ep: int, tokens: int, distribu
     """(mean straggler, p99 straggler, the load result) for one EP group and token count."""
     res = _load(num_experts, top_k, ep, tokens, distribution, rkey, capacity_factor, placement, redundant, samples, seed)
     local = (num_experts + redundant) / ep
-    if res.capacity is not None:
-        copies_mean = copies_p99 = float(res.capacity.slots_per_rank)
+    if res.capacity_slots_per_rank is not None:
+        copies_mean = copies_p99 = float(res.capacity_slots_per_rank)
     else:
-        copies_mean, copies_p99 = res.max_rank.mean_tokens, res.max_rank.p99_tokens
-    touched = res.decode.max_rank_expected_distinct
-    hottest = max(res.max_rank.hottest_expected_tokens, 1e-12)
+        copies_mean, copies_p99 = res.max_rank_mean_tokens, res.max_rank_p99_tokens
+    touched = res.max_rank_expected_distinct
+    hottest = max(res.hottest_expected_tokens, 1e-12)
     mean = ExpertRankLoad(copies=copies_mean, experts_touched=touched, local_experts=local,
-                          noise_ratio=max(1.0, res.max_rank.mean_tokens / hottest))
+                          noise_ratio=max(1.0, res.max_rank_mean_tokens / hottest))
     p99 = ExpertRankLoad(copies=copies_p99, experts_touched=min(local, touched), local_experts=local,
-                         noise_ratio=max(1.0, res.max_rank.p99_tokens / hottest))
+                         noise_ratio=max(1.0, res.max_rank_p99_tokens / hottest))
     return mean, p99, res
 
 
@@ -96,10 +96,10 @@ def rank_load(rt: RoutingSpec, model: ModelSpec, par: Parallel,
     mean, p99, res = _core(rt, model, par, n_src)
     summary = LoadSummary(
         distribution=rt.distribution, ep_size=par.ep, tokens_per_rank=n_src,
-        copies_mean_per_rank=res.imbalance.mean_tokens_per_rank, copies_max_rank_mean=res.max_rank.mean_tokens,
-        copies_max_rank_p99=res.max_rank.p99_tokens, max_over_mean_ratio=res.imbalance.max_over_mean_ratio,
-        coefficient_of_variation=res.imbalance.cv_ratio,
-        dropped_frac=res.capacity.dropped_frac if res.capacity is not None else 0.0,
+        copies_mean_per_rank=res.mean_tokens_per_rank, copies_max_rank_mean=res.max_rank_mean_tokens,
+        copies_max_rank_p99=res.max_rank_p99_tokens, max_over_mean_ratio=res.max_over_mean_ratio,
+        coefficient_of_variation=res.cv_ratio,
+        dropped_frac=res.dropped_frac if res.dropped_frac is not None else 0.0,
         experts_touched_per_rank=mean.experts_touched, local_experts=mean.local_experts,
     )
     return mean, p99, summary

@@ -8,8 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from moesim.errors import InputError
-from moesim.load.api import LoadSpec, expert_load, expert_load_layers, load_spec_from_model
-from moesim.load.distributions import Histogram, LayerDistributions, Zipf
+from moesim.load.api import LoadSpec, expert_load, expert_load_layers, load_spec_from_model, straggler_load
+from moesim.load.distributions import Histogram, LayerDistributions, Zipf, parse_distribution
 from moesim.load.routing import ExpertChoice, GroupLimited, Switch, Threshold, TopK, sample_topk
 
 FAST = settings(max_examples=25, deadline=None)
@@ -240,3 +240,30 @@ def test_spec_from_a_model_takes_experts_top_k_and_group_limited_router() -> Non
     assert isinstance(spec.router, GroupLimited) and (spec.router.num_groups, spec.router.topk_groups) == (8, 4)
     dtype = model.expert_weight_dtype or model.weight_dtype
     assert spec.bytes_per_expert == pytest.approx(3 * 7168 * 2048 * bytes_per_element(dtype))  # 3 matrices 7168 x 2048
+
+
+@FAST
+@given(layout=layouts, dist=dists, cf=st.one_of(st.none(), st.floats(0.1, 3.0)), tokens=st.integers(1, 5000),
+       router=st.sampled_from(["top_k", "group_limited", "threshold", "expert_choice"]), reps=st.integers(0, 3),
+       placement=st.sampled_from(["contiguous", "round_robin", "load_aware"]), seed=st.integers(0, 3))
+def test_straggler_load_equals_the_expert_load_fields_to_the_bit(layout, dist, cf, tokens, router, reps, placement,
+                                                                  seed) -> None:  # noqa: ANN001
+    e, k, r = layout
+    rt = {"top_k": TopK(), "threshold": Threshold(), "expert_choice": ExpertChoice(),
+          "group_limited": GroupLimited(num_groups=r, topk_groups=max(1, r // 2) if k <= (r // 2) * (e // r) else r)}[router]
+    reps = reps * r if e % r == 0 else 0
+    spec = LoadSpec(num_experts=e, top_k=k, ep_size=r, num_tokens=tokens, distribution=parse_distribution(dist), router=rt,
+                    capacity_factor=cf, placement=placement, num_redundant_experts=reps, num_samples=64, seed=seed)
+    full, lean = expert_load(spec), straggler_load(spec)
+    assert lean.max_rank_mean_tokens == full.max_rank.mean_tokens
+    assert lean.max_rank_p99_tokens == full.max_rank.p99_tokens
+    assert lean.hottest_expected_tokens == full.max_rank.hottest_expected_tokens
+    assert lean.mean_tokens_per_rank == full.imbalance.mean_tokens_per_rank
+    assert lean.max_over_mean_ratio == full.imbalance.max_over_mean_ratio
+    assert lean.cv_ratio == full.imbalance.cv_ratio
+    assert lean.max_rank_expected_distinct == full.decode.max_rank_expected_distinct
+    if full.capacity is None:
+        assert lean.capacity_slots_per_rank is None and lean.dropped_frac is None
+    else:
+        assert lean.capacity_slots_per_rank == full.capacity.slots_per_rank
+        assert lean.dropped_frac == full.capacity.dropped_frac
