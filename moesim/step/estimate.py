@@ -66,7 +66,7 @@ from .ops import (
 )
 from .memo import by_model
 from .parallel import Parallel
-from .result import CostResult, Estimate, LoadSummary, MemoryResult, OpTiming
+from .result import CostResult, Estimate, LoadSummary, MemoryResult, OpTiming, built
 from .schedule import critical_path_s, critical_path_time
 
 # ----------------------------------------------------------------------------- checks
@@ -356,7 +356,7 @@ def _layer_pass(rt: RoutingSpec, sched: Schedule, model: ModelSpec, hw: Hardware
                 longest[stage] = t
                 bound[stage] = b
             if record and not backward:
-                timings.append(OpTiming.model_construct(
+                timings.append(built(OpTiming,
                     kind=stage, layer=kind, time_s=t, flops=op.flops, bytes_moved=op.total_bytes,
                     comm_bytes=op.comm_bytes, group=op.group, bound=b, on_critical_path=on))
         return total, by_stage, dur
@@ -399,7 +399,7 @@ def _layer_pass(rt: RoutingSpec, sched: Schedule, model: ModelSpec, hw: Hardware
     lm_t, lm_b = timer.op(lm)
     bound["lm_head"] = lm_b
     if not backward:
-        timings.append(OpTiming.model_construct(kind="lm_head", layer="model", time_s=lm_t, flops=lm.flops, bytes_moved=lm.total_bytes,
+        timings.append(built(OpTiming, kind="lm_head", layer="model", time_s=lm_t, flops=lm.flops, bytes_moved=lm.total_bytes,
                                 comm_bytes=0.0, group="", bound=lm_b, on_critical_path=True))
     return Pass(moe_s, moe_p99_s, dense_s, by_moe, by_dense, bound, timings, load_summary, emb_t, lm_t)
 
@@ -488,13 +488,13 @@ def _cost(sc: Scenario, hw: HardwareProfile, tokens_per_s: float, run_tokens: fl
         run_h = run_s * sc.num_gpus / 3600.0
         run_days = run_s / 86400.0
         run_usd = run_h * price if price else None
-    return CostResult.model_construct(usd_per_gpu_hour=price, gpu_hours_per_million_tokens=gpu_h_per_m,
+    return built(CostResult, usd_per_gpu_hour=price, gpu_hours_per_million_tokens=gpu_h_per_m,
                       usd_per_million_tokens=gpu_h_per_m * price if price else None,
                       run_tokens=run_tokens, run_gpu_hours=run_h, run_usd=run_usd, run_days=run_days)
 
 
 def _memory_result(m: MemoryBreakdown) -> MemoryResult:
-    return MemoryResult.model_construct(by_category_bytes=m.by_category_bytes, total_bytes=m.total_bytes, capacity_bytes=m.capacity_bytes,
+    return built(MemoryResult, by_category_bytes=m.by_category_bytes, total_bytes=m.total_bytes, capacity_bytes=m.capacity_bytes,
                         headroom_bytes=m.headroom_bytes, fits=m.fits, stage=m.stage)
 
 
@@ -694,7 +694,7 @@ def _train(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Parallel, d
     bound = dict(fwd.bound) | {"grad_sync_exposed": "communication", "optimizer": "memory", "pipeline_bubble": "latency"}
 
     if not detail:  # searches: the figures only, no validation of the result
-        return Estimate.model_construct(
+        return built(Estimate,
             scenario=sc.name, model=model.name, hardware=hw.name, num_gpus=sc.num_gpus, workload="train",
             phase="train", layout=_layout_dict(sc, par), fits=mem.fits, memory_per_gpu_bytes=mem.total_bytes,
             memory=None, tokens_per_s=tps, tokens_per_s_per_gpu=tps / sc.num_gpus, mfu_frac=st.mfu_frac,
@@ -708,7 +708,7 @@ def _train(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Parallel, d
                 else f"interleaved 1F1B ({v} virtual stages per GPU)" if v > 1 else "1F1B")
         notes.append(f"{kind} pipeline: {m} micro-batches over {par.pp} stages, bubble "
                      f"{by_stage['pipeline_bubble']:.3g} s")
-    return Estimate.model_construct(  # every field built here with its type: no validation on the hot path
+    return built(Estimate,  # every field built here with its type: no validation on the hot path
         scenario=sc.name, model=model.name, hardware=hw.name, num_gpus=sc.num_gpus, workload="train", phase="train",
         layout=_layout_dict(sc, par), fits=mem.fits, memory_per_gpu_bytes=mem.total_bytes, memory=_memory_result(mem),
         tokens_per_s=tps, tokens_per_s_per_gpu=tps / sc.num_gpus, mfu_frac=st.mfu_frac, mfu_bf16_frac=st.mfu_bf16_frac,
@@ -960,7 +960,7 @@ def _serve(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Parallel) -
     by_stage = _by_stage_total(main, st.counts, 0)
     mem, max_batch = serve_memory(sc, model, hw, par)
     ctx = w.prompt_tokens + w.output_tokens / 2
-    return Estimate.model_construct(  # every field built here with its type: no validation on the hot path
+    return built(Estimate,  # every field built here with its type: no validation on the hot path
         scenario=sc.name, model=model.name, hardware=hw.name, num_gpus=sc.num_gpus, workload="serve", phase=w.phase,
         layout=_layout_dict(sc, par), fits=mem.fits, memory_per_gpu_bytes=mem.total_bytes, memory=_memory_result(mem),
         tokens_per_s=tps, tokens_per_s_per_gpu=tps / sc.num_gpus, mfu_frac=mfu, mfu_bf16_frac=mfu_bf16,
