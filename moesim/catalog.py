@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from stat import S_ISDIR
 from functools import cached_property, lru_cache
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from .data import models_dir
 from .errors import InputError, from_validation_error
 from .filecache import parsed
 from .hf_import import load_hf_config, spec_from_hf_dict
-from .io import decode_text, parse_toml, read_bytes
+from .io import decode_text, is_plain_name, name_suffix, parse_toml, read_bytes, stat_if_present
 from .model import ModelSpec
 
 
@@ -22,7 +23,7 @@ def bundled_models() -> dict[str, Path]:
     return {p.stem: p for p in sorted(models_dir().glob("*.toml"))}
 
 
-def model_from_toml(path: Path) -> ModelSpec:
+def model_from_toml(path: Path | str) -> ModelSpec:
     """The model a TOML file describes: parsed and validated once per distinct content of the file
     (:func:`moesim.filecache.parsed`); each call gets its own copy."""
     return parsed(str(path), read_bytes, _parse_model).model_copy()
@@ -53,10 +54,15 @@ def _prepared(spec: ModelSpec) -> ModelSpec:
 
 def bundled_model_path(name: str) -> Path | None:
     """The file of bundled model ``name`` (a key of :func:`bundled_models`) without listing the folder."""
+    p = _bundled_model_file(name)
+    return Path(p) if p is not None else None
+
+
+def _bundled_model_file(name: str) -> str | None:
     if not name or name.startswith(".") or any(c in name for c in "/\\\0"):
         return None
     p = os.path.join(_models_dir(), name + ".toml")
-    return Path(p) if os.path.exists(p) else None  # False for a name too long for the file system
+    return p if os.path.exists(p) else None  # False for a name too long for the file system
 
 
 @lru_cache(maxsize=1)
@@ -69,20 +75,28 @@ def load_model(name_or_path: str | Path) -> ModelSpec:
     if not isinstance(name_or_path, (str, Path)):
         raise InputError(f"expected a model name or path, got {L.short(name_or_path)}", field="model")
     L.PATH.check(str(name_or_path), field="model")
-    p = Path(name_or_path)
+    # a bare name (most calls) is looked up as Path(name) would be, without building one
+    plain = isinstance(name_or_path, str) and is_plain_name(name_or_path)
+    p = None if plain else Path(name_or_path)
     try:
-        is_dir = p.is_dir()
+        if plain:
+            st = stat_if_present(name_or_path)  # type: ignore[arg-type]
+            is_dir = st is not None and S_ISDIR(st.st_mode)
+        else:
+            is_dir = p.is_dir()  # type: ignore[union-attr]
     except (OSError, ValueError) as exc:  # a name too long for the file system
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not a valid path"
         raise InputError(f"cannot use {L.short(str(name_or_path))} as a model ({reason})", field="model") from None
-    if p.suffix == ".json" or is_dir:
+    suffix = name_suffix(name_or_path) if plain else p.suffix  # type: ignore[arg-type, union-attr]
+    if suffix == ".json" or is_dir:
+        p = Path(name_or_path)
         if is_dir:
             p = p / "config.json"
         return load_hf_config(p)
-    if p.suffix == ".toml":
-        return model_from_toml(p)
+    if suffix == ".toml":
+        return model_from_toml(Path(name_or_path))
     key = str(name_or_path).lower()
-    found = bundled_model_path(key)
+    found = _bundled_model_file(key)
     if found is None:
         known = bundled_models()
         raise InputError(

@@ -465,12 +465,17 @@ def bundled_hardware() -> dict[str, Path]:
 
 def bundled_profile_path(name: str) -> Path | None:
     """The file of shipped profile ``name`` (a key of :func:`bundled_hardware`) without listing the folders."""
+    p = _bundled_profile_file(name)
+    return Path(p) if p is not None else None
+
+
+def _bundled_profile_file(name: str) -> str | None:
     if not name or name.startswith(".") or any(c in name for c in "/\\\0"):
         return None
     root = _hardware_dir()
     for p in (os.path.join(root, name + ".toml"), os.path.join(root, "calibrated", name + ".json")):
         if os.path.exists(p):  # False for a name too long for the file system
-            return Path(p)
+            return p
     return None
 
 
@@ -479,7 +484,7 @@ def _hardware_dir() -> str:
     return str(hardware_dir())
 
 
-def read_profile_file(path: Path) -> HardwareProfile:
+def read_profile_file(path: Path | str) -> HardwareProfile:
     """The profile a TOML or JSON file describes: parsed, converted and validated once per distinct content of
     the file (:func:`moesim.filecache.parsed`); each call gets its own copy."""
     from .filecache import parsed
@@ -505,18 +510,24 @@ def load_hardware(name_or_path: str | Path) -> HardwareProfile:
     if not isinstance(name_or_path, (str, Path)):
         raise InputError(f"expected a profile name or path, got {L.short(name_or_path)}", field="hardware")
     L.PATH.check(str(name_or_path), field="hardware")
-    p = Path(name_or_path)
+    from .io import is_plain_name, name_suffix, stat_if_present
+
+    # a bare name (most calls) is looked up as Path(name) would be, without building one
+    plain = isinstance(name_or_path, str) and is_plain_name(name_or_path)
+    p = None if plain else Path(name_or_path)
     try:
-        exists = p.exists()
+        exists = stat_if_present(name_or_path) is not None if plain else p.exists()  # type: ignore[arg-type, union-attr]
     except (OSError, ValueError) as exc:  # a name too long for the file system
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not a valid path"
         raise InputError(f"cannot use {L.short(str(name_or_path))} as a profile ({reason})", field="hardware") from None
-    if p.suffix in (".toml", ".json") or exists:
+    suffix = name_suffix(name_or_path) if plain else p.suffix  # type: ignore[arg-type, union-attr]
+    if suffix in (".toml", ".json") or exists:
+        p = Path(name_or_path)
         if not exists:
             raise InputError("file not found", source=str(p))
         return read_profile_file(p)
     key = str(name_or_path).lower()
-    found = bundled_profile_path(key)
+    found = _bundled_profile_file(key)
     if found is None:
         known = bundled_hardware()
         raise InputError(

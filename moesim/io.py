@@ -11,6 +11,7 @@ naming the file.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -26,6 +27,37 @@ from .limits import MAX_FILE_BYTES, MAX_NESTING
 
 def _os_reason(exc: OSError) -> str:
     return exc.strerror or type(exc).__name__
+
+
+#: the errors pathlib's ``Path.exists`` / ``Path.is_dir`` answer False to (Python 3.11 ``pathlib._IGNORED_ERRNOS``)
+_ABSENT_ERRNOS = (errno.ENOENT, errno.ENOTDIR, errno.EBADF, errno.ELOOP)
+
+
+def is_plain_name(ref: str) -> bool:
+    """Whether ``ref`` is one path component (no ``/``, not empty, not ``.``, no NUL), so that
+    ``str(Path(ref)) == ref`` and the functions below answer as ``Path(ref)`` would without building it."""
+    return bool(ref) and "/" not in ref and ref != "." and "\0" not in ref
+
+
+def name_suffix(name: str) -> str:
+    """``Path(name).suffix`` of a plain name (:func:`is_plain_name`): from its last dot, unless the dot
+    starts or ends it."""
+    i = name.rfind(".")
+    return name[i:] if 0 < i < len(name) - 1 else ""
+
+
+def stat_if_present(name: str) -> os.stat_result | None:
+    """``os.stat(name)``, or None where pathlib's ``exists`` / ``is_dir`` would say False (no such entry, a
+    non-folder on the way, a symlink loop, an invalid name); other errors (a name too long) raise ``OSError``
+    as they do."""
+    try:
+        return os.stat(name)
+    except OSError as exc:
+        if getattr(exc, "errno", None) not in _ABSENT_ERRNOS:
+            raise
+        return None
+    except ValueError:
+        return None
 
 
 def read_bytes(path: Path | str) -> bytes:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Annotated, Any
 
 from pydantic import BeforeValidator, Field
@@ -282,6 +283,7 @@ LOAD_MODEL_CELLS = Limit(
     "larger load-model tables take minutes and gigabytes",
 )
 
+@lru_cache(maxsize=1024)
 def routing_problem(distribution: str, num_experts: int, top_k: int) -> str | None:
     """Why routing ``distribution`` (its text form) over ``num_experts`` with ``top_k`` is outside the load model's
     limits (:data:`DIRICHLET_CONCENTRATION`, :data:`SKEWED_ROUTING_WORK`), or None. Reads no file."""

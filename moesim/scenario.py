@@ -9,6 +9,7 @@ to the scenario file. ``moesim schema`` prints the JSON Schema.
 from __future__ import annotations
 
 import tomllib
+from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -328,7 +329,6 @@ class Scenario(_Spec):
         * load-model tables (samples x experts, EP ranks x experts, samples x EP ranks)
           over :data:`moesim.limits.LOAD_MODEL_CELLS`.
         """
-        src = f"scenario {L.short(self.name, 40)}"
         w = getattr(self, "workload", None)  # absent on a probe built with model_construct
         if isinstance(w, ServeWorkload) and model.max_context is not None and w.context_tokens > model.max_context:
             if w.phase == "prefill":
@@ -339,38 +339,44 @@ class Scenario(_Spec):
                 field = "workload.prompt_tokens" if w.prompt_tokens > model.max_context else "workload.output_tokens"
             raise InputError(f"{what} exceeds the {model.max_context:,}-token context of model {model.name} "
                              f"(its max_context); allowed: at most {model.max_context:,} tokens per sequence",
-                             source=src, field=field)
+                             source=self._source(), field=field)
         if isinstance(w, ServeWorkload) and w.mtp_draft_tokens and not model.mtp.num_modules:
             raise InputError(f"model {model.name} has no multi-token-prediction modules to draft with (its "
                              f"mtp.num_modules is 0); allowed: workload.mtp_draft_tokens = 0 for this model",
-                             source=src, field="workload.mtp_draft_tokens")
+                             source=self._source(), field="workload.mtp_draft_tokens")
         if model.moe is not None:
             msg = L.routing_problem(self.routing.distribution, model.moe.num_experts, model.moe.top_k)
             if msg is not None:
-                raise InputError(msg, source=src, field="routing.distribution")
+                raise InputError(msg, source=self._source(), field="routing.distribution")
             experts = model.moe.num_experts + self.routing.redundant_experts
             per_rank = -(-model.moe.num_experts // self.layout.ep)
             if per_rank * self.routing.redundant_experts > L.PLACEMENT_WORK.hi:
                 raise InputError(f"experts per EP rank x routing.redundant_experts ({per_rank:,} x "
                                  f"{self.routing.redundant_experts:,}) must be at most {int(L.PLACEMENT_WORK.hi):,} "
-                                 f"({L.PLACEMENT_WORK.why})", source=src, field="routing.redundant_experts")
+                                 f"({L.PLACEMENT_WORK.why})", source=self._source(), field="routing.redundant_experts")
             cells = L.LOAD_MODEL_CELLS.hi
-            for field, what, n in (
-                ("routing.samples", f"routing.samples x experts ({self.routing.samples:,} x {experts:,})",
-                 self.routing.samples * experts),
-                ("layout.ep", f"layout.ep x experts ({self.layout.ep:,} x {experts:,})", self.layout.ep * experts),
-                ("routing.samples", f"routing.samples x layout.ep ({self.routing.samples:,} x {self.layout.ep:,})",
-                 self.routing.samples * self.layout.ep),
+            for field, what, x, y in (
+                ("routing.samples", "routing.samples x experts", self.routing.samples, experts),
+                ("layout.ep", "layout.ep x experts", self.layout.ep, experts),
+                ("routing.samples", "routing.samples x layout.ep", self.routing.samples, self.layout.ep),
             ):
+                n = x * y
                 if n > cells:
-                    raise InputError(f"{what} = {n:,} must be at most {int(cells):,} ({L.LOAD_MODEL_CELLS.why})",
-                                     source=src, field=field)
+                    raise InputError(f"{what} ({x:,} x {y:,}) = {n:,} must be at most {int(cells):,} "
+                                     f"({L.LOAD_MODEL_CELLS.why})", source=self._source(), field=field)
+
+    def _source(self) -> str:
+        """What :meth:`check_model`'s errors name as their source."""
+        return f"scenario {L.short(self.name, 40)}"
 
     def resolve_hardware(self) -> HardwareProfile:
         return load_hardware(_rel(self.hardware, self.base_dir))
 
 
+@lru_cache(maxsize=1024)
 def _rel(ref: str, base: str) -> str:
+    """``ref`` as the loaders take it: a relative .toml / .json path under ``base``, anything else as it is
+    (a function of the two strings alone)."""
     p = Path(ref)
     if p.suffix in (".toml", ".json") and not p.is_absolute():
         return str(Path(base) / p)
