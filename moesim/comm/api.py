@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -153,6 +154,49 @@ def time_ep_all_to_all(
     ctx = _c.context(network_spec(profile), group)
     loads, steps = _ep_loads(ctx, traffic, algorithm)
     return _ep_result(ctx, traffic, loads, steps, phase=phase, algorithm=algorithm, bytes_scale=bytes_scale)
+
+
+@dataclass(frozen=True)
+class RoutedAllToAll:
+    """An expert-parallel dispatch routed once (:func:`route_ep_all_to_all`): the seconds of it, or of its combine,
+    at any byte scale, as :func:`time_ep_all_to_all` gives them, without routing the matrix again."""
+
+    topo: Topology
+    num_ranks: int
+    bytes_per_rank: float  #: mean bytes a rank sends at scale 1, bytes
+    latency_s: float
+    busiest: dict[str, tuple[float, int]]  #: per phase: (busy seconds of the bottleneck link at scale 1, its index)
+
+    def time_s(self, phase: str = "dispatch", bytes_scale: float = 1.0) -> float:
+        """``time_ep_all_to_all(profile, traffic, phase=phase, bytes_scale=bytes_scale, ...).time_s``."""
+        if phase not in ("dispatch", "combine"):
+            raise InputError(f"unknown phase {phase!r}; allowed: dispatch, combine", field="phase")
+        if bytes_scale < 0 or not math.isfinite(bytes_scale):
+            raise InputError(f"bytes_scale must be >= 0, got {bytes_scale!r}", field="bytes_scale")
+        busy, e = self.busiest[phase]
+        return _c.time_from_loads_s(self.topo, num_ranks=self.num_ranks, size_bytes=self.bytes_per_rank * bytes_scale,
+                                    busy_s=busy, bottleneck=e, latency_s=self.latency_s, scale=bytes_scale)
+
+
+def route_ep_all_to_all(
+    profile: HardwareProfile,
+    traffic: "TrafficMatrix",
+    *,
+    algorithm: str = "hierarchical",
+    group: GroupSpec | None = None,
+) -> RoutedAllToAll:
+    """Route the dispatch matrix ``traffic`` once for :meth:`RoutedAllToAll.time_s` of both phases at any scale
+    (the step model times dispatch and combine under the expected and the p99 load from one routing)."""
+    _c.check_collective("dispatch", algorithm)
+    n = int(traffic.rank_bytes.shape[0])
+    if group is None:
+        group = GroupSpec(size=n, ranks_per_node=min(int(traffic.ranks_per_node), n))
+    if group.num_ranks != n:
+        raise InputError(f"group has {group.num_ranks} ranks but the traffic matrix {n}", field="group")
+    ctx = _c.context(network_spec(profile), group)
+    loads, _ = _ep_loads(ctx, traffic, algorithm)
+    return RoutedAllToAll(ctx.topo, n, float(traffic.rank_bytes.sum()) / n, loads.latency_s,
+                          {"dispatch": loads.busiest(), "combine": loads.reversed().busiest()})
 
 
 def _ep_loads(ctx: "_c._Context", traffic: "TrafficMatrix", algorithm: str) -> tuple[LinkLoads, int]:

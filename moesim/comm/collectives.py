@@ -336,6 +336,23 @@ def time_s(ctx: _Context, collective: str, size_bytes: float, algorithm: str = "
     return ctx.spec.collective_overhead_s + p.latency_s + size_bytes * p.busy_per_byte_s
 
 
+def _moved(num_ranks: int, size_bytes: float, bottleneck: int) -> bool:
+    return bottleneck >= 0 and num_ranks > 1 and size_bytes > 0
+
+
+def _loaded_time_s(spec: NetworkSpec, latency_s: float, bandwidth_s: float) -> float:
+    """Time of a collective whose busiest link is busy ``bandwidth_s``: overhead + latency + bandwidth term."""
+    return spec.collective_overhead_s + latency_s + bandwidth_s
+
+
+def time_from_loads_s(topo: Topology, *, num_ranks: int, size_bytes: float, busy_s: float, bottleneck: int,
+                      latency_s: float, scale: float = 1.0) -> float:
+    """``result_from_loads(...).time_s`` without building the result."""
+    if not _moved(num_ranks, size_bytes, bottleneck):
+        return 0.0
+    return _loaded_time_s(topo.spec, latency_s, busy_s * scale)
+
+
 def result_from_loads(
     topo: Topology,
     *,
@@ -354,7 +371,7 @@ def result_from_loads(
     """Assemble a :class:`CollectiveTime` (``loads`` scaled by ``scale`` bytes per unit)."""
     spec = topo.spec
     factor = busbw_factor(collective, num_ranks)
-    moved = bottleneck >= 0 and num_ranks > 1 and size_bytes > 0
+    moved = _moved(num_ranks, size_bytes, bottleneck)
     if not moved:
         return CollectiveTime(
             collective=collective, algorithm=algorithm, hardware=spec.profile_name, num_ranks=num_ranks,
@@ -365,7 +382,7 @@ def result_from_loads(
         )
     bw = busy_s * scale
     ovh = spec.collective_overhead_s
-    t = ovh + latency_s + bw
+    t = _loaded_time_s(spec, latency_s, bw)
     e = bottleneck
     load = float(loads.load_bytes[e]) * scale
     cap = float(topo.capacity_bytes_per_s[e])

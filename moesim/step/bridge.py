@@ -17,7 +17,7 @@ from functools import lru_cache
 import numpy as np
 
 from ..comm.api import collective_time_s as _collective_s
-from ..comm.api import time_ep_all_to_all
+from ..comm.api import RoutedAllToAll, route_ep_all_to_all
 from ..comm.placement import GroupSpec
 from ..hardware import HardwareProfile
 from ..load.api import LoadSpec, StragglerLoad, straggler_load
@@ -225,6 +225,15 @@ def a2a_times_s(rt: RoutingSpec, model: ModelSpec, hw: HardwareProfile, par: Par
 def _a2a_cached(hw: str, num_experts: int, top_k: int, ep: int, per_node: int, bpc: float, distribution: str,
                 node_limit: int | None, algorithm: str, combine_scale: float, n_src: float,
                 noise: float) -> tuple[float, float]:
+    routed = _a2a_routed(hw, num_experts, top_k, ep, per_node, bpc, distribution, node_limit, algorithm, n_src)
+    return routed.time_s("dispatch", noise), routed.time_s("combine", combine_scale * noise)
+
+
+@lru_cache(maxsize=16384)
+def _a2a_routed(hw: str, num_experts: int, top_k: int, ep: int, per_node: int, bpc: float, distribution: str,
+                node_limit: int | None, algorithm: str, n_src: float) -> RoutedAllToAll:
+    """The expected dispatch traffic of ``n_src`` tokens per rank, routed once for both phases and every
+    sampling-noise scale (the expected and the p99 straggler)."""
     probs = expert_probs(parse_distribution(distribution, source="routing.distribution"), num_experts)
     expert_to_rank = _contiguous(num_experts, ep)
     nodes = ep // per_node
@@ -234,12 +243,7 @@ def _a2a_cached(hw: str, num_experts: int, top_k: int, ep: int, per_node: int, b
     traffic = dispatch_traffic(num_ranks=ep, tokens_per_rank=n_src, top_k=top_k, probs=probs,
                                expert_to_rank=expert_to_rank, bytes_per_token=bpc, ranks_per_node=per_node,
                                node_limit=limit, dedup_per_rank=algorithm == "hierarchical")
-    g = GroupSpec(size=ep, ranks_per_node=per_node)
-    profile = _PROFILES[hw]
-    d = time_ep_all_to_all(profile, traffic, phase="dispatch", algorithm=algorithm, group=g, bytes_scale=noise).time_s
-    c = time_ep_all_to_all(profile, traffic, phase="combine", algorithm=algorithm, group=g,
-                           bytes_scale=combine_scale * noise).time_s
-    return d, c
+    return route_ep_all_to_all(_PROFILES[hw], traffic, algorithm=algorithm, group=GroupSpec(size=ep, ranks_per_node=per_node))
 
 
 @lru_cache(maxsize=256)

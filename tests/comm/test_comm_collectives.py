@@ -164,3 +164,25 @@ def test_oversubscription_slows_cross_rail_traffic_but_not_rail_aligned_hierarch
     assert d_thin.time_s > 1.5 * d_fat.time_s and d_thin.bottleneck.kind == "fabric"
     h_fat, h_thin = (api.time_ep_all_to_all(p, tr, algorithm="hierarchical") for p in (fat, thin))
     assert h_thin.time_s == pytest.approx(h_fat.time_s) and h_thin.bottleneck.kind == "nic"
+
+
+@pytest.mark.parametrize("hw", ["h100-sxm", "h800", "gb200-nvl72"])
+@pytest.mark.parametrize("algorithm", ["direct", "hierarchical"])
+@pytest.mark.parametrize(("ranks", "per_node", "limit", "dist"), [
+    (1, 1, None, "uniform"), (8, 8, None, "uniform"), (16, 8, None, "zipf:1.1"), (64, 8, 4, "uniform"),
+    (32, 4, None, "dirichlet:0.5"),
+])
+def test_routed_all_to_all_times_equal_the_full_results_to_the_bit(hw: str, algorithm: str, ranks: int,
+                                                                    per_node: int, limit: int | None,
+                                                                    dist: str) -> None:
+    p = load_hardware(hw)
+    tr = api.ep_traffic(num_ranks=ranks, tokens_per_rank=1536, top_k=8, num_experts=256, bytes_per_token=7168.0,
+                        ranks_per_node=per_node, node_limit=limit, distribution=dist)
+    g = GroupSpec(size=ranks, ranks_per_node=per_node)
+    routed = api.route_ep_all_to_all(p, tr, algorithm=algorithm, group=g)
+    for phase in ("dispatch", "combine"):
+        for scale in (0.0, 1.0, 1.0371, 2.0):
+            full = api.time_ep_all_to_all(p, tr, phase=phase, algorithm=algorithm, bytes_scale=scale, group=g)
+            assert routed.time_s(phase, scale) == full.time_s
+    with pytest.raises(InputError):
+        routed.time_s("gather")
