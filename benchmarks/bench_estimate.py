@@ -8,7 +8,9 @@ Every figure goes through the public API, as a planning script calls it:
 * a 1000-configuration Mixtral-8x7B serving sweep (10 batch sizes x 10 prompt lengths x 10 TP/EP/ETP
   layouts), once as ``moesim.load_scenario(name, overrides)`` + ``moesim.estimate(sc)`` per configuration and
   once as one ``moesim.sweep`` call over the same grid (a fresh process each, so the caches start empty);
-* ``moesim estimate --json`` (default scenario, and DeepSeek-V3 training) as a cold process.
+* ``moesim estimate --json`` (default scenario, and DeepSeek-V3 training) as a cold process, with both trees
+  byte-compiled first (``python -m compileall``, what pip does on install: a cold process then reads .pyc files
+  as an installed moesim does, rather than compiling every module again).
 
 Times are CPU seconds (``time.process_time``; for the cold commands the child's user + system time), the
 time the same work takes on an idle core: on a core shared with other processes wall-clock figures
@@ -148,8 +150,17 @@ def measure(part: str, repeats: int) -> dict[str, float]:
     raise SystemExit(f"unknown part {part}")
 
 
+def compile_tree(tree: Path) -> None:
+    """Byte-compile ``tree``'s package as pip does on install, so that a cold process of either tree reads .pyc
+    files as an installed moesim does (with PYTHONDONTWRITEBYTECODE set, as the runs below set it, a checkout
+    would compile every module from source in every cold process)."""
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(tree / "moesim")], check=True,
+                   stdout=subprocess.DEVNULL)
+
+
 def run_tree(tree: Path, repeats: int) -> dict[str, float]:
     """Every figure with ``moesim`` imported from ``tree`` (a fresh process per group)."""
+    compile_tree(tree)
     env = dict(os.environ, PYTHONPATH=str(tree), PYTHONDONTWRITEBYTECODE="1")
     out: dict[str, float] = {}
     for part in ("warm", "sweep_public", "sweep_api", "cli"):
