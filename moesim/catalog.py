@@ -13,7 +13,6 @@ from . import limits as L
 from .data import models_dir
 from .errors import InputError, from_validation_error
 from .filecache import parsed
-from .hf_import import load_hf_config, spec_from_hf_dict
 from .io import decode_text, is_plain_name, name_suffix, parse_toml, read_bytes, stat_if_present
 from .model import ModelSpec
 
@@ -32,6 +31,8 @@ def model_from_toml(path: Path | str) -> ModelSpec:
 def _parse_model(where: str, data: bytes) -> ModelSpec:
     raw = parse_toml(decode_text(data, where), where)
     if "model_type" in raw:  # a config.json rewritten as TOML keeps HF names
+        from .hf_import import spec_from_hf_dict  # local: only HF configs need the importer
+
         return _prepared(spec_from_hf_dict(raw, where))
     raw.setdefault("name", Path(where).stem)
     try:
@@ -92,6 +93,8 @@ def load_model(name_or_path: str | Path) -> ModelSpec:
         p = Path(name_or_path)
         if is_dir:
             p = p / "config.json"
+        from .hf_import import load_hf_config  # local: only HF configs need the importer
+
         return load_hf_config(p)
     if suffix == ".toml":
         return model_from_toml(Path(name_or_path))
