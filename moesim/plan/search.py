@@ -42,6 +42,7 @@ from ..scenario import Layout, Scenario, ServeWorkload, TrainWorkload, load_scen
 from ..step.estimate import check_layout, price_usd_per_gpu_hour, serve_curve, train_curve
 from ..step.memory import StageParams, param_state_bytes, stage_params
 from ..step.parallel import Parallel
+from ..step.result import built
 
 Objective = Literal["cost", "throughput", "latency"]
 REJECTIONS = ("memory", "max_ttft_s", "max_tpot_s", "min_tokens_per_s", "max_usd_per_hour", "no_price", "invalid")
@@ -137,8 +138,8 @@ def layouts(model: ModelSpec, hw: HardwareProfile, num_gpus: int, training: bool
                         continue
                     for zero in ((1, 3) if training else (0,)):
                         # generated within every bound of the schema: built without re-validating each
-                        out.append(Layout.model_construct(tp=tp, pp=pp, ep=ep, etp=etp, zero_stage=zero,
-                                                          sequence_parallel=training and tp > 1))
+                        out.append(built(Layout, tp=tp, pp=pp, ep=ep, etp=etp, zero_stage=zero,
+                                              sequence_parallel=training and tp > 1))
     return out
 
 

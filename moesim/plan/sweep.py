@@ -45,7 +45,7 @@ from ..scenario import (
     scenario_from_dict,
 )
 from ..step.estimate import estimate_resolved
-from ..step.result import Estimate
+from ..step.result import Estimate, built
 from .records import RECORD_FIELDS, record, to_dataframe
 
 #: source named by errors in the grid (the CLI renames it to its flag)
@@ -363,7 +363,7 @@ def sweep(
         except InputError as exc:
             err = _one_line(exc)
         # every field built here with its type (the estimate is already a result): no revalidation per point
-        points.append(SweepPoint.model_construct(index=idx, values=values, record=rec, estimate=est, error=err))
+        points.append(built(SweepPoint, index=idx, values=values, record=rec, estimate=est, error=err))
         if progress is not None:
             progress(idx + 1, len(combos))
     name = str(raw.get("name", "scenario"))

@@ -13,27 +13,48 @@ class _R(BaseModel):
     model_config = ConfigDict(frozen=True)
 
 
-#: per class: (field names in declaration order, {field: default factory or None for a None default}); None when
-#: the class needs pydantic's own model_construct (aliases, extras kept, post-init, non-None plain defaults)
-_PLANS: dict[type, tuple[tuple[str, ...], dict[str, Any]] | None] = {}
+_MISSING = object()
 
 
-def _plan(cls: type[BaseModel]) -> tuple[tuple[str, ...], dict[str, Any]] | None:
+class _Plan:
+    """How :func:`built` builds one class: a template of its fields in declaration order (plain defaults filled
+    in, the rest :data:`_MISSING`), its default factories and its required fields."""
+
+    __slots__ = ("names", "template", "factories", "required")
+
+    def __init__(self, cls: type[BaseModel]):
+        self.names = tuple(cls.__pydantic_fields__)
+        self.template: dict[str, Any] = {}
+        self.factories: dict[str, Any] = {}
+        required = []
+        for name, f in cls.__pydantic_fields__.items():
+            if f.is_required():
+                required.append(name)
+                self.template[name] = _MISSING
+            elif f.default_factory is not None:
+                self.factories[name] = f.default_factory
+                self.template[name] = _MISSING
+            else:
+                self.template[name] = f.default
+        self.required = frozenset(required)
+
+
+def _plan(cls: type[BaseModel]) -> _Plan | None:
+    """None when the class needs pydantic's own model_construct (aliases, extras kept, post-init, a plain default
+    that pydantic would copy: anything but None and immutable scalars)."""
     if cls.__pydantic_root_model__ or cls.__pydantic_post_init__ or cls.model_config.get("extra") == "allow":
         return None
-    defaults: dict[str, Any] = {}
-    for name, f in cls.__pydantic_fields__.items():
+    for f in cls.__pydantic_fields__.values():
         if f.alias is not None or f.validation_alias is not None:
             return None
-        if f.is_required():
-            continue
-        if f.default_factory is not None:
-            defaults[name] = f.default_factory
-        elif f.default is None:
-            defaults[name] = None
-        else:
+        if not f.is_required() and f.default_factory is None and not (
+                f.default is None or type(f.default) in (bool, int, float, str)):
             return None
-    return tuple(cls.__pydantic_fields__), defaults
+    return _Plan(cls)
+
+
+#: per class: its :class:`_Plan`, or None (pydantic's model_construct)
+_PLANS: dict[type, _Plan | None] = {}
 
 
 def built(cls: type[M], **values: Any) -> M:
@@ -45,26 +66,16 @@ def built(cls: type[M], **values: Any) -> M:
         plan = _PLANS[cls] = _plan(cls)
     if plan is None:
         return cls.model_construct(**values)
-    names, defaults = plan
-    try:
-        if len(values) != len(names):
-            raise KeyError
-        fields = {k: values[k] for k in names}
-        given = set(values)
-    except KeyError:
-        fields = {}
-        for k in names:
-            if k in values:
-                fields[k] = values[k]
-            elif k in defaults:
-                factory = defaults[k]
-                fields[k] = factory() if factory is not None else None
-            else:  # a required field left out: model_construct leaves it unset too
-                continue
-        given = {k for k in values if k in fields}
+    fields = plan.template.copy()
+    fields.update(values)  # keys already in the template keep their place
+    if len(fields) != len(plan.names) or not plan.required.issubset(values):
+        return cls.model_construct(**values)  # names it does not know, or a required field left out
+    for k, factory in plan.factories.items():
+        if k not in values:
+            fields[k] = factory()
     m = cls.__new__(cls)
     object.__setattr__(m, "__dict__", fields)
-    object.__setattr__(m, "__pydantic_fields_set__", given)
+    object.__setattr__(m, "__pydantic_fields_set__", set(values))
     object.__setattr__(m, "__pydantic_extra__", None)
     object.__setattr__(m, "__pydantic_private__", None)
     return m

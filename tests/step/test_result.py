@@ -38,3 +38,12 @@ def test_built_ignores_unknown_names_like_model_construct() -> None:
     assert _state(a) == _state(b)
     c, d = built(OpTiming, kind="x"), OpTiming.model_construct(kind="x")
     assert _state(c) == _state(d)
+
+
+def test_built_hands_out_scalar_defaults_like_model_construct() -> None:
+    from moesim.scenario import Layout
+
+    for fields in (dict(tp=8, pp=2, ep=4, etp=1, zero_stage=1, sequence_parallel=True), dict(tp=2), {}):
+        a, b = built(Layout, **fields), Layout.model_construct(**fields)
+        assert _state(a) == _state(b)
+        assert a.model_dump_json() == b.model_dump_json()
