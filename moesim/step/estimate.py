@@ -407,11 +407,13 @@ def _layer_pass(rt: RoutingSpec, sched: Schedule, model: ModelSpec, hw: Hardware
 # ----------------------------------------------------------------------------- helpers
 
 
-def _stage_layers(model: ModelSpec, par: Parallel, stages: list[list[int]] | None = None) -> list[tuple[int, int, bool, bool]]:
-    """(moe layers, dense layers, first, last) per stage; MTP modules count as MoE layers of the last stage."""
+def _stage_layers(model: ModelSpec, par: Parallel, stages: list[list[int]] | None = None,
+                  key: tuple[tuple[int, ...], ...] | None = None) -> list[tuple[int, int, bool, bool]]:
+    """(moe layers, dense layers, first, last) per stage; MTP modules count as MoE layers of the last stage.
+    ``key``: ``_stages_key(stages)`` when the caller has it."""
     stages = stages if stages is not None else par.layers_per_stage(model)
     return [(n_moe, n - n_moe, s == 0, s == len(stages) - 1)
-            for s, (n_moe, n, _) in enumerate(_stage_shape(model, _stages_key(stages)))]
+            for s, (n_moe, n, _) in enumerate(_stage_shape(model, key if key is not None else _stages_key(stages)))]
 
 
 def _stages_key(stages: list[list[int]]) -> tuple[tuple[int, ...], ...]:
@@ -592,7 +594,8 @@ def _train_step(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Parall
     stages = par.balanced_stages(per_layer, first_extra=fwd.embedding_s + bwd.embedding_s,
                                  last_extra=(fwd.lm_head_s + bwd.lm_head_s) * (1 + mtp)
                                  + mtp * ((fwd.moe_s) * (1 + recompute) + bwd.moe_s))
-    counts = _stage_layers(model, par, stages)
+    skey = _stages_key(stages)
+    counts = _stage_layers(model, par, stages, skey)
     m = w.global_batch_size // (par.dp * w.micro_batch_size)
     p2p_bytes = 2.0 * n * model.hidden_size / (par.tp if par.sequence_parallel else 1)
     p2p = _per_layout(par, lambda p: bridge.p2p_time_s(hw, p, p2p_bytes)) if par.pp > 1 else 0.0
@@ -640,7 +643,7 @@ def _train_step(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Parall
         pipe_p99 = pipe_mean
 
     # parameters, gradient reduction and optimizer on the stage with the most parameters
-    sp = _stage_param_list(model, par.tp, par.ep, par.etp, par.pp == 1, _stages_key(stages),
+    sp = _stage_param_list(model, par.tp, par.ep, par.etp, par.pp == 1, skey,
                            sc.routing.redundant_experts)
     big = max(range(len(sp)), key=lambda i: sp[i].dense + sp[i].expert)
     grad_bytes = 4.0 if w.master_weights_fp32 else 2.0
@@ -664,7 +667,7 @@ def _train_step(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Parall
     mfu = tps * model_flops / (par.num_gpus * hw.accelerator.peak_for(dt))
     mfu_bf16 = tps * model_flops / (par.num_gpus * hw.accelerator.peak_for("bf16"))
     copies = bridge.max_rank_copies(sc.routing, model, par, par.moe_tokens(n)) if model.num_moe_layers else 0.0
-    mem = train_memory_table(sc, model, hw, par, copies, n, m, sp, stages)
+    mem = train_memory_table(sc, model, hw, par, copies, n, m, sp, stages, skey)
     return _TrainStep(stages, counts, m, recompute, pipe_mean, pipe_p99, exposed_grad, t_opt, step, step_p99, tps,
                       mfu, mfu_bf16, model_flops, mem)
 
@@ -763,17 +766,19 @@ def train_memory(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Paral
 
 
 def train_memory_table(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Parallel, copies: float,
-                       n: float, m, sp, stages: list[list[int]]) -> dict[str, np.ndarray]:
+                       n: float, m, sp, stages: list[list[int]],
+                       stages_key: tuple[tuple[int, ...], ...] | None = None) -> dict[str, np.ndarray]:
     """Bytes per GPU by category and stage: arrays ``[stages]`` for one layout, ``[stages, layouts]`` when
     ``par`` and ``m`` hold one value per layout (:func:`train_curve`). Every stage's figures are the same
-    elementwise arithmetic (see the module docstring of :mod:`moesim.step.memory`)."""
+    elementwise arithmetic (see the module docstring of :mod:`moesim.step.memory`). ``stages_key``:
+    ``_stages_key(stages)`` when the caller has it."""
     w: TrainWorkload = sc.workload  # type: ignore[assignment]
     ab = 1.0 if w.compute_dtype == "fp8" else 2.0
     act_moe = layer_activation_bytes(model, par, n, w.seq_len, w.recompute, copies, True, ab) if model.moe_layer_indices else 0.0
     act_dense = layer_activation_bytes(model, par, n, w.seq_len, w.recompute, copies, False, ab)
     num = len(stages)
     per_microbatch_bytes = []
-    for n_moe, n_layers, last_is_moe in _stage_shape(model, _stages_key(stages)):
+    for n_moe, n_layers, last_is_moe in _stage_shape(model, stages_key if stages_key is not None else _stages_key(stages)):
         acts_per_microbatch_bytes = n_moe * act_moe + (n_layers - n_moe) * act_dense
         if w.recompute == "full" and n_layers:
             acts_per_microbatch_bytes += layer_activation_bytes(model, par, n, w.seq_len, "selective", copies, last_is_moe, ab)
