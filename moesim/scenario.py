@@ -8,6 +8,7 @@ to the scenario file. ``moesim schema`` prints the JSON Schema.
 
 from __future__ import annotations
 
+import os
 import tomllib
 from functools import lru_cache
 from pathlib import Path
@@ -21,7 +22,8 @@ from .dtypes import DType
 from .data import scenarios_dir
 from .errors import InputError, from_validation_error
 from .hardware import HardwareProfile, load_hardware
-from .io import max_nesting, read_toml
+from .filecache import parsed
+from .io import decode_text, max_nesting, parse_toml, read_bytes
 from .model import ModelSpec
 
 # Every count, size and price is bounded by its physical range (moesim/limits.py).
@@ -389,6 +391,28 @@ def bundled_scenarios() -> dict[str, Path]:
     return {p.stem: p for p in sorted(scenarios_dir().glob("*.toml"))}
 
 
+def _bundled_scenario_path(name: str) -> Path | None:
+    """The file of bundled scenario ``name`` (a key of :func:`bundled_scenarios`) without listing the folder."""
+    if not name or name.startswith(".") or any(c in name for c in "/\\\0"):
+        return None
+    p = os.path.join(_scenarios_dir(), name + ".toml")
+    return Path(p) if os.path.exists(p) else None  # False for a name too long for the file system
+
+
+@lru_cache(maxsize=1)
+def _scenarios_dir() -> str:
+    return str(scenarios_dir())
+
+
+def _copy_toml(value: Any) -> Any:
+    """A copy of parsed TOML (tables and arrays copied, the immutable leaves shared)."""
+    if isinstance(value, dict):
+        return {k: _copy_toml(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_copy_toml(v) for v in value]
+    return value
+
+
 DEFAULT_SCENARIO = "mixtral-8x7b-serve-h100"
 
 
@@ -417,11 +441,20 @@ def parse_value(text: str, field: str | None = None) -> Any:
     if max_nesting(text, toml=True) > L.MAX_NESTING:
         raise InputError(f"value nested more than {L.MAX_NESTING} deep", source="--set", field=field)
     try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        return text
+        ok, value = _toml_literal(text)
     except (RecursionError, ValueError):  # too deep for the parser, or an integer over 4300 digits
         raise InputError(f"cannot read the value {L.short(text)}", source="--set", field=field) from None
+    return _copy_toml(value) if ok else text
+
+
+@lru_cache(maxsize=4096)
+def _toml_literal(text: str) -> tuple[bool, Any]:
+    """(True, the value) of the TOML literal ``text``, or (False, None) if it is none (shared: copy tables and
+    arrays before handing them out)."""
+    try:
+        return True, tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return False, None
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[tuple[list[str], Any]]) -> dict[str, Any]:
@@ -453,20 +486,32 @@ def scenario_from_dict(raw: dict[str, Any], where: str, base_dir: str = ".") -> 
 
 def read_scenario_raw(name_or_path: str | Path | None) -> tuple[dict[str, Any], str, str]:
     """(raw dict, where, base folder) of a bundled scenario name or a TOML file."""
+    raw, where, base = _scenario_raw(name_or_path)
+    return _copy_toml(raw), where, base
+
+
+def _scenario_raw(name_or_path: str | Path | None) -> tuple[dict[str, Any], str, str]:
+    """:func:`read_scenario_raw` with the raw dict shared: the file parsed once per content
+    (:func:`moesim.filecache.parsed`); it must not be modified."""
     ref = str(name_or_path) if name_or_path is not None else DEFAULT_SCENARIO
     p = Path(ref)
     if p.suffix != ".toml":
-        known = bundled_scenarios()
-        if ref not in known:
+        found = _bundled_scenario_path(ref)
+        if found is None:
+            known = bundled_scenarios()
             raise InputError(f"unknown scenario {L.short(ref)}; known: {', '.join(known)} (or a path to a .toml file)",
                              field="scenario")
-        p = known[ref]
-    return read_toml(p), str(p), str(p.parent)
+        p = found
+    return parsed(str(p), read_bytes, _parse_scenario_file), str(p), str(p.parent)
+
+
+def _parse_scenario_file(where: str, data: bytes) -> dict[str, Any]:
+    return parse_toml(decode_text(data, where), where)
 
 
 def load_scenario(name_or_path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Scenario:
     """Load a bundled scenario by name or a scenario TOML, applying ``field=value`` overrides."""
-    raw, where, base = read_scenario_raw(name_or_path)
+    raw, where, base = _scenario_raw(name_or_path)  # apply_overrides copies; validation reads it only
     if overrides:
         raw = apply_overrides(raw, parse_set(overrides))
         where = f"{where} (with --set)"

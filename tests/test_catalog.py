@@ -75,3 +75,28 @@ def test_every_bundled_scenario_loads_and_resolves(name):
     s = load_scenario(name)
     assert s.resolve_model().num_layers > 0
     assert s.resolve_hardware().accelerator.memory_bytes > 0
+
+
+def test_a_scenario_file_is_read_again_when_it_changes_and_callers_get_their_own_copy(tmp_path):
+    from moesim.scenario import read_scenario_raw
+
+    src = (Path(__file__).resolve().parents[1] / "scenarios" / "mixtral-8x7b-serve-h100.toml").read_text()
+    path = tmp_path / "s.toml"
+    path.write_text(src.replace('model = "mixtral-8x7b"', f'model = "{Path(__file__).resolve().parents[1]}/scenarios/models/mixtral-8x7b.toml"'))
+    assert load_scenario(path).workload.batch_size == 64
+    path.write_text(path.read_text().replace("batch_size = 64", "batch_size = 32"))
+    assert load_scenario(path).workload.batch_size == 32
+    raw, _, _ = read_scenario_raw(path)
+    raw["workload"]["batch_size"] = 7
+    assert read_scenario_raw(path)[0]["workload"]["batch_size"] == 32
+    assert load_scenario(path, ["workload.batch_size=16"]).workload.batch_size == 16
+    assert load_scenario(path).workload.batch_size == 32
+
+
+def test_bundled_scenario_names_are_found_without_listing_the_folder_and_unknown_ones_list_them() -> None:
+    for name in bundled_scenarios():
+        assert load_scenario(name).name == name
+    with pytest.raises(InputError, match="known: .*mixtral-8x7b-serve-h100"):
+        load_scenario("no-such-scenario")
+    with pytest.raises(InputError, match="unknown scenario"):
+        load_scenario("../scenarios/mixtral-8x7b-serve-h100")
