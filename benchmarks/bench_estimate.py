@@ -22,7 +22,10 @@ imported from there: both columns come from this run on this machine, so the rat
 (baseline / current, > 1 is faster) holds however loaded the machine is. ``--baseline none`` skips it.
 The targets are issue 13's. Run it pinned to one core:
 
-    taskset -c 0 python benchmarks/bench_estimate.py [--repeats 200] [--baseline REF]
+    taskset -c 0 python benchmarks/bench_estimate.py [--repeats 200] [--baseline REF] [--rounds N]
+
+The two trees run interleaved, group by group, and ``--rounds`` repeats the whole set (each figure the
+median), so drift of a shared machine during the run does not land on one column.
 """
 
 from __future__ import annotations
@@ -158,16 +161,29 @@ def compile_tree(tree: Path) -> None:
                    stdout=subprocess.DEVNULL)
 
 
-def run_tree(tree: Path, repeats: int) -> dict[str, float]:
-    """Every figure with ``moesim`` imported from ``tree`` (a fresh process per group)."""
-    compile_tree(tree)
+PARTS = ("warm", "sweep_public", "sweep_api", "cli")
+
+
+def run_part(tree: Path, part: str, repeats: int) -> dict[str, float]:
+    """One group of figures with ``moesim`` imported from ``tree``, in a fresh process."""
     env = dict(os.environ, PYTHONPATH=str(tree), PYTHONDONTWRITEBYTECODE="1")
-    out: dict[str, float] = {}
-    for part in ("warm", "sweep_public", "sweep_api", "cli"):
-        res = subprocess.run([sys.executable, __file__, "--measure", part, "--repeats", str(repeats)], env=env,
-                             cwd=tree, check=True, capture_output=True, text=True)
-        out.update(json.loads(res.stdout.strip().splitlines()[-1]))
-    return out
+    res = subprocess.run([sys.executable, __file__, "--measure", part, "--repeats", str(repeats)], env=env,
+                         cwd=tree, check=True, capture_output=True, text=True)
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def run_trees(trees: list[Path], repeats: int, rounds: int) -> list[dict[str, float]]:
+    """Every figure for each tree, the trees interleaved group by group (so a machine that slows down during the
+    run slows both columns alike), each figure the median over ``rounds`` rounds."""
+    for tree in trees:
+        compile_tree(tree)
+    samples: list[dict[str, list[float]]] = [{} for _ in trees]
+    for _ in range(rounds):
+        for part in PARTS:
+            for tree, out in zip(trees, samples):
+                for k, v in run_part(tree, part, repeats).items():
+                    out.setdefault(k, []).append(v)
+    return [{k: statistics.median(v) for k, v in out.items()} for out in samples]
 
 
 def unpack(ref: str, into: Path) -> Path:
@@ -200,16 +216,17 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=200)
     ap.add_argument("--baseline", default=DEFAULT_BASELINE, help="commit to compare with, or 'none'")
+    ap.add_argument("--rounds", type=int, default=1, help="rounds of every figure; each figure is their median")
     ap.add_argument("--measure", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.measure:
         print(json.dumps(measure(args.measure, args.repeats)))
         return
-    cur = run_tree(REPO, args.repeats)
-    base = None
-    if args.baseline != "none":
-        with tempfile.TemporaryDirectory(prefix="moesim-baseline-") as tmp:
-            base = run_tree(unpack(args.baseline, Path(tmp)), args.repeats)
+    if args.baseline == "none":
+        report(run_trees([REPO], args.repeats, args.rounds)[0], None, args.baseline)
+        return
+    with tempfile.TemporaryDirectory(prefix="moesim-baseline-") as tmp:
+        cur, base = run_trees([REPO, unpack(args.baseline, Path(tmp))], args.repeats, args.rounds)
     report(cur, base, args.baseline)
 
 

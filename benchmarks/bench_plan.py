@@ -13,7 +13,9 @@ there, so both columns come from this run on this machine; ratio = baseline / cu
 candidates per second, current / baseline). ``--baseline none`` skips it. Targets are issue 13's. Run it
 pinned to one core:
 
-    taskset -c 0 python benchmarks/bench_plan.py [--baseline REF]
+    taskset -c 0 python benchmarks/bench_plan.py [--baseline REF] [--rounds N]
+
+The two trees run interleaved, plan by plan; ``--rounds`` repeats the set and reports each figure's median.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -61,14 +64,22 @@ def _plan(kind: str) -> dict[str, float]:
     return out
 
 
-def run_tree(tree: Path) -> dict[str, float]:
+def run_kind(tree: Path, kind: str) -> dict[str, float]:
     env = dict(os.environ, PYTHONPATH=str(tree), PYTHONDONTWRITEBYTECODE="1")
-    out: dict[str, float] = {}
-    for kind in ("train", "serve"):
-        res = subprocess.run([sys.executable, __file__, "--measure", kind], env=env, cwd=tree, check=True,
-                             capture_output=True, text=True)
-        out.update(json.loads(res.stdout.strip().splitlines()[-1]))
-    return out
+    res = subprocess.run([sys.executable, __file__, "--measure", kind], env=env, cwd=tree, check=True,
+                         capture_output=True, text=True)
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def run_trees(trees: list[Path], rounds: int) -> list[dict[str, float]]:
+    """Every figure for each tree, the trees interleaved plan by plan, each figure the median over ``rounds``."""
+    samples: list[dict[str, list[float]]] = [{} for _ in trees]
+    for _ in range(rounds):
+        for kind in ("train", "serve"):
+            for tree, out in zip(trees, samples):
+                for k, v in run_kind(tree, kind).items():
+                    out.setdefault(k, []).append(v)
+    return [{k: statistics.median(v) for k, v in out.items()} for out in samples]
 
 
 def _fmt(v: float | None, unit: str) -> str:
@@ -94,16 +105,17 @@ def report(cur: dict[str, float], base: dict[str, float] | None, ref: str) -> No
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--baseline", default=DEFAULT_BASELINE, help="commit to compare with, or 'none'")
+    ap.add_argument("--rounds", type=int, default=1, help="rounds of every figure; each figure is their median")
     ap.add_argument("--measure", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.measure:
         print(json.dumps(_plan(args.measure)))
         return
-    cur = run_tree(REPO)
-    base = None
-    if args.baseline != "none":
-        with tempfile.TemporaryDirectory(prefix="moesim-baseline-") as tmp:
-            base = run_tree(unpack(args.baseline, Path(tmp)))
+    if args.baseline == "none":
+        report(run_trees([REPO], args.rounds)[0], None, args.baseline)
+        return
+    with tempfile.TemporaryDirectory(prefix="moesim-baseline-") as tmp:
+        cur, base = run_trees([REPO, unpack(args.baseline, Path(tmp))], args.rounds)
     report(cur, base, args.baseline)
 
 
