@@ -22,7 +22,8 @@ def clear_caches() -> None:
     if "moesim.comm.collectives" in mods:
         mods["moesim.comm.collectives"].clear_plan_cache()
     for name in ("moesim.comm.placement", "moesim.load.routing", "moesim.load.placement", "moesim.load.traffic",
-                 "moesim.step.bridge", "moesim.step.parallel", "moesim.step.estimate", "moesim.step.memory", "moesim.filecache"):
+                 "moesim.step.bridge", "moesim.step.parallel", "moesim.step.estimate", "moesim.step.memory", "moesim.filecache",
+                 "moesim.scenario", "moesim.limits"):
         mod = mods.get(name)
         if mod is None:
             continue
