@@ -11,7 +11,9 @@ Symbols: ``n`` tokens per data-parallel rank in this pass, ``h`` hidden size,
 * attention: ``2 * P_attn / tp * n`` projection FLOPs (one GEMM shape
   ``[n, h] @ [h, P_attn / (tp h)]``, in the compute dtype) plus
   ``2 * H * (d_qk + d_v) * n * L / tp`` core FLOPs for ``L`` keys attended
-  (always bf16: FP8 recipes keep the attention core in bf16); weights
+  (always bf16: FP8 recipes keep the attention core in bf16; one fused kernel timed on the profile's
+  attention curves at its keys per query and head dim; sliding-window layers and MLA's absorbed decode
+  queries are cores of their own); weights
   ``P_attn * w / tp``; in decode the KV cache read ``b * C * kv_layer_bytes / kv_shard``;
   norm + residual + rotary as separate memory-bound kernels (``a * n * (5h + 4 q)``).
 * dense FFN and shared experts: :func:`moesim.layer.ffn_gemm_ops` over ``n`` rows.
@@ -152,12 +154,8 @@ def mla_core_ops(model: ModelSpec, par: Parallel, n, keys, *, decode_batch, cont
               _positive(pairs_pre), pairs_pre / _at_least(n - decode_tokens, 1.0), _head_dim(model)),
         _core("attention_core_decode", mla_absorbed_flops_per_key(model) * pairs_dec / par.tp,
               decode_batch * context * kv_layer_bytes + write * (1.0 - pre_share), _positive(pairs_dec),
-              _at_most_array(context, keys), a.kv_lora_rank + a.qk_rope_head_dim),
+              _at_most(context, keys), a.kv_lora_rank + a.qk_rope_head_dim),
     ]
-
-
-def _at_most_array(x, cap):
-    return min(x, cap) if _plain(x) and _plain(cap) else np.minimum(x, cap)
 
 
 def _plain(x) -> bool:
@@ -172,10 +170,11 @@ def _positive(x):
     return (1.0 if x > 0 else 0.0) if _plain(x) else (np.asarray(x) > 0).astype(float)
 
 
-def _at_most(x, cap: float | None):
+def _at_most(x, cap):
+    """``min(x, cap)`` for numbers or arrays (``cap`` None: no cap)."""
     if cap is None:
         return x
-    return min(x, float(cap)) if isinstance(x, (int, float)) else np.minimum(x, float(cap))
+    return min(x, cap) if _plain(x) and _plain(cap) else np.minimum(x, cap)
 
 
 def moe_shape(model: ModelSpec, par: Parallel) -> MoEShape:
