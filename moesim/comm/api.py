@@ -141,19 +141,28 @@ def time_ep_all_to_all(
     (e.g. BF16 combine after FP8 dispatch: 14336 / 7392). ``group`` places the
     ranks elsewhere than node 0 onward (it must have the same size).
     """
+    _check_phase(phase, bytes_scale)
+    _c.check_collective(phase, algorithm)
+    ctx = _ep_context(profile, traffic, group)
+    loads, steps = _ep_loads(ctx, traffic, algorithm)
+    return _ep_result(ctx, traffic, loads, steps, phase=phase, algorithm=algorithm, bytes_scale=bytes_scale)
+
+
+def _check_phase(phase: str, bytes_scale: float) -> None:
     if phase not in ("dispatch", "combine"):
         raise InputError(f"unknown phase {phase!r}; allowed: dispatch, combine", field="phase")
-    _c.check_collective(phase, algorithm)
     if bytes_scale < 0 or not math.isfinite(bytes_scale):
         raise InputError(f"bytes_scale must be >= 0, got {bytes_scale!r}", field="bytes_scale")
+
+
+def _ep_context(profile: HardwareProfile, traffic: "TrafficMatrix", group: GroupSpec | None):
+    """The topology context of an EP all-to-all: ``group``, or the traffic matrix's ranks from node 0 onward."""
     n = int(traffic.rank_bytes.shape[0])
     if group is None:
         group = GroupSpec(size=n, ranks_per_node=min(int(traffic.ranks_per_node), n))
     if group.num_ranks != n:
         raise InputError(f"group has {group.num_ranks} ranks but the traffic matrix {n}", field="group")
-    ctx = _c.context(network_spec(profile), group)
-    loads, steps = _ep_loads(ctx, traffic, algorithm)
-    return _ep_result(ctx, traffic, loads, steps, phase=phase, algorithm=algorithm, bytes_scale=bytes_scale)
+    return _c.context(network_spec(profile), group)
 
 
 @dataclass(frozen=True)
@@ -169,10 +178,7 @@ class RoutedAllToAll:
 
     def time_s(self, phase: str = "dispatch", bytes_scale: float = 1.0) -> float:
         """``time_ep_all_to_all(profile, traffic, phase=phase, bytes_scale=bytes_scale, ...).time_s``."""
-        if phase not in ("dispatch", "combine"):
-            raise InputError(f"unknown phase {phase!r}; allowed: dispatch, combine", field="phase")
-        if bytes_scale < 0 or not math.isfinite(bytes_scale):
-            raise InputError(f"bytes_scale must be >= 0, got {bytes_scale!r}", field="bytes_scale")
+        _check_phase(phase, bytes_scale)
         busy, e = self.busiest[phase]
         return _c.time_from_loads_s(self.topo, num_ranks=self.num_ranks, size_bytes=self.bytes_per_rank * bytes_scale,
                                     busy_s=busy, bottleneck=e, latency_s=self.latency_s, scale=bytes_scale)
@@ -189,11 +195,7 @@ def route_ep_all_to_all(
     (the step model times dispatch and combine under the expected and the p99 load from one routing)."""
     _c.check_collective("dispatch", algorithm)
     n = int(traffic.rank_bytes.shape[0])
-    if group is None:
-        group = GroupSpec(size=n, ranks_per_node=min(int(traffic.ranks_per_node), n))
-    if group.num_ranks != n:
-        raise InputError(f"group has {group.num_ranks} ranks but the traffic matrix {n}", field="group")
-    ctx = _c.context(network_spec(profile), group)
+    ctx = _ep_context(profile, traffic, group)
     loads, _ = _ep_loads(ctx, traffic, algorithm)
     return RoutedAllToAll(ctx.topo, n, float(traffic.rank_bytes.sum()) / n, loads.latency_s,
                           {"dispatch": loads.busiest(), "combine": loads.reversed().busiest()})
