@@ -53,6 +53,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
+from .dtypes import bytes_per_element
 from .ops import OpKind
 
 ComputeKind = Literal["matmul", "grouped_matmul", "batched_matmul", "attention", "elementwise", "comm"]
@@ -399,7 +400,6 @@ def moe_ffn_ops(s: MoEShape, *, tokens: Any, rows: RowsPerExpert, plan: KernelPl
 
 # --------------------------------------------------------------------------- low-precision GEMMs
 
-_ELEMENT_BYTES = {"fp8": 1.0, "fp4": 0.5}
 #: Bytes of block scales per quantised element: one 8-bit scale per 32 elements (MXFP8, NVFP4 per 16 is
 #: close) or one fp32 scale per 128 (DeepSeek-V3's 1 x 128 tiles) are both 1/32 byte per element.
 SCALE_BYTES_PER_ELEMENT = 1.0 / 32.0
@@ -459,7 +459,7 @@ def low_precision_ops(ops: Sequence[Op], dtype: str, *, training: bool, element_
         out.append(op)
         if not gemm or d not in ("fp8", "fp4"):
             continue
-        q = (element_bytes if d == dtype else _ELEMENT_BYTES[d]) + SCALE_BYTES_PER_ELEMENT
+        q = (element_bytes if d == dtype else bytes_per_element(d)) + SCALE_BYTES_PER_ELEMENT
         rows = g.m * g.groups
         if base in NORM_FED_GEMMS:
             fwd = 0.0

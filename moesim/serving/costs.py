@@ -41,7 +41,7 @@ from ..hardware import HardwareProfile
 from ..model import ModelSpec
 from ..scenario import Scenario, ServeWorkload
 from ..step import bridge
-from ..step.estimate import check_layout, layer_pass, serve_memory, serve_weight_dtypes
+from ..step.estimate import check_layout, layer_pass, serve_memory, serve_pass_dtypes
 from ..step.parallel import Parallel
 
 
@@ -85,9 +85,7 @@ class IterationCost:
                  max_keys: float, max_kv_read: float):
         w: ServeWorkload = sc.workload  # type: ignore[assignment]
         self._sc, self._model, self._hw, self._par = sc, model, hw, par
-        wdt, edt = serve_weight_dtypes(model, w)
-        self._kw = dict(weight_dtype=wdt, expert_weight_dtype=edt, kv_dtype=w.kv_dtype, compute_dtype=w.compute_dtype,
-                        expert_compute_dtype=w.expert_compute_dtype, detail=False)
+        self._kw = dict(serve_pass_dtypes(model, w), detail=False)
         self._n_moe = model.num_moe_layers
         self._n_dense = model.num_dense_layers
         self.dp, self.pp = par.dp, par.pp

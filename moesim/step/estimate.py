@@ -258,22 +258,24 @@ def layer_pass(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Paralle
     """
     lpar = par.layer_view()
     rt, sched = sc.routing, sc.schedule
+
+    def run() -> Pass:
+        return _layer_pass(rt, sched, model, hw, lpar, n=n, keys=keys, decode_batch=decode_batch, context=context,
+                           decode_tokens=decode_tokens, weight_dtype=weight_dtype, kv_dtype=kv_dtype,
+                           expert_weight_dtype=expert_weight_dtype, compute_dtype=compute_dtype,
+                           expert_compute_dtype=expert_compute_dtype, backward=backward, training=training,
+                           lm_tokens=lm_tokens, detail=detail)
+
     if not (_plain(n) and _plain(keys) and _plain(decode_batch) and _plain(context) and _plain(lm_tokens)
             and _plain(decode_tokens)):
-        return _layer_pass(rt, sched, model, hw, lpar, n=n, keys=keys, decode_batch=decode_batch, context=context,
-                           decode_tokens=decode_tokens, weight_dtype=weight_dtype, kv_dtype=kv_dtype, expert_weight_dtype=expert_weight_dtype,
-                           compute_dtype=compute_dtype, expert_compute_dtype=expert_compute_dtype,
-                           backward=backward, training=training, lm_tokens=lm_tokens, detail=detail)
+        return run()
     key = (model.fingerprint, bridge._hw_key(hw), lpar, rt, sched, type(n), n, type(keys), keys, type(decode_batch),
            decode_batch, type(context), context, type(decode_tokens), decode_tokens, type(lm_tokens), lm_tokens,
-           weight_dtype, kv_dtype,
-           expert_weight_dtype, compute_dtype, expert_compute_dtype, backward, training, detail)
+           weight_dtype, kv_dtype, expert_weight_dtype, compute_dtype, expert_compute_dtype, backward, training,
+           detail)
     hit = _PASSES.get(key)
     if hit is None:
-        hit = _layer_pass(rt, sched, model, hw, lpar, n=n, keys=keys, decode_batch=decode_batch, context=context,
-                          decode_tokens=decode_tokens, weight_dtype=weight_dtype, kv_dtype=kv_dtype, expert_weight_dtype=expert_weight_dtype,
-                          compute_dtype=compute_dtype, expert_compute_dtype=expert_compute_dtype,
-                          backward=backward, training=training, lm_tokens=lm_tokens, detail=detail)
+        hit = run()
         _PASSES.put(key, hit)
     return hit
 
@@ -825,6 +827,13 @@ def serve_weight_dtypes(model: ModelSpec, w: ServeWorkload) -> tuple[str, str | 
     return model.weight_dtype, model.expert_weight_dtype
 
 
+def serve_pass_dtypes(model: ModelSpec, w: ServeWorkload) -> dict[str, str | None]:
+    """The dtype arguments of :func:`layer_pass` for a serving workload (weights, experts, KV cache, GEMMs)."""
+    wdt, edt = serve_weight_dtypes(model, w)
+    return dict(weight_dtype=wdt, expert_weight_dtype=edt, kv_dtype=w.kv_dtype, compute_dtype=w.compute_dtype,
+                expert_compute_dtype=w.expert_compute_dtype)
+
+
 def prefill_batch(w: ServeWorkload, b):
     """Sequences prefilled together: the workload's setting, else the batch for prefill-only deployments, else 1."""
     if w.prefill_batch_size is not None:
@@ -847,8 +856,6 @@ class _ServeTimes:
 def _serve_times(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Parallel, b, detail: bool) -> _ServeTimes:
     """Prefill and decode times for ``b`` sequences per replica (a number, or an array when ``detail`` is off)."""
     w: ServeWorkload = sc.workload  # type: ignore[assignment]
-    wdt, edt = serve_weight_dtypes(model, w)
-    dt = w.compute_dtype
     counts = _stage_layers(model, par)
     n_moe = sum(c[0] for c in counts)
     n_dense = sum(c[1] for c in counts)
@@ -861,8 +868,7 @@ def _serve_times(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Paral
     def p2p(nbytes):
         return (par.pp - 1) * bridge.p2p_time_s(hw, par, nbytes) if par.pp > 1 else 0.0
 
-    dtypes = dict(weight_dtype=wdt, expert_weight_dtype=edt, kv_dtype=w.kv_dtype, compute_dtype=dt,
-                  expert_compute_dtype=w.expert_compute_dtype)
+    dtypes = serve_pass_dtypes(model, w)
     ttft = tpot = tpot_p99 = None
     prefill = decode = None
     if w.phase in ("both", "prefill"):
