@@ -183,6 +183,22 @@ class RoutedAllToAll:
         return _c.time_from_loads_s(self.topo, num_ranks=self.num_ranks, size_bytes=self.bytes_per_rank * bytes_scale,
                                     busy_s=busy, bottleneck=e, latency_s=self.latency_s, scale=bytes_scale)
 
+    def times_s(self, phase: str, bytes_scales: np.ndarray) -> np.ndarray:
+        """:meth:`time_s` for every scale of ``bytes_scales`` at once (a numpy array of them).
+
+        The routed loads, the bottleneck and the latency do not depend on the scale (every term of the routing
+        is linear in the bytes), so a matrix routed at one scale times the same pattern at any other: a layer
+        pass over many token counts routes its all-to-all once (moesim.step.bridge)."""
+        s = np.asarray(bytes_scales, dtype=float)
+        if np.any(s < 0) or not np.all(np.isfinite(s)):
+            raise InputError("bytes_scales must be finite and >= 0", field="bytes_scales")
+        _check_phase(phase, 1.0)
+        busy, e = self.busiest[phase]
+        if not _c._moved(self.num_ranks, self.bytes_per_rank, e):
+            return np.zeros(s.shape)
+        t = _c._loaded_time_s(self.topo.spec, self.latency_s, busy * s)
+        return np.where(self.bytes_per_rank * s > 0, t, 0.0)
+
 
 def route_ep_all_to_all(
     profile: HardwareProfile,

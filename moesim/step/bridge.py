@@ -212,10 +212,13 @@ def a2a_times_s(rt: RoutingSpec, model: ModelSpec, hw: HardwareProfile, par: Par
     key = (_hw_key(hw), moe.num_experts, moe.top_k, size, per_node, float(bytes_per_copy), rt.distribution,
            rt.node_limit, rt.algorithm, combine_scale)
     if np.ndim(n_src) > 0:
-        noise = np.broadcast_to(load.noise_ratio, np.shape(n_src))
-        pairs = [_a2a_cached(*key, float(x), round(float(r), 6)) if x > 0 else (0.0, 0.0)
-                 for x, r in zip(np.asarray(n_src).ravel(), noise.ravel())]
-        return np.array([d for d, _ in pairs]), np.array([c for _, c in pairs])
+        # one routing at one token per rank, scaled to every count (RoutedAllToAll.times_s): equal to the
+        # scalar path's per-count routing up to rounding
+        x = np.asarray(n_src, dtype=float)
+        noise = np.round(np.broadcast_to(np.asarray(load.noise_ratio, dtype=float), x.shape), 6)
+        unit = _a2a_routed(*key[:-1], 1.0)
+        s = np.where(x > 0, x, 0.0) * noise
+        return unit.times_s("dispatch", s), unit.times_s("combine", combine_scale * s)
     if n_src <= 0:
         return 0.0, 0.0
     return _a2a_cached(*key, float(n_src), round(float(load.noise_ratio), 6))

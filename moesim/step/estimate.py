@@ -266,18 +266,34 @@ def layer_pass(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Paralle
                            expert_compute_dtype=expert_compute_dtype, backward=backward, training=training,
                            lm_tokens=lm_tokens, detail=detail)
 
-    if not (_plain(n) and _plain(keys) and _plain(decode_batch) and _plain(context) and _plain(lm_tokens)
-            and _plain(decode_tokens)):
-        return run()
-    key = (model.fingerprint, bridge._hw_key(hw), lpar, rt, sched, type(n), n, type(keys), keys, type(decode_batch),
-           decode_batch, type(context), context, type(decode_tokens), decode_tokens, type(lm_tokens), lm_tokens,
+    key = (model.fingerprint, bridge._hw_key(hw), lpar, rt, sched, _value_key(n), _value_key(keys),
+           _value_key(decode_batch), _value_key(context), _value_key(decode_tokens), _value_key(lm_tokens),
            weight_dtype, kv_dtype, expert_weight_dtype, compute_dtype, expert_compute_dtype, backward, training,
            detail)
     hit = _PASSES.get(key)
     if hit is None:
         hit = run()
+        if not detail:
+            hit = _frozen(hit)
         _PASSES.put(key, hit)
     return hit
+
+
+def _value_key(x):
+    """A hashable stand-in for a size argument of :func:`layer_pass`: a plain number with its type (``2`` and
+    ``2.0`` stay apart), a numpy array by dtype, shape and bytes."""
+    if _plain(x):
+        return (type(x), x)
+    a = np.asarray(x)
+    return (a.dtype.str, a.shape, a.tobytes())
+
+
+def _frozen(p: Pass) -> Pass:
+    """``p`` with its array fields read-only: a cached pass is shared by every later caller."""
+    for x in (p.moe_s, p.moe_p99_s, p.dense_s, p.embedding_s, p.lm_head_s):
+        if isinstance(x, np.ndarray):
+            x.flags.writeable = False
+    return p
 
 
 def _layer_pass(rt: RoutingSpec, sched: Schedule, model: ModelSpec, hw: HardwareProfile, par: Parallel, *, n,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from comm_helpers import variant
 
@@ -186,3 +187,33 @@ def test_routed_all_to_all_times_equal_the_full_results_to_the_bit(hw: str, algo
             assert routed.time_s(phase, scale) == full.time_s
     with pytest.raises(InputError):
         routed.time_s("gather")
+
+
+@pytest.mark.parametrize("algorithm", ["direct", "hierarchical"])
+@pytest.mark.parametrize(("ranks", "per_node", "limit", "dist"), [
+    (8, 8, None, "uniform"), (16, 8, None, "zipf:1.1"), (64, 8, 4, "uniform"), (32, 4, None, "dirichlet:0.5"),
+])
+def test_one_routing_times_every_token_count(algorithm: str, ranks: int, per_node: int, limit: int | None,
+                                             dist: str) -> None:
+    """The routing is linear in the bytes: a matrix routed for one token per rank and scaled times the dispatch
+    of any token count as routing that count's own matrix does (the layer pass over many counts relies on it)."""
+    p = load_hardware("h800")
+    g = GroupSpec(size=ranks, ranks_per_node=per_node)
+
+    def routed(tokens: float):
+        tr = api.ep_traffic(num_ranks=ranks, tokens_per_rank=tokens, top_k=8, num_experts=256,
+                            bytes_per_token=7168.0, ranks_per_node=per_node, node_limit=limit, distribution=dist)
+        return api.route_ep_all_to_all(p, tr, algorithm=algorithm, group=g)
+
+    unit = routed(1.0)
+    counts = np.array([0.0, 1.0, 3.0, 64.0, 1536.0, 40960.5])
+    for phase in ("dispatch", "combine"):
+        many = unit.times_s(phase, counts * 1.25)
+        for i, n in enumerate(counts):
+            assert many[i] == unit.time_s(phase, n * 1.25)
+            own = routed(n).time_s(phase, 1.25) if n > 0 else 0.0
+            assert many[i] == pytest.approx(own, rel=1e-12, abs=0.0)
+    with pytest.raises(InputError):
+        unit.times_s("dispatch", np.array([1.0, -1.0]))
+    with pytest.raises(InputError):
+        unit.times_s("gather", counts)

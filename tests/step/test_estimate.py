@@ -218,6 +218,30 @@ def test_serve_curve_matches_the_full_estimate_at_every_batch():
         assert cur["memory_per_gpu_bytes"][i] == pytest.approx(est.memory_per_gpu_bytes, rel=1e-9)
 
 
+@pytest.mark.parametrize(("gpus", "tp", "ep", "routing"), [
+    (16, 1, 16, []), (32, 2, 32, ["routing.algorithm=hierarchical"]), (64, 1, 64, ["routing.distribution=zipf:1.1"]),
+    (128, 4, 32, ["routing.algorithm=hierarchical", "routing.distribution=dirichlet:0.5"]),
+])
+def test_serve_curve_routes_the_all_to_all_once_and_matches_the_estimate(gpus, tp, ep, routing):
+    """Multi-node expert parallelism: the curve times every batch's dispatch and combine from one routing at one
+    token per rank (moesim.step.bridge.a2a_times_s); the full estimate routes each batch's own matrix."""
+    import numpy as np
+
+    from moesim.step.estimate import serve_curve
+
+    sc = load_scenario("deepseek-v3-decode-h800", [f"num_gpus={gpus}", f"layout.tp={tp}", f"layout.ep={ep}",
+                                                  "layout.etp=1", "layout.pp=1", "workload.phase=both", *routing])
+    m, hw = sc.resolve_model(), sc.resolve_hardware()
+    batches = [1, 6, 64, 512]
+    cur = serve_curve(sc, m, hw, np.array(batches))
+    for i, b in enumerate(batches):
+        s = sc.model_copy(update={"workload": sc.workload.model_copy(update={"batch_size": b})})
+        est = estimate_resolved(s, m, hw)
+        assert est.time_by_stage_s["dispatch"] > 0
+        assert cur["tpot_s"][i] == pytest.approx(est.tpot_s, rel=1e-9)
+        assert cur["ttft_s"][i] == pytest.approx(est.ttft_s, rel=1e-9)
+
+
 def test_a_profile_loaded_again_hits_the_caches_of_the_first_load():
     from moesim.hardware import load_hardware
     from moesim.step import bridge
@@ -228,3 +252,23 @@ def test_a_profile_loaded_again_hits_the_caches_of_the_first_load():
     bridge._hw_key(a)
     bridge._hw_key(b)
     assert len(bridge._PROFILES) <= before + 1
+
+
+def test_a_layer_pass_over_token_arrays_is_kept_by_value_and_read_only():
+    """Searches meet the same token arrays under many layouts (DP and PP do not change a layer pass): the pass
+    is computed once per distinct array, and what is kept cannot be changed by a caller."""
+    import numpy as np
+
+    from moesim.step.estimate import Parallel, layer_pass, serve_pass_dtypes
+
+    sc = load_scenario("deepseek-v3-decode-h800")
+    m, hw = sc.resolve_model(), sc.resolve_hardware()
+    par = Parallel.of(sc, hw.node.accelerators_per_node)
+    kw = dict(keys=2048.0, detail=False, **serve_pass_dtypes(m, sc.workload))
+    a = layer_pass(sc, m, hw, par, n=np.array([1.0, 8.0, 64.0]), **kw)
+    b = layer_pass(sc, m, hw, par, n=np.array([1.0, 8.0, 64.0]), **kw)
+    c = layer_pass(sc, m, hw, par, n=np.array([1.0, 8.0, 65.0]), **kw)
+    assert a is b and c is not a
+    assert a.moe_s[:2].tolist() == c.moe_s[:2].tolist() and a.moe_s[2] < c.moe_s[2]
+    with pytest.raises(ValueError):
+        a.moe_s[0] = 0.0
