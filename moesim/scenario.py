@@ -159,6 +159,12 @@ class ServeWorkload(_Spec):
         "are prefilled one at a time, so TTFT is one prompt's prefill), batch_size for a prefill-only deployment.",
     )
     prompt_tokens: Tokens = Field(description="Prompt length, tokens.")
+    cached_prompt_tokens: int = Field(
+        0, ge=0,
+        description="Leading prompt tokens whose KV cache a request finds already resident (prefix caching: a shared "
+        "system prompt, the earlier turns of a conversation; vLLM's automatic prefix caching, SGLang's radix cache). "
+        "They are not computed; the rest of the prompt attends to them. Less than prompt_tokens; 0 = no prefix "
+        "cache.")
     output_tokens: Tokens = Field(1, description="Generated tokens per sequence.")
     compute_dtype: Literal["bf16", "fp8", "fp4"] = Field("bf16", description="GEMM precision.")
     weight_dtype: DType | None = Field(None, description="Weight storage dtype; default the model's published dtype.")
@@ -186,6 +192,16 @@ class ServeWorkload(_Spec):
         "is its workspace (vLLM's gpu_memory_utilization, default 0.9). Ignored when workspace_bytes is set.")
 
     @property
+    def computed_prompt_tokens(self) -> int:
+        """Prompt tokens a prefill computes: the prompt less its cached prefix."""
+        return self.prompt_tokens - self.cached_prompt_tokens
+
+    @property
+    def prefill_keys_per_token(self) -> float:
+        """Keys each computed prompt token attends on average (causal): the cached prefix, then half the rest."""
+        return self.cached_prompt_tokens + (self.computed_prompt_tokens + 1) / 2
+
+    @property
     def context_tokens(self) -> int:
         """Tokens one sequence holds at the end: the prompt, plus the output unless only prefilled."""
         return self.prompt_tokens + (self.output_tokens if self.phase != "prefill" else 0)
@@ -195,6 +211,13 @@ class ServeWorkload(_Spec):
         if self.mtp_draft_tokens and self.mtp_acceptance_rate is None:
             raise ValueError(f"mtp_draft_tokens = {self.mtp_draft_tokens} needs mtp_acceptance_rate (0 to 1, the "
                              "probability that a drafted token is accepted)")
+        if self.cached_prompt_tokens >= self.prompt_tokens:
+            raise ValueError(f"cached_prompt_tokens ({self.cached_prompt_tokens:,}) must be less than prompt_tokens "
+                             f"({self.prompt_tokens:,}): the last prompt token is always computed (its logits give "
+                             "the first output token)")
+        if self.cached_prompt_tokens and self.phase == "decode":
+            raise ValueError("cached_prompt_tokens applies to prefill; this deployment only decodes (phase = decode: "
+                             "its requests arrive with their whole prompt's KV cache)")
         if self.mtp_draft_tokens and self.phase == "prefill":
             raise ValueError("mtp_draft_tokens applies to decode; this deployment only prefills (phase = prefill)")
         ctx = self.context_tokens

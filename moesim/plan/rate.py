@@ -132,7 +132,8 @@ def _screen(sc: Scenario, model: ModelSpec, hw: HardwareProfile, cons: RateConst
             cand = sc.model_copy(update={"hardware": hw.name, "num_gpus": n, "layout": lay, "serving": ServingSpec(
                 **{**sc.serving.model_dump(), "prefill": None, "decode": None, "num_instances": 1}),
                 "workload": w.model_copy(update={"prompt_tokens": prompt, "output_tokens": output, "phase": "both",
-                                                 "prefill_batch_size": 1})})
+                                                 "prefill_batch_size": 1,
+                                                 "cached_prompt_tokens": min(w.cached_prompt_tokens, prompt - 1)})})
             try:
                 check_layout(cand, model, hw)
                 cur = serve_curve(cand, model, hw, batches)

@@ -139,7 +139,8 @@ def deployment(sc: Scenario, model: ModelSpec | None = None, hw: HardwareProfile
                                     max_kv_read=kv.tokens_per_dp_rank + ctx)
         cfg = EngineConfig(dp=psc.dp, pp=psc.layout.pp, max_num_seqs=seqs,
                            max_num_batched_tokens=srv.max_num_batched_tokens, kv_capacity_tokens=kv.tokens_per_dp_rank,
-                           kv_block_tokens=srv.kv_block_tokens, chunked_prefill=srv.chunked_prefill)
+                           kv_block_tokens=srv.kv_block_tokens, chunked_prefill=srv.chunked_prefill,
+                           cached_prompt_tokens=sc.workload.cached_prompt_tokens)
         pools.append(Pool(role, psc, k, cost, cfg, kv))
     same_node = False
     if len(pools) == 2:

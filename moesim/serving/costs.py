@@ -211,8 +211,9 @@ def kv_capacity(sc: Scenario, model: ModelSpec, hw: HardwareProfile, *, max_num_
     fixed part.
     """
     par = Parallel.of(sc, hw.node.accelerators_per_node)
+    # the largest iteration computes max_num_batched_tokens prompt tokens (a cached prefix is not in the budget)
     probe = _serve_variant(sc, phase="both", batch_size=max_num_seqs, prompt_tokens=max_num_batched_tokens,
-                           output_tokens=1, prefill_batch_size=1)
+                           cached_prompt_tokens=0, output_tokens=1, prefill_batch_size=1)
     mem, _ = serve_memory(probe, model, hw, par)
     cats = mem.by_category_bytes
     kv = float(cats.get("kv_cache", 0.0))

@@ -13,7 +13,10 @@ State per iteration ``j`` (an iteration = one forward pass of the running batch)
   ``max_num_batched_tokens`` less the rank's decode tokens. A chunk of ``p``
   tokens after ``q`` done attends ``p (q + (p + 1) / 2)`` key pairs and reads ``q``
   cached tokens. When the last chunk runs, the request's next token is sampled
-  (its first token: TTFT) and it joins the decoding batch.
+  (its first token: TTFT) and it joins the decoding batch. A request that finds the
+  first ``c`` tokens of its prompt in the prefix cache starts at ``q = c``: those are
+  not computed, and its chunks attend to them (the prefix stays cached through a
+  preemption; its KV is counted with the prompt's).
 * **waiting** requests: FCFS; admitted while the batch has fewer than
   ``max_num_seqs`` sequences per DP rank, the iteration has budget for a chunk,
   and the KV cache has room for the whole prompt.
@@ -69,6 +72,7 @@ class EngineConfig:
     kv_capacity_tokens: int  # per DP rank
     kv_block_tokens: int
     chunked_prefill: bool
+    cached_prompt_tokens: int = 0  # prefix-cache hit per request (at most its prompt less one token)
 
     @property
     def seats(self) -> int:
@@ -105,14 +109,17 @@ class EngineRun:
 
 
 def run_engine(arrival_s, prompt_tokens, output_tokens, cost: Callable[[float, float, float, float], float],
-               cfg: EngineConfig, *, prefilled=None, sample_dt_s: float = 1.0, skip_ahead: bool = True,
+               cfg: EngineConfig, *, prefilled=None, cached=None, sample_dt_s: float = 1.0, skip_ahead: bool = True,
                progress: Callable[[int], None] | None = None) -> EngineRun:
     """Simulate one engine over requests sorted by arrival (see the module docstring).
 
     ``cost(n, keys, kv_read, lm)`` is the iteration time of the busiest DP rank
     (:meth:`moesim.serving.costs.IterationCost.iteration_s`). ``prefilled[i]``: the
     request arrives with its prompt's KV cache and first token (the decode pool of a
-    disaggregated deployment). ``skip_ahead=False`` runs every iteration on its own (the
+    disaggregated deployment). ``cached[i]``: leading prompt tokens of the request whose KV cache is resident
+    (a prefix-cache hit, less than its prompt): its prefill starts after them, and its chunks attend to them;
+    default ``min(cfg.cached_prompt_tokens, prompt - 1)`` for every request.
+    ``skip_ahead=False`` runs every iteration on its own (the
     reference for the skipping). ``progress(n_done)`` is called now and then.
     """
     arr = [float(x) for x in arrival_s]
@@ -120,6 +127,8 @@ def run_engine(arrival_s, prompt_tokens, output_tokens, cost: Callable[[float, f
     O = [int(x) for x in output_tokens]
     N = len(arr)
     pre = [bool(x) for x in prefilled] if prefilled is not None else [False] * N
+    c0 = cfg.cached_prompt_tokens
+    hit = [int(x) for x in cached] if cached is not None else [min(c0, p - 1) for p in P]
     dp, div = cfg.dp, cfg.dp * cfg.pp
     M = cfg.max_num_batched_tokens
     B1 = cfg.kv_block_tokens - 1
@@ -287,7 +296,7 @@ def run_engine(arrival_s, prompt_tokens, output_tokens, cost: Callable[[float, f
             if kv_now + need > cap:
                 break
             left = room()
-            if left < 1 or (not chunked and pf_total[rid] > left):
+            if left < 1 or (not chunked and pf_total[rid] - hit[rid] > left):
                 break
             waiting.popleft()
             state[rid] = _PREFILL
@@ -299,7 +308,8 @@ def run_engine(arrival_s, prompt_tokens, output_tokens, cost: Callable[[float, f
             heapq.heappush(victims, (-admitted, rid, ver[rid]))
             if math.isnan(admit[rid]):
                 admit[rid] = t
-            place(rid, 0, pf_total[rid])
+            pf_done[rid] = hit[rid]  # a cached prefix is not computed
+            place(rid, hit[rid], pf_total[rid] - hit[rid])
         if chunks:
             busy_n, busy_pairs, busy_read, busy_lm = max(per.values())
         d = b / div

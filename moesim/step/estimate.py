@@ -889,9 +889,10 @@ def _serve_times(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Paral
     prefill = decode = None
     if w.phase in ("both", "prefill"):
         pb = prefill_batch(w, b)
-        prefill = layer_pass(sc, model, hw, par, n=pb * w.prompt_tokens, keys=(w.prompt_tokens + 1) / 2,
+        # a cached prefix is not computed; the computed tokens attend to it (ServeWorkload.prefill_keys_per_token)
+        prefill = layer_pass(sc, model, hw, par, n=pb * w.computed_prompt_tokens, keys=w.prefill_keys_per_token,
                              lm_tokens=pb, detail=detail, **dtypes)
-        ttft = total(prefill) + p2p(2.0 * pb * w.prompt_tokens * h)
+        ttft = total(prefill) + p2p(2.0 * pb * w.computed_prompt_tokens * h)
     ctx = w.prompt_tokens + w.output_tokens / 2
     it = _Iteration.of(sc, w)
     if w.phase in ("both", "decode"):
@@ -900,9 +901,9 @@ def _serve_times(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Paral
         n_dec = mb * it.verified
         chunk = mb * it.chunk_tokens_per_sequence  # prompt tokens of arriving requests riding along (chunked prefill)
         n_it = n_dec + chunk
-        keys = (n_dec * ctx + chunk * (w.prompt_tokens + 1) / 2) / n_it if it.chunk_tokens_per_sequence else ctx
+        keys = (n_dec * ctx + chunk * w.prefill_keys_per_token) / n_it if it.chunk_tokens_per_sequence else ctx
         decode = layer_pass(sc, model, hw, par, n=n_it, keys=keys, decode_batch=mb, context=ctx, decode_tokens=n_dec,
-                            lm_tokens=n_dec + chunk / w.prompt_tokens, detail=detail, **dtypes)
+                            lm_tokens=n_dec + chunk / w.computed_prompt_tokens, detail=detail, **dtypes)
         draft = 0.0
         if it.drafted:  # the MTP module (one MoE layer and the shared head) runs once per drafted token
             dp_ = layer_pass(sc, model, hw, par, n=mb, keys=ctx, decode_batch=mb, context=ctx, detail=False, **dtypes)
@@ -915,8 +916,11 @@ def _serve_times(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Paral
         step_p99 = total(decode, p99=True) + draft + p2p_s + stall
         tpot, tpot_p99 = step / it.tokens_per_iteration, step_p99 / it.tokens_per_iteration
     if w.phase == "prefill":
-        tps = par.dp * b * w.prompt_tokens / ttft  # type: ignore[operator]
-        flops_tok = forward_flops_per_token(model, (w.prompt_tokens + 1) / 2).total_flops
+        tps = par.dp * b * w.prompt_tokens / ttft  # type: ignore[operator]  # served prompt tokens, cache hits too
+        # FLOPs per served prompt token: the computed share of the prompt at its keys per token
+        flops_tok = forward_flops_per_token(model, w.prefill_keys_per_token).total_flops
+        if w.cached_prompt_tokens:
+            flops_tok *= w.computed_prompt_tokens / w.prompt_tokens
     else:
         tps = par.dp * b / tpot  # type: ignore[operator]
         flops_tok = forward_flops_per_token(model, ctx).total_flops
@@ -949,7 +953,8 @@ class _Iteration:
       (a draft counts only when every draft before it was accepted);
     * at steady state every sequence is replaced after its ``O`` output tokens, so ``b E / O`` requests arrive
       per iteration. With chunked prefill (vLLM and SGLang's default) their prompts ride along in the decode
-      iterations: ``chunk_tokens_per_sequence = P E / O`` prompt tokens per running sequence. Without it each
+      iterations: ``chunk_tokens_per_sequence = (P - c) E / O`` prompt tokens per running sequence (``c`` of the
+      ``P`` cached, :attr:`ServeWorkload.cached_prompt_tokens`). Without it each
       prompt is prefilled whole while decode waits: ``whole_prefill_share = E / O`` prefills per sequence per
       iteration, each batch of ``pb`` prompts taking one TTFT.
     """
@@ -968,7 +973,7 @@ class _Iteration:
         chunk = whole = 0.0
         if w.phase == "both":
             if sc.serving.chunked_prefill:
-                chunk = w.prompt_tokens * e / w.output_tokens
+                chunk = w.computed_prompt_tokens * e / w.output_tokens
             else:
                 whole = e / w.output_tokens
         return cls(1 + d, d, e, chunk, whole)
@@ -1000,6 +1005,10 @@ def _serve(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Parallel) -
 
 def _serve_notes(sc: Scenario, w: ServeWorkload, par: Parallel, hw: HardwareProfile, b: int, ctx: float) -> list[str]:
     notes = []
+    if w.cached_prompt_tokens:
+        notes.append(f"prefix cache: {w.cached_prompt_tokens:,} of {w.prompt_tokens:,} prompt tokens per request are "
+                     f"cached; a prefill computes {w.computed_prompt_tokens:,}, each attending "
+                     f"{w.prefill_keys_per_token:,.6g} keys on average (the prefix's KV cache is counted in memory)")
     if w.phase != "prefill":
         notes.append(f"{par.dp} replica(s) x batch {b}; decode at mean context {ctx:g} tokens; TTFT prefills "
                      f"{prefill_batch(w, b)} prompt(s) at once")
@@ -1058,7 +1067,7 @@ def _serve_stage_memory(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par
     k = model.moe.top_k if model.moe else 1
     act_per_token = 2.0 * (4 * h + k * (2 * h + 3 * f_local) * par.etp / par.tp)
     # transient activations of one layer: the prompts being prefilled, or one token per sequence in decode
-    prefill_tokens = prefill_batch(w, batch) * w.prompt_tokens if w.phase != "decode" else 0
+    prefill_tokens = prefill_batch(w, batch) * w.computed_prompt_tokens if w.phase != "decode" else 0
     logits = 4.0 * model.vocab_size / par.tp
     out = []
     for s, layers in enumerate(stages):
@@ -1067,7 +1076,7 @@ def _serve_stage_memory(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par
         kv_seq = kv_bytes_per_sequence(model, par, layers, context, w.kv_dtype)
         per_seq = kv_seq + act_per_token + logits
         if w.phase == "prefill" and w.prefill_batch_size is None:
-            per_seq += w.prompt_tokens * act_per_token  # prefill-only: every sequence of the batch is prefilled at once
+            per_seq += w.computed_prompt_tokens * act_per_token  # prefill-only: the batch is prefilled at once
             acts, fixed = batch * (per_seq - kv_seq), weights
         else:
             transient = prefill_tokens * act_per_token

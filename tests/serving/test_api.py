@@ -37,6 +37,16 @@ def test_vanishing_rate_on_deepseek_v3_with_mla_and_fp8():
     assert r.tpot.mean_s == pytest.approx(dec.tpot_s, rel=0.02)
 
 
+def test_at_a_vanishing_rate_a_cached_prefix_gives_the_estimates_ttft():
+    """The simulator starts a request's prefill after its cached prefix, as the step model does."""
+    ov = ["workload.cached_prompt_tokens=700"]
+    est = moesim.estimate(MIXTRAL, ov + ["workload.batch_size=1"])
+    plain = moesim.estimate(MIXTRAL, ["workload.batch_size=1"])
+    r = simulate(MIXTRAL, rate=0.001, num_requests=20, overrides=ov, saturation=False)
+    assert r.ttft.mean_s == pytest.approx(est.ttft_s, rel=0.02)
+    assert est.ttft_s < plain.ttft_s
+
+
 @pytest.fixture(scope="module")
 def mixtral_dep():
     sc = load_scenario(MIXTRAL, SEATS)

@@ -148,3 +148,32 @@ def test_prefilled_requests_join_decode_at_once():
     assert math.isnan(r.first_token_s[0])
     assert r.second_token_s[0] == pytest.approx(0.01)
     assert r.finish_s[0] == pytest.approx(0.03)
+
+
+def test_a_cached_prefix_is_not_computed_but_attended_to():
+    seen = []
+
+    def cost(n, keys, kv_read, lm):
+        seen.append((n, keys, kv_read, lm))
+        return 0.01
+
+    # 100-token prompt, 60 of them in the prefix cache: one chunk of the 40 others, which attend to the 60
+    run_engine([0.0], [100], [2], cost, cfg(cached_prompt_tokens=60), skip_ahead=False)
+    n, keys, kv_read, lm = seen[0]
+    assert (n, kv_read, lm) == (40, pytest.approx(60.0), 1)
+    assert keys == pytest.approx(60 + 41 / 2)
+    # the decode that follows sees the whole prompt and the first output token
+    assert seen[1][1] == pytest.approx(101.0)
+    # a prompt shorter than the cached prefix still computes its last token
+    seen.clear()
+    run_engine([0.0], [30], [1], cost, cfg(cached_prompt_tokens=60), skip_ahead=False)
+    assert seen[0][0] == 1 and seen[0][2] == pytest.approx(29.0)
+
+
+def test_a_cached_prefix_frees_token_budget_for_more_prompts():
+    # budget 512 per iteration: 4 prompts of 400 tokens take 4 prefill iterations uncached, 1 with 300 cached
+    P, O = [400] * 4, [1] * 4
+    plain = run_engine([0.0] * 4, P, O, const(0.01), cfg(chunked_prefill=False))
+    hit = run_engine([0.0] * 4, P, O, const(0.01), cfg(chunked_prefill=False, cached_prompt_tokens=300))
+    assert plain.num_iterations == 4 and hit.num_iterations == 1
+    assert hit.first_token_s.max() == pytest.approx(0.01)

@@ -202,13 +202,15 @@ def test_fast_training_figures_match_the_full_estimate(name):
 
 
 def test_serve_curve_matches_the_full_estimate_at_every_batch():
+    _curve_matches_the_estimate(load_scenario("qwen3-235b-serve-gb200"), [1, 7, 64, 300])
+
+
+def _curve_matches_the_estimate(sc, batches: list[int]) -> None:
     import numpy as np
 
     from moesim.step.estimate import serve_curve
 
-    sc = load_scenario("qwen3-235b-serve-gb200")
     m, hw = sc.resolve_model(), sc.resolve_hardware()
-    batches = [1, 7, 64, 300]
     cur = serve_curve(sc, m, hw, np.array(batches))
     for i, b in enumerate(batches):
         s = sc.model_copy(update={"workload": sc.workload.model_copy(update={"batch_size": b})})
@@ -216,6 +218,8 @@ def test_serve_curve_matches_the_full_estimate_at_every_batch():
         assert cur["tpot_s"][i] == pytest.approx(est.tpot_s, rel=1e-9)
         assert cur["ttft_s"][i] == pytest.approx(est.ttft_s, rel=1e-9)
         assert cur["memory_per_gpu_bytes"][i] == pytest.approx(est.memory_per_gpu_bytes, rel=1e-9)
+        if sc.layout.ep > 1:
+            assert est.time_by_stage_s["dispatch"] > 0
 
 
 @pytest.mark.parametrize(("gpus", "tp", "ep", "routing"), [
@@ -225,21 +229,9 @@ def test_serve_curve_matches_the_full_estimate_at_every_batch():
 def test_serve_curve_routes_the_all_to_all_once_and_matches_the_estimate(gpus, tp, ep, routing):
     """Multi-node expert parallelism: the curve times every batch's dispatch and combine from one routing at one
     token per rank (moesim.step.bridge.a2a_times_s); the full estimate routes each batch's own matrix."""
-    import numpy as np
-
-    from moesim.step.estimate import serve_curve
-
     sc = load_scenario("deepseek-v3-decode-h800", [f"num_gpus={gpus}", f"layout.tp={tp}", f"layout.ep={ep}",
                                                   "layout.etp=1", "layout.pp=1", "workload.phase=both", *routing])
-    m, hw = sc.resolve_model(), sc.resolve_hardware()
-    batches = [1, 6, 64, 512]
-    cur = serve_curve(sc, m, hw, np.array(batches))
-    for i, b in enumerate(batches):
-        s = sc.model_copy(update={"workload": sc.workload.model_copy(update={"batch_size": b})})
-        est = estimate_resolved(s, m, hw)
-        assert est.time_by_stage_s["dispatch"] > 0
-        assert cur["tpot_s"][i] == pytest.approx(est.tpot_s, rel=1e-9)
-        assert cur["ttft_s"][i] == pytest.approx(est.ttft_s, rel=1e-9)
+    _curve_matches_the_estimate(sc, [1, 6, 64, 512])
 
 
 def test_a_profile_loaded_again_hits_the_caches_of_the_first_load():

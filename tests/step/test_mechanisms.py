@@ -210,7 +210,11 @@ def test_mtp_drafts_raise_decode_throughput_by_the_accepted_tokens():
     (["schedule.pipeline=zb1p"], "schedule.pipeline"),
 ])
 def test_bad_new_fields_exit_2_with_one_line_naming_the_field(run_cli, overrides, needle):
-    args = ["estimate", DSV3_DECODE]
+    _exits_2_with_one_line(run_cli, DSV3_DECODE, overrides, needle)
+
+
+def _exits_2_with_one_line(run_cli, scenario: str, overrides: list[str], needle: str) -> None:
+    args = ["estimate", scenario]
     for o in overrides:
         args += ["--set", o]
     r = run_cli(*args)
@@ -266,3 +270,58 @@ def test_the_vectorised_serving_curve_pays_the_coupled_prefills_too():
     for i, b in enumerate((64, 128)):
         one = estimate(trt, [f"workload.batch_size={b}"])
         assert float(curve["tpot_s"][i]) == pytest.approx(one.tpot_s, rel=1e-9)
+
+
+# ----------------------------------------------------------------------------- prefix cache
+
+
+def test_a_cached_prefix_is_not_prefilled_but_attended_to():
+    """c of P prompt tokens cached: TTFT is the layer pass of P - c tokens at c + (P - c + 1) / 2 keys each, the
+    decode iterations carry (P - c) E / O arriving prompt tokens, and the KV cache still holds whole prompts."""
+    from moesim.step.estimate import Parallel, _stage_layers, layer_pass, serve_pass_dtypes
+
+    c = 768
+    sc = load_scenario(MIXTRAL_SERVE, [f"workload.cached_prompt_tokens={c}"])
+    m, hw = sc.resolve_model(), sc.resolve_hardware()
+    w = sc.workload
+    q = w.prompt_tokens - c
+    est = estimate_resolved(sc, m, hw)
+    par = Parallel.of(sc, hw.node.accelerators_per_node)
+    p = layer_pass(sc, m, hw, par, n=q, keys=c + (q + 1) / 2, lm_tokens=1, detail=True,
+                   **serve_pass_dtypes(m, w))
+    counts = _stage_layers(m, par)
+    n_moe, n_dense = sum(x[0] for x in counts), sum(x[1] for x in counts)
+    assert par.pp == 1 and est.ttft_s == pytest.approx(
+        n_moe * p.moe_s + n_dense * p.dense_s + p.embedding_s + p.lm_head_s, rel=1e-12)
+    plain = estimate(MIXTRAL_SERVE)
+    assert est.ttft_s < plain.ttft_s and est.tpot_s < plain.tpot_s
+    assert est.memory.by_category_bytes["kv_cache"] == plain.memory.by_category_bytes["kv_cache"]
+    chunk = w.batch_size * q / w.output_tokens
+    assert any(f"{chunk:.4g} prompt tokens of arriving requests" in n for n in est.notes)
+    assert any(n.startswith(f"prefix cache: {c:,} of {w.prompt_tokens:,}") for n in est.notes)
+
+
+def test_a_prefill_deployment_counts_cache_hits_as_served_and_computed_tokens_as_flops():
+    from moesim.flops import forward_flops_per_token
+
+    c = 640
+    ov = ["workload.phase=prefill", f"workload.cached_prompt_tokens={c}"]
+    sc = load_scenario(MIXTRAL_SERVE, ov)
+    w = sc.workload
+    est = estimate(MIXTRAL_SERVE, ov)
+    assert est.tokens_per_s == pytest.approx(sc.dp * w.batch_size * w.prompt_tokens / est.ttft_s, rel=1e-12)
+    m = sc.resolve_model()
+    q = w.prompt_tokens - c
+    per_computed = forward_flops_per_token(m, c + (q + 1) / 2).total_flops
+    assert est.model_flops_per_token == pytest.approx(per_computed * q / w.prompt_tokens, rel=1e-12)
+    plain = estimate(MIXTRAL_SERVE, ["workload.phase=prefill"])
+    assert est.tokens_per_s > plain.tokens_per_s
+
+
+@pytest.mark.parametrize("overrides,needle", [
+    (["workload.cached_prompt_tokens=-1"], "cached_prompt_tokens"),
+    (["workload.cached_prompt_tokens=4096"], "must be less than prompt_tokens"),
+    (["workload.phase=decode", "workload.cached_prompt_tokens=8"], "applies to prefill"),
+])
+def test_bad_cached_prefixes_exit_2_with_one_line(run_cli, overrides, needle):
+    _exits_2_with_one_line(run_cli, MIXTRAL_SERVE, overrides, needle)
