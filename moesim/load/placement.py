@@ -84,12 +84,18 @@ class Placement(BaseModel):
         rep[first] = False
         return ex, rk, 1.0 / n[ex], rep
 
-    def share_matrix(self) -> np.ndarray:
-        """``A[e, r]``: fraction of expert e's tokens processed on rank r (rows sum to 1), float [E, R]."""
+    @cached_property
+    def _share_cached(self) -> np.ndarray:
         ex, rk, sh, _ = self._pairs()
         a = np.zeros((self.num_experts, self.num_ranks))
         np.add.at(a, (ex, rk), sh)
+        a.flags.writeable = False
         return a
+
+    def share_matrix(self) -> np.ndarray:
+        """``A[e, r]``: fraction of expert e's tokens processed on rank r (rows sum to 1), float [E, R]
+        (computed once per placement, read-only)."""
+        return self._share_cached
 
     def experts_per_rank(self) -> np.ndarray:
         """Physical experts (replicas included) on every rank, int64 [R]."""
@@ -292,4 +298,8 @@ def place_experts(
     if w.ndim != 1 or w.size == 0 or not np.all(np.isfinite(w)) or np.any(w < 0):
         raise InputError("expected_tokens must be a non-empty 1-D array of finite values >= 0", field="expected_tokens")
     check_layout(w.size, num_ranks, num_redundant)
+    if strategy != "load_aware" and num_redundant == 0:
+        # no replicas and home ranks that follow the expert index: the same placement for every load, so one
+        # cached entry serves every token count
+        w = np.zeros(w.size)
     return _place_cached(strategy, w.tobytes(), int(num_ranks), int(num_redundant))

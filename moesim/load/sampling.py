@@ -56,6 +56,8 @@ def binomials(n: int, p: np.ndarray, num_samples: int, rng: np.random.Generator)
     var = n * p * (1.0 - p)
     big = var >= NORMAL_MIN_VAR
     if not big.any():
+        if p.size and np.all(p == p[0]):  # one probability (uniform routing): numpy's scalar path, the same draws
+            return rng.binomial(n, float(p[0]), size=(num_samples, p.size)).astype(np.int64)
         return rng.binomial(n, p, size=(num_samples, p.size)).astype(np.int64)
     out = np.empty((num_samples, p.size), dtype=np.int64)
     small = ~big
@@ -64,8 +66,17 @@ def binomials(n: int, p: np.ndarray, num_samples: int, rng: np.random.Generator)
     sd = np.sqrt(var[big])
     gamma = (1.0 - 2.0 * p[big]) / sd
     z = rng.standard_normal((num_samples, sd.size))
-    x = n * p[big] + sd * (z + gamma * (z * z - 1.0) / 6.0)
-    out[:, big] = np.clip(np.rint(x), 0, n)
+    # x = n p + sd (z + gamma (z^2 - 1) / 6), evaluated in place: the same operations in the same order
+    x = np.multiply(z, z)
+    x -= 1.0
+    x *= gamma
+    x /= 6.0
+    x += z
+    x *= sd
+    x += n * p[big]
+    np.rint(x, out=x)
+    np.clip(x, 0, n, out=x)
+    out[:, big] = x
     return out
 
 
@@ -91,23 +102,35 @@ def sample_topk_counts(pi: np.ndarray, num_tokens: int, top_k: int, num_samples:
         return np.broadcast_to(np.rint(t * pi).astype(np.int64), (num_samples, e)).copy()
     c = binomials(t, pi, num_samples, rng)
     mean = t * pi
-    y = c - mean
-    y -= y.sum(axis=1, keepdims=True) * (v / vsum)  # condition on the total
+    # The [S, E] arithmetic below runs in place on three buffers: fresh arrays of this size cost page faults
+    # on every call (the allocator hands their pages back), several times the arithmetic itself.
+    y = np.subtract(c, mean)
+    buf = np.multiply(y.sum(axis=1, keepdims=True), v / vsum)
+    y -= buf  # condition on the total
     v2 = v * v
-    eta = rng.standard_normal((num_samples, e)) * (v / np.sqrt(vsum))
-    eta -= eta.sum(axis=1, keepdims=True) * (v2 / v2.sum())  # restore the marginal variances, zero sum
-    x = np.clip(mean + y + eta, 0.0, float(t))
+    eta = rng.standard_normal((num_samples, e))
+    eta *= v / np.sqrt(vsum)
+    eta -= np.multiply(eta.sum(axis=1, keepdims=True), v2 / v2.sum(), out=buf)  # restore the marginal variances, zero sum
+    x = np.add(mean, y, out=y)
+    x += eta
+    np.clip(x, 0.0, float(t), out=x)
     # unbiased systematic rounding that keeps every row total at T k
-    fl = np.floor(x)
-    frac = x - fl
-    cum = np.cumsum(frac, axis=1)
+    fl = np.floor(x, out=eta)
+    frac = np.subtract(x, fl, out=x)
+    cum = np.cumsum(frac, axis=1, out=buf)
     need = np.clip(total - fl.sum(axis=1), 0, None)
     scale = np.where(cum[:, -1] > 0, need / np.where(cum[:, -1] > 0, cum[:, -1], 1.0), 0.0)
     cum *= scale[:, None]
     u = rng.random((num_samples, 1))
-    hits = np.maximum(0.0, np.ceil(cum - u))
-    extra = np.diff(hits, axis=1, prepend=0.0)
-    c = np.clip(fl + extra, 0, t).astype(np.int64)
+    hits = np.subtract(cum, u, out=cum)
+    np.ceil(hits, out=hits)
+    np.maximum(0.0, hits, out=hits)
+    extra = frac  # the first differences of hits along the experts (hits[:, 0] first)
+    extra[:, 0] = hits[:, 0]
+    np.subtract(hits[:, 1:], hits[:, :-1], out=extra[:, 1:])
+    fl += extra
+    np.clip(fl, 0, t, out=fl)
+    c = fl.astype(np.int64)
     d = total - c.sum(axis=1)
     for sign in (1, -1):  # rare: clipping moved a few units; give them to experts with room
         rows = np.flatnonzero(d * sign > 0)

@@ -168,3 +168,19 @@ def test_a_placement_that_cannot_hold_the_replicas_is_an_input_error() -> None:
         place_experts(np.ones(8), 4, num_redundant=3)
     with pytest.raises(InputError, match="unknown placement"):
         place_experts(np.ones(8), 4, "random")  # type: ignore[arg-type]
+
+
+def test_a_fixed_layout_is_one_placement_for_every_load_and_a_load_aware_one_is_not() -> None:
+    skewed = np.arange(1, 17, dtype=float) ** -1.2 * 300.0
+    flat = np.full(16, 7.0)
+    for strategy in ("contiguous", "round_robin"):
+        a, b = place_experts(skewed, 4, strategy), place_experts(flat, 4, strategy)
+        assert a.expert_ranks == b.expert_ranks and a.num_redundant_used == b.num_redundant_used == 0
+        assert place_experts(flat * 3.0, 4, strategy) is place_experts(flat, 4, strategy)  # one cached entry
+        # with a whole rank of replicas to place, the load decides where they go
+        assert len(place_experts(skewed, 4, strategy, num_redundant=4).expert_ranks[0]) > 1
+    assert place_experts(skewed, 4, "load_aware").expert_ranks != place_experts(skewed[::-1].copy(), 4, "load_aware").expert_ranks
+    m = place_experts(skewed, 4).share_matrix()
+    assert m is place_experts(skewed, 4).share_matrix() and not m.flags.writeable
+    with pytest.raises(ValueError):
+        m[0, 0] = 2.0
