@@ -268,6 +268,20 @@ class ServingSpec(_Spec):
         True, description="Prompts are split into chunks that share iterations with decode; false: a prompt is "
         "prefilled whole in an iteration of its own (decode waits).")
     kv_block_tokens: L.count(L.CONTEXT) = Field(16, description="Tokens per paged KV-cache block.")
+    host_step_s: float = Field(
+        0.0, ge=0, le=1, allow_inf_nan=False,
+        description="Host time of one engine iteration outside the forward pass, seconds: scheduling, KV block "
+        "bookkeeping, input preparation, sampling and output processing (vLLM 0.5 measured 5-13 ms of idle GPU per "
+        "decode step from it, vLLM RFC #6854); 0 = not modelled.")
+    host_step_per_token_s: float = Field(
+        0.0, ge=0, le=1e-3, allow_inf_nan=False,
+        description="Host time per token the iteration samples (one per decode sequence, 1 + d with d MTP drafts, "
+        "one per prompt that completes), seconds, added to host_step_s (vLLM's per-request output update alone: "
+        "about 1.1 us, vLLM PR #46112).")
+    overlap_host_step: bool = Field(
+        True, description="The engine prepares iteration i + 1 while the device runs iteration i (SGLang's and "
+        "TensorRT-LLM's overlap schedulers, vLLM's async scheduling): an iteration takes max(device, host); false: "
+        "device + host.")
     num_instances: GPUs = Field(1, description="Aggregated engine instances (each num_gpus with layout), round-robin.")
     prefill: ServingPool | None = Field(None, description="Prefill pool of a disaggregated deployment.")
     decode: ServingPool | None = Field(None, description="Decode pool of a disaggregated deployment.")
@@ -324,6 +338,10 @@ class Scenario(_Spec):
             )
         w = self.workload
         if isinstance(w, TrainWorkload):
+            for f in ("host_step_s", "host_step_per_token_s"):
+                if getattr(self.serving, f):
+                    raise ValueError(f"serving.{f} applies to serving engines' iterations; this scenario trains "
+                                     "(workload.kind = train): leave it at 0")
             if w.global_batch_size % (dp * w.micro_batch_size):
                 raise ValueError(
                     f"workload.global_batch_size ({w.global_batch_size}) must be a multiple of dp x micro_batch_size "

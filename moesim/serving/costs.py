@@ -7,7 +7,8 @@ change inside the step model touches one file here:
   :func:`moesim.step.estimate.layer_pass`, composed exactly as the step model
   composes a serving pass (``n_moe x moe + n_dense x dense + embedding + LM head``
   plus ``(pp - 1)`` pipeline sends), tabulated lazily over a grid and
-  interpolated;
+  interpolated, then with the engine's host step
+  (:func:`moesim.step.estimate.engine_iteration_s`, ``serving.host_step_s``);
 * :func:`kv_capacity`: KV-cache tokens that fit per DP rank, from
   :func:`moesim.step.estimate.serve_memory` (the memory model's weights,
   activations, workspace and KV bytes per token);
@@ -41,7 +42,7 @@ from ..hardware import HardwareProfile
 from ..model import ModelSpec
 from ..scenario import Scenario, ServeWorkload
 from ..step import bridge
-from ..step.estimate import check_layout, layer_pass, serve_memory, serve_pass_dtypes
+from ..step.estimate import check_layout, engine_iteration_s, layer_pass, serve_memory, serve_pass_dtypes
 from ..step.parallel import Parallel
 
 
@@ -85,6 +86,7 @@ class IterationCost:
                  max_keys: float, max_kv_read: float):
         w: ServeWorkload = sc.workload  # type: ignore[assignment]
         self._sc, self._model, self._hw, self._par = sc, model, hw, par
+        self._serving = sc.serving
         self._kw = dict(serve_pass_dtypes(model, w), detail=False)
         self._n_moe = model.num_moe_layers
         self._n_dense = model.num_dense_layers
@@ -121,7 +123,7 @@ class IterationCost:
                      + np.ravel(p.embedding_s)[0])
         p2p = (self.pp - 1) * float(bridge.p2p_time_s(self._hw, self._par, 2.0 * n * self._model.hidden_size)) \
             if self.pp > 1 else 0.0
-        return body + float(np.ravel(p.lm_head_s)[0]) + p2p
+        return engine_iteration_s(body + float(np.ravel(p.lm_head_s)[0]) + p2p, float(lm), self._sc.serving)
 
     def _col(self, ki: int, ri: int) -> list[float]:
         key = ki * self._nk + ri
@@ -156,7 +158,7 @@ class IterationCost:
         j, fl = _locate(self.n_grid, lm)
         lm_s = self._lm[j] + fl * (self._lm[j + 1] - self._lm[j])
         p2p = self._p2p[i] + fn * (self._p2p[i + 1] - self._p2p[i])
-        return body + lm_s + p2p
+        return engine_iteration_s(body + lm_s + p2p, lm, self._serving)
 
     def prefill_s(self, prompt_tokens: float) -> float:
         """One prompt prefilled alone (the step model's TTFT of one prompt)."""

@@ -43,7 +43,7 @@ from ..flops import forward_flops_per_token
 from ..hardware import HardwareProfile
 from ..model import ModelSpec
 from ..ops import OpKind
-from ..scenario import RoutingSpec, Schedule, Scenario, ServeWorkload, TrainWorkload, load_scenario
+from ..scenario import RoutingSpec, Schedule, Scenario, ServeWorkload, ServingSpec, TrainWorkload, load_scenario
 from ..layer import low_precision_ops, num_kernels
 from ..timing import host_bound_s, op_time_s, time_op
 from . import bridge
@@ -892,7 +892,7 @@ def _serve_times(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Paral
         # a cached prefix is not computed; the computed tokens attend to it (ServeWorkload.prefill_keys_per_token)
         prefill = layer_pass(sc, model, hw, par, n=pb * w.computed_prompt_tokens, keys=w.prefill_keys_per_token,
                              lm_tokens=pb, detail=detail, **dtypes)
-        ttft = total(prefill) + p2p(2.0 * pb * w.computed_prompt_tokens * h)
+        ttft = engine_iteration_s(total(prefill) + p2p(2.0 * pb * w.computed_prompt_tokens * h), pb, sc.serving)
     ctx = w.prompt_tokens + w.output_tokens / 2
     it = _Iteration.of(sc, w)
     if w.phase in ("both", "decode"):
@@ -902,8 +902,9 @@ def _serve_times(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Paral
         chunk = mb * it.chunk_tokens_per_sequence  # prompt tokens of arriving requests riding along (chunked prefill)
         n_it = n_dec + chunk
         keys = (n_dec * ctx + chunk * w.prefill_keys_per_token) / n_it if it.chunk_tokens_per_sequence else ctx
+        sampled = n_dec + chunk / w.computed_prompt_tokens  # the LM head's tokens: decode and completing prompts
         decode = layer_pass(sc, model, hw, par, n=n_it, keys=keys, decode_batch=mb, context=ctx, decode_tokens=n_dec,
-                            lm_tokens=n_dec + chunk / w.computed_prompt_tokens, detail=detail, **dtypes)
+                            lm_tokens=sampled, detail=detail, **dtypes)
         draft = 0.0
         if it.drafted:  # the MTP module (one MoE layer and the shared head) runs once per drafted token
             dp_ = layer_pass(sc, model, hw, par, n=mb, keys=ctx, decode_batch=mb, context=ctx, detail=False, **dtypes)
@@ -912,8 +913,8 @@ def _serve_times(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Paral
         stall = 0.0
         if it.whole_prefill_share and ttft is not None:  # prompts prefilled whole between decode iterations
             stall = slowest_of_coupled(it.whole_prefill_share * b / prefill_batch(w, b), par.coupled_replicas) * ttft
-        step = total(decode) + draft + p2p_s + stall
-        step_p99 = total(decode, p99=True) + draft + p2p_s + stall
+        step = engine_iteration_s(total(decode) + draft + p2p_s, sampled, sc.serving) + stall
+        step_p99 = engine_iteration_s(total(decode, p99=True) + draft + p2p_s, sampled, sc.serving) + stall
         tpot, tpot_p99 = step / it.tokens_per_iteration, step_p99 / it.tokens_per_iteration
     if w.phase == "prefill":
         tps = par.dp * b * w.prompt_tokens / ttft  # type: ignore[operator]  # served prompt tokens, cache hits too
@@ -925,6 +926,18 @@ def _serve_times(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Paral
         tps = par.dp * b / tpot  # type: ignore[operator]
         flops_tok = forward_flops_per_token(model, ctx).total_flops
     return _ServeTimes(prefill, decode, ttft, tpot, tpot_p99, tps, flops_tok, counts)
+
+
+def engine_iteration_s(device_s, sampled, serving: ServingSpec):
+    """Seconds of one engine iteration whose forward pass takes ``device_s`` and whose LM head samples
+    ``sampled`` tokens (numbers or arrays): the host step ``h = serving.host_step_s + serving.host_step_per_token_s
+    x sampled`` (scheduling, input preparation, sampling and output processing) hides under the device time when
+    the engine overlaps the two (``max(device_s, h)``) and adds to it when it does not (``device_s + h``)."""
+    if not (serving.host_step_s or serving.host_step_per_token_s):
+        return device_s
+    h = serving.host_step_s + serving.host_step_per_token_s * sampled
+    out = np.maximum(device_s, h) if serving.overlap_host_step else device_s + h
+    return float(out) if np.ndim(out) == 0 else out
 
 
 def slowest_of_coupled(events, replicas: int):
@@ -1026,6 +1039,8 @@ def _serve_notes(sc: Scenario, w: ServeWorkload, par: Parallel, hw: HardwareProf
                 notes.append(f"{c} attention-DP replicas share each EP group and wait for the one that prefills: "
                              f"{slowest_of_coupled(events, c):.3g} prefills per iteration on the critical path "
                              f"({events:.3g} per replica)")
+        if sc.serving.host_step_s or sc.serving.host_step_per_token_s:
+            notes.append(_host_step_note(sc, w, par, b, ctx))
         if it.drafted:
             notes.append(f"MTP speculative decoding: {it.drafted} draft token(s), {it.tokens_per_iteration:.3g} tokens "
                          f"per sequence per iteration at acceptance {w.mtp_acceptance_rate:g}")
@@ -1035,6 +1050,15 @@ def _serve_notes(sc: Scenario, w: ServeWorkload, par: Parallel, hw: HardwareProf
                      f"of device memory the engine leaves unused (workload.memory_utilization_frac = "
                      f"{w.memory_utilization_frac:g})")
     return notes
+
+
+def _host_step_note(sc: Scenario, w: ServeWorkload, par: Parallel, b: int, ctx: float) -> str:
+    sv = sc.serving
+    it = _Iteration.of(sc, w)
+    sampled = b / par.pp * it.verified + b / par.pp * it.chunk_tokens_per_sequence / w.computed_prompt_tokens
+    h = sv.host_step_s + sv.host_step_per_token_s * sampled
+    how = "overlapped with the device (max of the two)" if sv.overlap_host_step else "added to the device time"
+    return f"host step {h * 1e3:.3g} ms per decode iteration ({sampled:.4g} tokens sampled), {how}"
 
 
 def _layout_notes(par: Parallel) -> list[str]:

@@ -104,3 +104,34 @@ def test_kv_transfer_goes_over_nvlink_inside_a_node_and_scales_with_bytes():
     across = costs.kv_transfer_s(hw, 1e9, same_node=False)
     assert inside < across
     assert costs.kv_transfer_s(hw, 2e9, same_node=False) == pytest.approx(2 * across, rel=0.05)
+
+
+@pytest.mark.parametrize("overlap", [True, False])
+def test_the_engines_host_step_is_the_step_models_in_the_simulator_too(overlap):
+    """serving.host_step_s / host_step_per_token_s: one formula (estimate.engine_iteration_s) for the step
+    model's TPOT and TTFT and for the simulator's iterations, max(device, host) overlapped, device + host not."""
+    sets = ["serving.host_step_s=0.006", "serving.host_step_per_token_s=2e-6", f"serving.overlap_host_step={str(overlap).lower()}"]
+    plain = load_scenario("mixtral-8x7b-serve-h100", ["workload.phase=decode"])
+    sc = load_scenario("mixtral-8x7b-serve-h100", ["workload.phase=decode", *sets])
+    model, hw = sc.resolve_model(), sc.resolve_hardware()
+    w = sc.workload
+    ctx = w.prompt_tokens + w.output_tokens / 2
+    batches = [1, 64, 512]
+    device = serve_curve(plain, model, hw, batches)["tpot_s"]
+    tpot = serve_curve(sc, model, hw, batches)["tpot_s"]
+    host = 0.006 + 2e-6 * np.asarray(batches, dtype=float)
+    want = np.maximum(device, host) if overlap else device + host
+    assert np.allclose(tpot, want, rtol=1e-12, atol=0)
+    # overlapped, a small batch is host-bound (6 ms > its device step) and a large one is not
+    assert (tpot[0] == pytest.approx(host[0], rel=1e-12)) == overlap and device[2] > host[2]
+    cost = costs.iteration_cost(sc, model, hw, max_tokens=8192, max_keys=4096, max_kv_read=500_000)
+    for b, t in zip(batches, tpot):
+        assert cost.exact_s(b, ctx, b * ctx, b) == pytest.approx(t, rel=1e-12)
+        assert cost.decode_s(b, ctx) == pytest.approx(t, rel=2e-3)
+    # the prefill iteration samples one token and pays the host step once
+    both_plain = load_scenario("mixtral-8x7b-serve-h100")
+    both = load_scenario("mixtral-8x7b-serve-h100", sets)
+    dev_ttft = float(serve_curve(both_plain, model, hw, [1])["ttft_s"][0])
+    ttft = float(serve_curve(both, model, hw, [1])["ttft_s"][0])
+    h1 = 0.006 + 2e-6
+    assert ttft == pytest.approx(max(dev_ttft, h1) if overlap else dev_ttft + h1, rel=1e-12)

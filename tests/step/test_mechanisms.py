@@ -325,3 +325,23 @@ def test_a_prefill_deployment_counts_cache_hits_as_served_and_computed_tokens_as
 ])
 def test_bad_cached_prefixes_exit_2_with_one_line(run_cli, overrides, needle):
     _exits_2_with_one_line(run_cli, MIXTRAL_SERVE, overrides, needle)
+
+
+def test_a_host_step_binds_a_small_decode_batch_and_its_note_says_how(run_cli):
+    plain = estimate(MIXTRAL_SERVE, ["workload.batch_size=1"])
+    slow = estimate(MIXTRAL_SERVE, ["workload.batch_size=1", "serving.host_step_s=0.05"])
+    assert plain.tpot_s < 0.05 and slow.tpot_s == pytest.approx(0.05, rel=1e-12)  # overlapped: the host binds
+    added = estimate(MIXTRAL_SERVE, ["workload.batch_size=1", "serving.host_step_s=0.05", "serving.overlap_host_step=false"])
+    assert added.tpot_s == pytest.approx(plain.tpot_s + 0.05, rel=1e-12)
+    assert any("host step 50 ms per decode iteration" in n and "added to the device time" in n for n in added.notes)
+    assert not any("host step" in n for n in plain.notes)
+
+
+@pytest.mark.parametrize("scenario,overrides,needle", [
+    (MIXTRAL_SERVE, ["serving.host_step_s=-0.001"], "serving.host_step_s"),
+    (MIXTRAL_SERVE, ["serving.host_step_s=2"], "serving.host_step_s"),
+    (MIXTRAL_SERVE, ["serving.host_step_per_token_s=0.01"], "serving.host_step_per_token_s"),
+    (DSV3_TRAIN, ["serving.host_step_s=0.004"], "applies to serving engines"),
+])
+def test_bad_host_steps_exit_2_with_one_line(run_cli, scenario, overrides, needle):
+    _exits_2_with_one_line(run_cli, scenario, overrides, needle)
