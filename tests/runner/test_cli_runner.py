@@ -130,7 +130,10 @@ def test_interrupted_calibration_keeps_measurements_and_the_old_profile_then_res
     out.write_text('{"sentinel": "previous profile"}\n')
     meas = tmp_path / "p.measurements.jsonl"
     args = ["calibrate", "--grid", "tiny", "--world-size", "2", "--out", str(out)]
-    proc = subprocess.Popen([*MOESIM, *args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # Ctrl-C at a terminal: the command gets SIGINT with its default action. A suite started in the background of
+    # a non-interactive shell inherits SIGINT ignored (POSIX), and Python then leaves it ignored.
+    proc = subprocess.Popen([*MOESIM, *args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if meas.exists() and meas.read_text().count("\n") >= 4:
