@@ -286,6 +286,15 @@ class ServingSpec(_Spec):
     prefill: ServingPool | None = Field(None, description="Prefill pool of a disaggregated deployment.")
     decode: ServingPool | None = Field(None, description="Decode pool of a disaggregated deployment.")
 
+    @property
+    def host_step_modelled(self) -> bool:
+        """Whether an iteration pays a host step (host_step_s or host_step_per_token_s set)."""
+        return bool(self.host_step_s or self.host_step_per_token_s)
+
+    def host_step_time_s(self, sampled):
+        """Host seconds of an iteration whose LM head samples ``sampled`` tokens (a number or an array)."""
+        return self.host_step_s + self.host_step_per_token_s * sampled
+
     @model_validator(mode="after")
     def _pools(self) -> "ServingSpec":
         if (self.prefill is None) != (self.decode is None):

@@ -123,7 +123,7 @@ class IterationCost:
                      + np.ravel(p.embedding_s)[0])
         p2p = (self.pp - 1) * float(bridge.p2p_time_s(self._hw, self._par, 2.0 * n * self._model.hidden_size)) \
             if self.pp > 1 else 0.0
-        return engine_iteration_s(body + float(np.ravel(p.lm_head_s)[0]) + p2p, float(lm), self._sc.serving)
+        return engine_iteration_s(body + float(np.ravel(p.lm_head_s)[0]) + p2p, float(lm), self._serving)
 
     def _col(self, ki: int, ri: int) -> list[float]:
         key = ki * self._nk + ri

@@ -867,6 +867,7 @@ class _ServeTimes:
     tokens_per_s: object
     flops_per_token: float
     counts: list[tuple[int, int, bool, bool]]
+    sampled: object  #: tokens the decode iteration's LM head samples (None without decode)
 
 
 def _serve_times(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Parallel, b, detail: bool) -> _ServeTimes:
@@ -885,7 +886,7 @@ def _serve_times(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Paral
         return (par.pp - 1) * bridge.p2p_time_s(hw, par, nbytes) if par.pp > 1 else 0.0
 
     dtypes = serve_pass_dtypes(model, w)
-    ttft = tpot = tpot_p99 = None
+    ttft = tpot = tpot_p99 = sampled = None
     prefill = decode = None
     if w.phase in ("both", "prefill"):
         pb = prefill_batch(w, b)
@@ -925,7 +926,7 @@ def _serve_times(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Paral
     else:
         tps = par.dp * b / tpot  # type: ignore[operator]
         flops_tok = forward_flops_per_token(model, ctx).total_flops
-    return _ServeTimes(prefill, decode, ttft, tpot, tpot_p99, tps, flops_tok, counts)
+    return _ServeTimes(prefill, decode, ttft, tpot, tpot_p99, tps, flops_tok, counts, sampled)
 
 
 def engine_iteration_s(device_s, sampled, serving: ServingSpec):
@@ -933,9 +934,9 @@ def engine_iteration_s(device_s, sampled, serving: ServingSpec):
     ``sampled`` tokens (numbers or arrays): the host step ``h = serving.host_step_s + serving.host_step_per_token_s
     x sampled`` (scheduling, input preparation, sampling and output processing) hides under the device time when
     the engine overlaps the two (``max(device_s, h)``) and adds to it when it does not (``device_s + h``)."""
-    if not (serving.host_step_s or serving.host_step_per_token_s):
+    if not serving.host_step_modelled:
         return device_s
-    h = serving.host_step_s + serving.host_step_per_token_s * sampled
+    h = serving.host_step_time_s(sampled)
     out = np.maximum(device_s, h) if serving.overlap_host_step else device_s + h
     return float(out) if np.ndim(out) == 0 else out
 
@@ -1012,11 +1013,12 @@ def _serve(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Parallel) -
         model_flops_per_token=flops_tok, ttft_s=st.ttft_s, tpot_s=st.tpot_s, tpot_p99_s=st.tpot_p99_s,
         max_batch_size=max_batch, time_by_stage_s=by_stage, bound_by_stage=dict(main.bound), ops=list(main.timings),
         load=main.load, cost=_cost(sc, hw, tps, None),
-        notes=_serve_notes(sc, w, par, hw, b, ctx),
+        notes=_serve_notes(sc, w, par, hw, b, ctx, st.sampled),
     )
 
 
-def _serve_notes(sc: Scenario, w: ServeWorkload, par: Parallel, hw: HardwareProfile, b: int, ctx: float) -> list[str]:
+def _serve_notes(sc: Scenario, w: ServeWorkload, par: Parallel, hw: HardwareProfile, b: int, ctx: float,
+                 sampled: float | None) -> list[str]:
     notes = []
     if w.cached_prompt_tokens:
         notes.append(f"prefix cache: {w.cached_prompt_tokens:,} of {w.prompt_tokens:,} prompt tokens per request are "
@@ -1039,8 +1041,11 @@ def _serve_notes(sc: Scenario, w: ServeWorkload, par: Parallel, hw: HardwareProf
                 notes.append(f"{c} attention-DP replicas share each EP group and wait for the one that prefills: "
                              f"{slowest_of_coupled(events, c):.3g} prefills per iteration on the critical path "
                              f"({events:.3g} per replica)")
-        if sc.serving.host_step_s or sc.serving.host_step_per_token_s:
-            notes.append(_host_step_note(sc, w, par, b, ctx))
+        if sc.serving.host_step_modelled:
+            sv = sc.serving
+            how = "overlapped with the device (max of the two)" if sv.overlap_host_step else "added to the device time"
+            notes.append(f"host step {sv.host_step_time_s(sampled) * 1e3:.3g} ms per decode iteration "
+                         f"({sampled:.4g} tokens sampled), {how}")
         if it.drafted:
             notes.append(f"MTP speculative decoding: {it.drafted} draft token(s), {it.tokens_per_iteration:.3g} tokens "
                          f"per sequence per iteration at acceptance {w.mtp_acceptance_rate:g}")
@@ -1050,15 +1055,6 @@ def _serve_notes(sc: Scenario, w: ServeWorkload, par: Parallel, hw: HardwareProf
                      f"of device memory the engine leaves unused (workload.memory_utilization_frac = "
                      f"{w.memory_utilization_frac:g})")
     return notes
-
-
-def _host_step_note(sc: Scenario, w: ServeWorkload, par: Parallel, b: int, ctx: float) -> str:
-    sv = sc.serving
-    it = _Iteration.of(sc, w)
-    sampled = b / par.pp * it.verified + b / par.pp * it.chunk_tokens_per_sequence / w.computed_prompt_tokens
-    h = sv.host_step_s + sv.host_step_per_token_s * sampled
-    how = "overlapped with the device (max of the two)" if sv.overlap_host_step else "added to the device time"
-    return f"host step {h * 1e3:.3g} ms per decode iteration ({sampled:.4g} tokens sampled), {how}"
 
 
 def _layout_notes(par: Parallel) -> list[str]:
