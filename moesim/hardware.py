@@ -112,6 +112,14 @@ class GemmTable(_Frozen):
     traffic both scale with ``N``, and the kernel tiles over ``N`` in parallel,
     so at fixed ``M`` and ``K`` its efficiency is flat in ``N`` (the
     calibration's residuals say how flat on the measured device).
+
+    ``groups`` is the number of groups in one call of a grouped or batched
+    kernel the table was measured at: the call's fixed costs (its first
+    weights and rows from memory, the kernel's setup) are shared by its groups,
+    so at the same ``(M, K)`` the fraction changes with the group count.
+    Several tables of one kind and dtype at different counts are interpolated
+    linearly in ``log groups`` and held outside them; a table without
+    ``groups`` holds for every count.
     """
 
     kind: Literal["matmul", "grouped_matmul", "batched_matmul"] = Field(
@@ -120,6 +128,10 @@ class GemmTable(_Frozen):
     rows: list[Annotated[float, Field(gt=0)]] = Field(min_length=1, description="Rows per group M, count.")
     inner: list[Annotated[float, Field(gt=0)]] = Field(min_length=1, description="Inner dimension K, count.")
     frac: list[list[Annotated[float, Field(gt=0, le=1)]]] = Field(description="frac[i][j] at (rows[i], inner[j]).")
+    groups: float | None = Field(
+        None, gt=0,
+        description="Groups per kernel call the table was measured at (grouped and batched kinds); None: every "
+        "group count.")
 
     @model_validator(mode="after")
     def _grid(self) -> "GemmTable":
@@ -276,8 +288,9 @@ class Efficiency(_Frozen):
     collective_overhead_s: Seconds = Field(0.0, description="Fixed software cost per collective call, seconds.")
     gemm_tables: list[GemmTable] = Field(
         default_factory=list,
-        description="Shape-aware GEMM efficiency (rows per group x inner dimension) per kind and dtype; where a "
-        "kind / dtype has no table, matmul_frac / grouped_matmul_frac over one GEMM's FLOPs apply.",
+        description="Shape-aware GEMM efficiency (rows per group x inner dimension) per kind and dtype, and for "
+        "grouped kinds per measured group count; where a kind / dtype has no table, matmul_frac / "
+        "grouped_matmul_frac over one GEMM's FLOPs apply.",
     )
     elementwise_compute_frac: float = Field(
         1.0, gt=0, le=1,
@@ -328,21 +341,57 @@ class Efficiency(_Frozen):
         """Fraction of peak bandwidth for data streamed from device memory: the memory curve's large-size end."""
         return float(self.memory_frac.points[-1][1])
 
-    @cached_property
-    def _tables(self) -> dict[tuple[str, str], GemmTable]:
-        return {(t.kind, t.dtype): t for t in self.gemm_tables}
+    @model_validator(mode="after")
+    def _gemm_table_groups(self) -> "Efficiency":
+        for key, ts in self._tables.items():
+            counts = [t.groups for t in ts]
+            if len(ts) > 1 and (None in counts or len(set(counts)) < len(counts)):
+                raise ValueError(f"gemm_tables: {len(ts)} tables of kind {key[0]!r} and dtype {key[1]!r} need "
+                                 f"distinct group counts (groups, each > 0, all set), got {counts}")
+        return self
 
-    def gemm_table(self, kind: str, dtype: str) -> GemmTable | None:
-        """The shape table for ``kind`` and ``dtype``: batched falls back to grouped, both to the plain table."""
+    @cached_property
+    def _tables(self) -> dict[tuple[str, str], tuple[GemmTable, ...]]:
+        by: dict[tuple[str, str], list[GemmTable]] = {}
+        for t in self.gemm_tables:
+            by.setdefault((t.kind, t.dtype), []).append(t)
+        return {k: tuple(sorted(v, key=lambda t: t.groups or 0.0)) for k, v in by.items()}
+
+    def gemm_table(self, kind: str, dtype: str) -> tuple[GemmTable, ...]:
+        """The shape tables for ``kind`` and ``dtype`` (one per measured group count, fewest first): batched
+        falls back to grouped, both to the plain table; empty when there is none."""
         t = self._tables
         if not t:
-            return None
+            return ()
         found = t.get((kind, dtype))
         if found is None and kind == "batched_matmul":
             found = t.get(("grouped_matmul", dtype))
         if found is None and kind != "matmul":
             found = t.get(("matmul", dtype))
-        return found
+        return found or ()
+
+    def gemm_frac(self, kind: str, dtype: str, m: Any, k: Any, groups: Any = 1.0) -> Any:
+        """``eta_f`` of ``kind`` GEMMs of ``m`` rows per group and inner ``k`` in calls of ``groups`` groups
+        (scalars or arrays) from the shape tables (see :class:`GemmTable`); None when there is no table."""
+        tables = self.gemm_table(kind, dtype)
+        if not tables:
+            return None
+        if len(tables) == 1:
+            return tables[0](m, k)
+        counts = np.log([t.groups for t in tables])  # type: ignore[arg-type]
+        x = np.clip(np.log(np.maximum(np.asarray(groups, dtype=float), 1e-30)), counts[0], counts[-1])
+        hi = np.clip(np.searchsorted(counts, x, side="right"), 1, len(tables) - 1)
+        if np.ndim(hi) == 0:
+            i = int(hi)
+            t = float((x - counts[i - 1]) / (counts[i] - counts[i - 1]))
+            lo_f, hi_f = tables[i - 1](m, k), tables[i](m, k)
+            out = lo_f + t * (hi_f - lo_f)
+            return float(out) if np.ndim(out) == 0 else out
+        vals = np.stack([np.broadcast_to(np.asarray(tb(m, k), dtype=float), np.shape(x)) for tb in tables])
+        t = (x - counts[hi - 1]) / (counts[hi] - counts[hi - 1])
+        lo_f = np.take_along_axis(vals, (hi - 1)[None], 0)[0]
+        hi_f = np.take_along_axis(vals, hi[None], 0)[0]
+        return lo_f + t * (hi_f - lo_f)
 
 
 class Price(_Frozen):

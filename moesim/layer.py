@@ -74,12 +74,16 @@ class GemmShape:
     """Shape of the GEMMs in one operation: ``groups`` GEMMs of ``[m, k] @ [k, n]``.
 
     ``m`` (rows per group) may be a numpy array (one value per candidate).
+    ``call_groups`` is the number of groups in one kernel call (a grouped or
+    batched kernel's whole set, of which this operation may be the part with
+    ``m`` rows; 1 for a plain GEMM per group): the shape tables are read at it.
     """
 
     m: Any
     n: float
     k: float
     groups: Any = 1.0
+    call_groups: Any = 1.0
 
     @property
     def flops_per_gemm(self) -> Any:
@@ -242,7 +246,8 @@ def ffn_gemm_ops(kind: OpKind, name: str, rows: RowsPerExpert, D: float, F: floa
                 bytes_moved=(r * k_in + r * n_out) * act_bytes * count,
                 weight_bytes=k_in * n_out * weight_bytes_per_element * count,
                 compute_kind=ck, num_kernels=kernels,
-                gemm=GemmShape(m=r, n=n_out / calls, k=k_in, groups=count * calls)))
+                gemm=GemmShape(m=r, n=n_out / calls, k=k_in, groups=count * calls,
+                               call_groups=num_groups_total if grouped else 1.0)))
     if fused:
         act_kernels = 1 if grouped else num_groups_total
     elif grouped:

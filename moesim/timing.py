@@ -12,7 +12,8 @@ device with dense peak ``P`` (for the op's dtype) and memory bandwidth ``W``::
 
 ``eta_f`` for a GEMM is read at the GEMM's own shape: the profile's 2-D table
 over rows per group ``M`` and inner dimension ``K`` (:class:`moesim.hardware.GemmTable`,
-fitted by ``moesim calibrate``) when it has one for the op's kind and dtype,
+fitted by ``moesim calibrate``; for grouped and batched kernels one table per
+measured group count, interpolated at the call's groups) when it has one for the op's kind and dtype,
 otherwise its curve over one GEMM's FLOPs ``2 M N K``. Arithmetic in elementwise
 kernels (the SiLU) runs at the op dtype's peak times the profile's
 ``elementwise_compute_frac``. ``eta_m`` is the memory curve
@@ -69,9 +70,9 @@ def gemm_efficiency(profile: HardwareProfile, kind: str, dtype: str, op: "Op") -
     eff = profile.efficiency
     g = op.gemm
     if g is not None:
-        table = eff.gemm_table(kind, dtype)
-        if table is not None:
-            return table(g.m, g.k)
+        frac = eff.gemm_frac(kind, dtype, g.m, g.k, g.call_groups)
+        if frac is not None:
+            return frac
         size = g.flops_per_gemm
     else:
         size = op.flops

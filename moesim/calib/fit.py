@@ -20,8 +20,9 @@ The fit inverts it, family by family, in this order:
    factor-of-two bins of ``B`` become the curve's points.
 4. ``eta_f``: for every GEMM ``F / (P[dtype] * (t - t_kernel))``. The shape
    tables (:class:`moesim.hardware.GemmTable`, one per kind -- plain ``mm``,
-   jagged ``grouped_mm``, padded ``bmm`` -- and dtype) take the median over the
-   measured ``N`` at each (rows per group ``M``, inner ``K``) of the grid;
+   jagged ``grouped_mm``, padded ``bmm`` --, dtype and, for the grouped kinds,
+   measured group count) take the median over the measured ``N`` at each
+   (rows per group ``M``, inner ``K``) of the grid;
    ``matmul_frac`` / ``grouped_matmul_frac`` (over one GEMM's FLOPs, medians
    over half-octave bins, reference dtype) stay as the fallback for dtypes and
    kinds without a table. Each dtype's peak is its highest measured rate.
@@ -195,38 +196,46 @@ def bench_op(b: MatmulBench | GroupedMatmulBench) -> Op:
         g, m = b.num_groups, b.m_per_group
     return Op(OpKind.EXPERTS, b.key, flops=b.flops, bytes_moved=float(g * (m * b.k + m * b.n) * e),
               weight_bytes=float(g * b.k * b.n * e), compute_kind=gemm_kind(b),  # type: ignore[arg-type]
-              gemm=GemmShape(m=float(m), n=float(b.n), k=float(b.k), groups=float(g)))
+              gemm=GemmShape(m=float(m), n=float(b.n), k=float(b.k), groups=float(g), call_groups=float(g)))
 
 
 def gemm_tables(gemms: list[Measurement], t_kernel: float, peak: Any) -> list[dict[str, Any]]:
-    """Shape tables (rows per group x inner dimension) per GEMM kind and dtype; see the module docstring.
+    """Shape tables (rows per group x inner dimension) per GEMM kind, dtype and, for grouped and batched
+    kernels, group count per call; see the module docstring.
 
-    Cells the grid did not measure take the nearest measured cell of their row
-    (in log K), else of the nearest row.
+    The tables of one kind and dtype share the measured rows and inner dimensions. A cell the grid did not
+    measure at a group count takes the same cell at the nearest group count (in log) that measured it, else
+    the nearest measured cell of its own table (in log K within the row, else the nearest row).
     """
-    cells: dict[tuple[str, str], dict[tuple[int, int], list[float]]] = defaultdict(lambda: defaultdict(list))
+    cells: dict[tuple[str, str], dict[float | None, dict[tuple[int, int], list[float]]]] = defaultdict(
+        lambda: defaultdict(lambda: defaultdict(list)))
     for m in gemms:
         b = m.bench
         rows = b.m if isinstance(b, MatmulBench) else b.m_per_group  # type: ignore[union-attr]
+        groups = None if isinstance(b, MatmulBench) else float(b.num_groups)  # type: ignore[union-attr]
         frac = b.flops / (peak(b.dtype) * _busy_s(m, t_kernel))
-        cells[(gemm_kind(b), b.dtype)][(rows, b.k)].append(frac)  # type: ignore[union-attr, arg-type]
+        cells[(gemm_kind(b), b.dtype)][groups][(rows, b.k)].append(frac)  # type: ignore[union-attr, arg-type]
     out = []
-    for (kind, dtype), grid in sorted(cells.items()):
-        ms = sorted({mk[0] for mk in grid})
-        ks = sorted({mk[1] for mk in grid})
-        table = []
-        for mi in ms:
-            row = []
-            for kj in ks:
-                if (mi, kj) in grid:
-                    vals = grid[(mi, kj)]
-                else:
-                    near = min(grid, key=lambda c: (abs(math.log(c[0] / mi)), abs(math.log(c[1] / kj))))
-                    vals = grid[near]
-                row.append(float(min(1.0, max(MIN_FRAC, float(np.median(vals))))))
-            table.append(row)
-        out.append({"kind": kind, "dtype": dtype, "rows": [float(x) for x in ms], "inner": [float(x) for x in ks],
-                    "frac": table})
+    for (kind, dtype), by_groups in sorted(cells.items()):
+        ms = sorted({mk[0] for grid in by_groups.values() for mk in grid})
+        ks = sorted({mk[1] for grid in by_groups.values() for mk in grid})
+        for groups, grid in sorted(by_groups.items(), key=lambda kv: kv[0] or 0.0):
+            others = sorted((g for g in by_groups if g != groups), key=lambda g: abs(math.log((g or 1.0) / (groups or 1.0))))
+            table = []
+            for mi in ms:
+                row = []
+                for kj in ks:
+                    vals = grid.get((mi, kj)) or next((by_groups[g][(mi, kj)] for g in others if (mi, kj) in by_groups[g]), None)
+                    if vals is None:
+                        near = min(grid, key=lambda c: (abs(math.log(c[0] / mi)), abs(math.log(c[1] / kj))))
+                        vals = grid[near]
+                    row.append(float(min(1.0, max(MIN_FRAC, float(np.median(vals))))))
+                table.append(row)
+            entry: dict[str, Any] = {"kind": kind, "dtype": dtype, "rows": [float(x) for x in ms],
+                                     "inner": [float(x) for x in ks], "frac": table}
+            if groups is not None:
+                entry["groups"] = groups
+            out.append(entry)
     return out
 
 

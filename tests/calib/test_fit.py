@@ -82,14 +82,16 @@ def test_fit_recovers_the_profile_that_generated_the_measurements():
     assert lf.overhead_s == pytest.approx(100e-6, rel=0.01)
     assert lf.bandwidth_bytes_per_s == pytest.approx(2e9, rel=0.01)
     eff = res.profile.efficiency
-    table = eff.gemm_table("matmul", "fp32")
-    assert table is not None and table.rows == [4, 16, 64, 256, 1024, 4096] and table.inner == [256, 1024]
+    (table,) = eff.gemm_table("matmul", "fp32")
+    assert table.rows == [4, 16, 64, 256, 1024, 4096] and table.inner == [256, 1024] and table.groups is None
     for m in (4, 64, 1024):
         for k in (256, 1024):
-            assert table(m, k) == pytest.approx(truth.efficiency.gemm_table("matmul", "fp32")(m, k), rel=0.02)
+            assert table(m, k) == pytest.approx(truth.efficiency.gemm_frac("matmul", "fp32", m, k), rel=0.02)
     # bf16 had no table in the truth: its fitted table reproduces the FLOPs curve at the measured shapes
-    bf = eff.gemm_table("matmul", "bf16")
-    assert bf(64, 1024) == pytest.approx(truth.efficiency.matmul_frac(2 * 64 * 1024 * 2048), rel=0.05)
+    assert eff.gemm_frac("matmul", "bf16", 64, 1024) == pytest.approx(
+        truth.efficiency.matmul_frac(2 * 64 * 1024 * 2048), rel=0.05)
+    # grouped kernels: one table per measured group count
+    assert sorted(t.groups for t in eff.gemm_table("grouped_matmul", "fp32")) == [4.0, 8.0, 16.0]
 
 
 def test_calibrated_profile_carries_provenance_and_round_trips_through_json(tmp_path):
@@ -150,3 +152,79 @@ def test_predict_points_reproduces_a_measurement_made_by_the_same_profile():
     t = time_op(truth, bench_op(b), "fp32").time_s
     (pt,) = predict_points(truth, [_m(b, t)])
     assert pt.family == "matmul" and pt.rel_error == pytest.approx(0.0, abs=1e-12)
+
+
+def _grouped_tables(fracs_by_groups: dict[float, list[list[float]]]) -> HardwareProfile:
+    raw = load_hardware("local-cpu").model_dump()
+    raw["efficiency"]["gemm_tables"] = [
+        {"kind": "grouped_matmul", "dtype": "fp32", "rows": [16, 256], "inner": [128, 2048], "frac": f, "groups": g}
+        for g, f in fracs_by_groups.items()]
+    return HardwareProfile.model_validate(raw)
+
+
+def test_grouped_tables_are_read_at_the_calls_group_count_linear_in_log_groups_and_held_outside():
+    prof = _grouped_tables({32.0: [[0.4, 0.6], [0.8, 0.9]], 4.0: [[0.2, 0.4], [0.6, 0.9]]})
+    eff = prof.efficiency
+    assert [t.groups for t in eff.gemm_table("grouped_matmul", "fp32")] == [4.0, 32.0]  # sorted
+    frac = lambda g: eff.gemm_frac("grouped_matmul", "fp32", 16, 128, g)  # noqa: E731
+    assert frac(4) == pytest.approx(0.2) and frac(32) == pytest.approx(0.4)
+    assert frac(8) == pytest.approx(0.2 + (np.log(2) / np.log(8)) * 0.2)  # a third of the way in log groups
+    assert frac(1) == pytest.approx(0.2) and frac(128) == pytest.approx(0.4)  # held at the measured counts
+    # arrays of groups (a search's candidates) and of rows give the scalar values element by element
+    gs = np.array([2.0, 8.0, 64.0])
+    assert np.allclose(eff.gemm_frac("grouped_matmul", "fp32", 16, 128, gs), [frac(2), frac(8), frac(64)])
+    ms = np.array([16.0, 64.0, 256.0])
+    got = eff.gemm_frac("grouped_matmul", "fp32", ms, 2048, gs)
+    want = [eff.gemm_frac("grouped_matmul", "fp32", float(m), 2048, float(g)) for m, g in zip(ms, gs)]
+    assert np.allclose(got, want)
+    # batched falls back to the grouped tables; a plain GEMM kind with no table has none
+    assert eff.gemm_frac("batched_matmul", "fp32", 16, 128, 32) == pytest.approx(0.4)
+    assert eff.gemm_frac("grouped_matmul", "bf16", 16, 128, 32) is None
+
+
+def test_an_expert_gemm_is_timed_at_the_group_count_of_its_call():
+    from moesim.layer import RowsPerExpert, ffn_gemm_ops
+
+    prof = _grouped_tables({4.0: [[0.2, 0.2], [0.2, 0.2]], 32.0: [[0.8, 0.8], [0.8, 0.8]]})
+    rows = RowsPerExpert.exact([16] * 30 + [17] * 2)  # 32 experts in two row classes
+    ops = ffn_gemm_ops(OpKind.EXPERTS, "experts", rows, 512, 256, 3, plan="fused", act_bytes=4,
+                       weight_bytes_per_element=4, grouped=True)
+    gemms = [op for op in ops if op.gemm is not None]
+    assert {op.gemm.call_groups for op in gemms} == {32}  # the call's groups, not the row class's
+    for op in gemms:
+        assert time_op(prof, op, "fp32").compute_s == pytest.approx(op.flops / (prof.accelerator.peak_flops_per_s["fp32"] * 0.8))
+    loop = ffn_gemm_ops(OpKind.EXPERTS, "experts", rows, 512, 256, 3, plan="eager", act_bytes=4,
+                        weight_bytes_per_element=4, grouped=False)
+    assert {op.gemm.call_groups for op in loop if op.gemm is not None} == {1.0}
+
+
+def test_tables_of_one_kind_need_distinct_group_counts():
+    t = {"kind": "grouped_matmul", "dtype": "fp32", "rows": [16], "inner": [128], "frac": [[0.5]]}
+    for tables in ([t | {"groups": 4.0}, t | {"groups": 4.0}], [t, t | {"groups": 4.0}]):
+        raw = load_hardware("local-cpu").model_dump()
+        raw["efficiency"]["gemm_tables"] = tables
+        with pytest.raises(ValueError, match="distinct group counts"):
+            HardwareProfile.model_validate(raw)
+    raw = load_hardware("local-cpu").model_dump()
+    raw["efficiency"]["gemm_tables"] = [t]  # one table without a count holds for every count
+    assert HardwareProfile.model_validate(raw).efficiency.gemm_frac("grouped_matmul", "fp32", 16, 128, 64) == 0.5
+
+
+def test_the_fit_keeps_group_counts_apart_and_fills_a_missing_cell_from_the_nearest_count():
+    truth = _grouped_tables({4.0: [[0.2, 0.4], [0.6, 0.9]], 32.0: [[0.4, 0.6], [0.8, 0.95]]})
+    ms = []
+    for g in (4, 32):
+        for m in (16, 256):
+            for k in (128, 2048):
+                if g == 32 and m == 256 and k == 2048:
+                    continue  # not measured: the grid's row cap
+                b = GroupedMatmulBench(dtype="fp32", op="grouped_mm", num_groups=g, m_per_group=m, k=k, n=512)
+                ms.append(_m(b, time_op(truth, bench_op(b), "fp32").time_s))
+    ms.append(_m(MatmulBench(dtype="fp32", m=4096, k=2048, n=2048), 2 * 4096 * 2048 * 2048 / truth.accelerator.peak_flops_per_s["fp32"]))
+    res = fit_profile(load_hardware("local-cpu"), ms, name="fitted", calibration=PROV, use_measured_peaks=False)
+    eff = res.profile.efficiency
+    t4, t32 = eff.gemm_table("grouped_matmul", "fp32")
+    assert (t4.groups, t32.groups) == (4.0, 32.0)
+    assert t4.rows == t32.rows == [16.0, 256.0] and t4.inner == t32.inner == [128.0, 2048.0]
+    assert t4.frac[0][0] == pytest.approx(0.2, rel=1e-6) and t32.frac[0][0] == pytest.approx(0.4, rel=1e-6)
+    assert t32.frac[1][1] == pytest.approx(t4.frac[1][1]) == pytest.approx(0.9, rel=1e-6)  # filled from 4 groups
