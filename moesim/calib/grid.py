@@ -19,10 +19,11 @@ from .records import CollectiveBench, GroupedMatmulBench, MatmulBench, MemoryBen
 GridSize = Literal["tiny", "quick", "full"]
 GRID_SIZES: tuple[str, ...] = ("tiny", "quick", "full")
 
-#: CPU GEMMs in a dtype other than fp32 are measured up to this many FLOPs. CPUs without bf16 instructions
-#: (AVX-512 BF16, AMX) run bf16 GEMMs through a conversion path 100x slower than fp32 (0.4-1.7 GFLOP/s on this
+#: On a CPU without bf16 instructions (AVX-512 BF16, AMX), GEMMs in a dtype other than fp32 are measured up to
+#: this many FLOPs: torch runs them through a conversion path 100x slower than fp32 (0.4-1.7 GFLOP/s on this
 #: project's 2-core AVX2 EPYC against 110-150 for fp32), which would take the quick grid past its time budget;
-#: the shape table holds its largest measured rows beyond the cap.
+#: the shape table holds its largest measured rows beyond the cap. A CPU with them (a Zen 4 EPYC: 157 GFLOP/s
+#: bf16 against 92 fp32 on one core) measures bf16 on the whole grid, as fp32.
 CPU_NARROW_DTYPE_MAX_FLOPS = {"tiny": 1 << 24, "quick": 1 << 26, "full": 1 << 28}
 
 AnyBench = MatmulBench | GroupedMatmulBench | MemoryBench | OverheadBench | CollectiveBench
@@ -50,8 +51,13 @@ def _memory(dtype: str, sizes: list[int], ops: list[str]) -> list[MemoryBench]:
     return [MemoryBench(op=op, dtype=dtype, num_elements=n) for op in ops for n in sizes]  # type: ignore[arg-type]
 
 
-def calibration_grid(device: Literal["cpu", "cuda"], size: GridSize = "full", world_size: int = 2) -> list[AnyBench]:
-    """The microbenchmarks to run, in order (cheap ones first so an early interrupt keeps a usable set)."""
+def calibration_grid(device: Literal["cpu", "cuda"], size: GridSize = "full", world_size: int = 2, *,
+                     cpu_bf16_instructions: bool = False) -> list[AnyBench]:
+    """The microbenchmarks to run, in order (cheap ones first so an early interrupt keeps a usable set).
+
+    ``cpu_bf16_instructions``: the CPU has bf16 dot-product instructions, so its bf16 GEMMs are measured over
+    the whole grid instead of up to :data:`CPU_NARROW_DTYPE_MAX_FLOPS`.
+    """
     gpu = device == "cuda"
     overhead = [OverheadBench(op=o)  # type: ignore[arg-type]
                 for o in ("add", "index_select", "index", "nonzero", "index_add", "mm", "topk", "argsort", "bincount",
@@ -98,5 +104,5 @@ def calibration_grid(device: Literal["cpu", "cuda"], size: GridSize = "full", wo
     colls = [CollectiveBench(op=o, world_size=world_size, message_bytes=s)  # type: ignore[arg-type]
              for o in ("all_to_all", "all_reduce") for s in coll_sizes] if world_size >= 2 else []
     gemms = [b for b in _matmuls(dtypes, ms, kns) + _grouped(gdtypes, groups, gms, gkns, gops, max_rows)
-             if gpu or b.dtype == "fp32" or b.flops <= CPU_NARROW_DTYPE_MAX_FLOPS[size]]
+             if gpu or cpu_bf16_instructions or b.dtype == "fp32" or b.flops <= CPU_NARROW_DTYPE_MAX_FLOPS[size]]
     return overhead + _memory(dtypes[0], mem_sizes, mem_ops) + gemms + colls

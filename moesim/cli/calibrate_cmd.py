@@ -99,7 +99,7 @@ def calibrate(device: str, quick: bool, out: Path, base: str | None, measurement
         world_size = 2 if device == "cpu" else max(1, torch.cuda.device_count())
 
     from ..runner.calibrate import run_grid
-    from ..runner.env import capture_env, load_warning
+    from ..runner.env import capture_env, cpu_bf16_instructions, load_warning
     from .render import runner as render
 
     done_keys: set[str] = set()
@@ -134,7 +134,8 @@ def calibrate(device: str, quick: bool, out: Path, base: str | None, measurement
         warnings.append(lw)
         if not as_json:
             click.echo(f"warning: {lw}", err=True)
-    the_grid = calibration_grid(device, size, world_size)  # type: ignore[arg-type]
+    the_grid = calibration_grid(device, size, world_size,  # type: ignore[arg-type]
+                                cpu_bf16_instructions=device == "cpu" and cpu_bf16_instructions() is True)
     t0 = time.perf_counter()
 
     def on_term(signum: int, frame: Any) -> None:  # SIGTERM behaves like Ctrl-C

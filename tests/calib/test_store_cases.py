@@ -7,7 +7,7 @@ import json
 import pytest
 
 from moesim.calib.cases import load_cases, parse_cases
-from moesim.calib.grid import calibration_grid
+from moesim.calib.grid import CPU_NARROW_DTYPE_MAX_FLOPS, calibration_grid
 from moesim.calib.records import EnvHeader, MatmulBench, Measurement, MemoryBench
 from moesim.calib.routing import counts_per_rank, forced_experts
 from moesim.calib.store import append_record, read_measurements, repair_tail, sha256_file
@@ -174,3 +174,16 @@ def test_case_classes_and_their_error_summary():
     summary = class_summary([case("a", 0.1), case("b", -0.3), case("c", 0.05, num_tokens=512)])
     assert summary["decode"]["num_cases"] == 2 and summary["decode"]["median_abs_error_frac"] == pytest.approx(0.2)
     assert summary["loop"]["num_cases"] == 3 and summary["loop"]["median_abs_error_frac"] == pytest.approx(0.1)
+
+
+def test_a_cpu_with_bf16_instructions_measures_bf16_gemms_on_the_whole_grid():
+    def gemm_keys(dtype, **kw):
+        return {b.key.replace(f":{dtype}:", ":") for b in calibration_grid("cpu", "quick", **kw)
+                if b.kind in ("matmul", "grouped_matmul") and b.dtype == dtype}
+
+    fp32 = gemm_keys("fp32")
+    capped = gemm_keys("bf16")
+    full = gemm_keys("bf16", cpu_bf16_instructions=True)
+    assert capped < fp32 and full == fp32  # the same shapes as fp32 once bf16 is not the slow path
+    assert max(b.flops for b in calibration_grid("cpu", "quick") if getattr(b, "dtype", "") == "bf16"
+               and b.kind in ("matmul", "grouped_matmul")) <= CPU_NARROW_DTYPE_MAX_FLOPS["quick"]
