@@ -74,7 +74,7 @@ def calibrate(device: str, quick: bool, out: Path, base: str | None, measurement
     from ..calib.fit import fit_profile
     from ..calib.grid import calibration_grid
     from ..calib.runtime import require_device, require_torch
-    from ..calib.store import read_measurements, repair_tail, sha256_file
+    from ..calib.store import SLOW_MACHINE_FRAC, fastest_sentinel_s, measured_slow, read_measurements, repair_tail, sha256_file
     from ..errors import InputError
     from ..hardware import load_hardware
     from ..io import atomic_write_text
@@ -98,7 +98,7 @@ def calibrate(device: str, quick: bool, out: Path, base: str | None, measurement
     if world_size is None:
         world_size = 2 if device == "cpu" else max(1, torch.cuda.device_count())
 
-    from ..runner.calibrate import run_grid
+    from ..runner.calibrate import REMEASURE_PASSES, run_grid
     from ..runner.env import capture_env, cpu_bf16_instructions, load_warning
     from .render import runner as render
 
@@ -161,6 +161,15 @@ def calibrate(device: str, quick: bool, out: Path, base: str | None, measurement
     env = mf.header.env if mf.header else capture_env(device)
     keys = {b.key for b in the_grid}
     used = [m for m in mf.measurements if m.key in keys]
+    slow = measured_slow(used)
+    if slow:
+        sw = (f"{len(slow)} of {len(used)} benchmarks were measured while the machine ran more than "
+              f"{SLOW_MACHINE_FRAC:.0%} slow (by the sentinel GEMM around them, up to {REMEASURE_PASSES + 1} "
+              f"tries each), first {slow[0].key}; their times are likely high. Calibrate again on a quiet machine, "
+              f"pinned to one core (taskset -c 0 ... --threads 1)")
+        warnings.append(sw)
+        if not as_json:
+            click.echo(f"warning: {sw}", err=True)
     try:
         rel = os.path.relpath(meas_path, out.parent)
     except ValueError:
@@ -176,6 +185,8 @@ def calibrate(device: str, quick: bool, out: Path, base: str | None, measurement
             "grid": size, "collective_world_size": world_size,
             "peaks": ("measured: each dtype's highest GEMM rate (datasheet "
                       "placeholder replaced)") if device == "cpu" else "datasheet",
+            "sentinel": {"fastest_s": fastest_sentinel_s(used), "num_measured_slow": len(slow),
+                         "num_measured_again": mf.num_superseded},
         } | ({"driver_version": env.get("driver_version")} if device == "cuda" else {}),
         "measurements_file": rel,
         "measurements_sha256": sha256_file(meas_path),
@@ -194,6 +205,8 @@ def calibrate(device: str, quick: bool, out: Path, base: str | None, measurement
         "measurements_file": str(meas_path),
         "measurements_sha256": cal["measurements_sha256"],
         "num_measurements": len(used),
+        "num_measured_again": mf.num_superseded,
+        "num_measured_slow": len(slow),
         "grid": size,
         "elapsed_s": time.perf_counter() - t0,
         "peak_flops_per_s": result.peaks_flops_per_s,

@@ -10,7 +10,14 @@ from moesim.calib.cases import load_cases, parse_cases
 from moesim.calib.grid import CPU_NARROW_DTYPE_MAX_FLOPS, calibration_grid
 from moesim.calib.records import EnvHeader, MatmulBench, Measurement, MemoryBench
 from moesim.calib.routing import counts_per_rank, forced_experts
-from moesim.calib.store import append_record, read_measurements, repair_tail, sha256_file
+from moesim.calib.store import (
+    SLOW_MACHINE_FRAC,
+    append_record,
+    measured_slow,
+    read_measurements,
+    repair_tail,
+    sha256_file,
+)
 from moesim.calib.validation import error_summary
 from moesim.data import scenarios_dir
 from moesim.errors import InputError
@@ -50,6 +57,37 @@ def test_records_round_trip_and_a_partial_last_line_is_ignored_then_repaired(tmp
     append_record(p, _meas(32))
     assert [m.bench.m for m in read_measurements(p).measurements] == [8, 16, 32]
     assert len(sha256_file(p)) == 64
+
+
+def _timed(m: int, median_s: float, sentinel_s: float | None) -> Measurement:
+    return _meas(m).model_copy(update={"median_s": median_s, "p90_s": 2 * median_s, "sentinel_s": sentinel_s})
+
+
+def test_a_benchmark_measured_again_keeps_the_record_whose_sentinel_ran_fastest_at_its_first_place(tmp_path):
+    p = tmp_path / "m.jsonl"
+    for rec in (_timed(8, 3e-5, 2.0e-4), _timed(16, 1e-5, 1.0e-4), _timed(8, 1e-5, 1.0e-4), _timed(8, 2e-5, 1.5e-4)):
+        append_record(p, rec)
+    mf = read_measurements(p)
+    assert [(m.bench.m, m.median_s) for m in mf.measurements] == [(8, 1e-5), (16, 1e-5)]
+    assert mf.num_superseded == 2
+    assert mf.keys == {_meas(8).key, _meas(16).key}
+
+
+def test_without_sentinels_the_later_record_of_a_key_wins(tmp_path):
+    p = tmp_path / "m.jsonl"
+    for rec in (_timed(8, 3e-5, None), _timed(8, 1e-5, None), _timed(16, 5e-5, 1e-4), _timed(16, 6e-5, None)):
+        append_record(p, rec)
+    got = {m.bench.m: m.median_s for m in read_measurements(p).measurements}
+    assert got == {8: 1e-5, 16: 5e-5}  # a record with a sentinel is not replaced by one without
+
+
+def test_measured_slow_flags_sentinels_past_the_threshold_over_the_fastest():
+    ref = 1e-4
+    ms = [_timed(8, 1e-5, ref), _timed(16, 1e-5, ref * (1 + SLOW_MACHINE_FRAC) * 0.99),
+          _timed(32, 1e-5, ref * (1 + SLOW_MACHINE_FRAC) * 1.01), _timed(64, 1e-5, None)]
+    assert [m.bench.m for m in measured_slow(ms)] == [32]
+    assert [m.bench.m for m in measured_slow(ms, fastest_s=ref / 2)] == [8, 16, 32]  # against another run's fastest
+    assert measured_slow([_timed(8, 1e-5, None)]) == []
 
 
 def test_a_corrupt_line_in_the_middle_is_an_input_error(tmp_path):

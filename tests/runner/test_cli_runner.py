@@ -88,6 +88,25 @@ def test_tiny_calibration_writes_a_loadable_profile_with_provenance(tiny_profile
     assert {"matmul", "grouped_matmul", "memory", "all_to_all"} <= set(cal.fit_residuals)
     assert prof.node.scale_up_bandwidth_per_accelerator_bytes_per_s > 0  # fitted from the gloo all-to-all
     assert "measured" in prof.sources["accelerator.peak_flops_per_s.fp32"]
+    assert cal.host["sentinel"]["fastest_s"] > 0  # the sentinel GEMM timed around each benchmark
+
+
+def test_calibration_warns_of_benchmarks_measured_while_the_machine_ran_slow(tiny_profile, tmp_path):
+    lines = tiny_profile.with_name("tiny-cpu.measurements.jsonl").read_text().splitlines()
+    recs = [json.loads(x) for x in lines]
+    fastest = min(r["sentinel_s"] for r in recs if r.get("sentinel_s"))
+    slow = next(r for r in recs if r.get("sentinel_s"))
+    slow["sentinel_s"] = 2 * fastest
+    meas, out = tmp_path / "p.measurements.jsonl", tmp_path / "p.json"
+    meas.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    r = moesim("calibrate", "--device", "cpu", "--grid", "tiny", "--world-size", "2", "--out", str(out), "--resume",
+               "--json")
+    assert r.returncode == 0, r.stderr
+    summary = json.loads(r.stdout)
+    assert summary["num_measured_slow"] == 1 and summary["num_measured_again"] == 0
+    assert any(w.startswith(f"1 of {summary['num_measurements']} benchmarks were measured while the machine ran "
+                            "more than 15% slow") and slow["bench"]["kind"] in w for w in summary["warnings"])
+    assert load_hardware(out).calibration.host["sentinel"]["num_measured_slow"] == 1
 
 
 def test_validate_reports_every_case_with_json_out_dir_and_plot(tiny_profile, tmp_path):

@@ -47,6 +47,9 @@ def show_calibration(summary: dict[str, Any]) -> None:
     c.print(f"[bold]Calibrated profile[/bold] {summary['profile_path']}  ({summary['device_name']})")
     c.print(f"measurements: {summary['num_measurements']} in {summary['measurements_file']}"
             f"  (grid {summary['grid']}, {seconds(summary['elapsed_s'])})")
+    if summary.get("num_measured_again"):
+        c.print(f"measured again while the machine was slow: {summary['num_measured_again']} records "
+                f"(still slow: {summary.get('num_measured_slow', 0)})")
     t = Table(title="Fitted parameters", show_header=True, header_style="bold")
     t.add_column("parameter")
     t.add_column("value", justify="right")
