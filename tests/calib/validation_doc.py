@@ -1,8 +1,9 @@
 """The results tables of docs/validation.md, from the validation JSON files under scenarios/validation/results/.
 
-``python tests/calib/validation_doc.py`` prints them; ``--write`` replaces the part of docs/validation.md
-from the summary table to ``### Where the error comes from`` in place. The numbers are the files' own
-(``moesim validate --out DIR`` writes ``DIR/validation.json``; copy it under the names below).
+``python tests/calib/validation_doc.py`` prints them; ``--write`` replaces, for each machine below, the part
+of docs/validation.md between its ``<!-- results NAME -->`` and ``<!-- end results NAME -->`` markers in
+place. The numbers are the files' own (``moesim validate --out DIR`` writes ``DIR/validation.json``; copy
+it under the names below).
 """
 
 from __future__ import annotations
@@ -15,9 +16,16 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "scenarios" / "validation" / "results"
-#: (label, file) of each run reported
-RUNS = (("default, fp32", "epyc-avx2-1t-default-fp32.json"), ("shapes", "epyc-avx2-1t-shapes.json"))
-START, END = "| cases | n |", "### Where the error comes from"
+#: machine (the calibrated profile's name) -> (label, file) of each run reported for it
+MACHINES: dict[str, tuple[tuple[str, str], ...]] = {
+    "epyc-avx2-1t": (("default, fp32", "epyc-avx2-1t-default-fp32.json"), ("shapes", "epyc-avx2-1t-shapes.json")),
+    "epyc-zen4-1t": (("default", "epyc-zen4-1t-default.json"), ("shapes", "epyc-zen4-1t-shapes.json")),
+}
+DOC = ROOT / "docs" / "validation.md"
+
+
+def _markers(machine: str) -> tuple[str, str]:
+    return f"<!-- results {machine} -->", f"<!-- end results {machine} -->"
 
 
 def _pct(x: float) -> str:
@@ -29,8 +37,9 @@ def _summary(errs: list[float]) -> tuple[str, str]:
     return _pct(float(np.median(a))), _pct(float(np.percentile(a, 90)))
 
 
-def tables() -> str:
-    reports = [(label, json.loads((RESULTS / name).read_text())) for label, name in RUNS]
+def tables(machine: str) -> str:
+    """The summary, per-class and per-case tables of one machine's runs."""
+    reports = [(label, json.loads((RESULTS / name).read_text())) for label, name in MACHINES[machine]]
     lines = ["| cases | n | median \\|error\\| | p90 \\|error\\| |", "|---|---|---|---|"]
     for label, r in reports:
         errs = [c["error_frac"] for c in r["cases"]]
@@ -56,17 +65,24 @@ def tables() -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_doc(path: Path = ROOT / "docs" / "validation.md") -> None:
+def rendered(doc: str) -> str:
+    """``doc`` with every machine's tables regenerated between its markers."""
+    for machine in MACHINES:
+        start, end = _markers(machine)
+        head, rest = doc.split(start, 1)
+        _, tail = rest.split(end, 1)
+        doc = head + start + "\n\n" + tables(machine) + "\n" + end + tail
+    return doc
+
+
+def write_doc(path: Path = DOC) -> None:
     from moesim.io import atomic_write_text
 
-    doc = path.read_text()
-    head, rest = doc.split(START, 1)
-    _, tail = rest.split(END, 1)
-    atomic_write_text(path, head + tables() + "\n" + END + tail)
+    atomic_write_text(path, rendered(path.read_text()))
 
 
 if __name__ == "__main__":  # pragma: no cover
     if "--write" in sys.argv:
         write_doc()
     else:
-        print(tables())
+        print("\n".join(tables(m) for m in MACHINES))
