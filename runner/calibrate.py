@@ -29,29 +29,13 @@ from moesim.calib.store import append_record, better, measured_slow
 
 from .env import capture_env, tune_allocator
 from .microbench import run_collectives, run_single
-from .timing import bench
+from .timing import Sentinel
 
 #: passes over the benchmarks measured on a slow machine, after the grid
 REMEASURE_PASSES = 2
 
 #: called after each benchmark with (done, total, key)
 Progress = Callable[[int, int, str], None]
-
-
-class Sentinel:
-    """Seconds of a fixed fp32 GEMM, ``[128, 256] @ [256, 256]`` (16.8 MFLOP; 384 KB of operands stay in the L2
-    cache of a CPU core), the fastest of 5 calls: the speed of the core at this moment. On a GPU it is a few
-    microseconds of launch and sees mostly the host."""
-
-    def __init__(self, device: torch.device):
-        self.device = device
-        self.a_MK = torch.randn(128, 256, device=device)
-        self.w_KN = torch.randn(256, 256, device=device)
-        self.out_MN = torch.empty(128, 256, device=device)
-
-    def __call__(self) -> float:
-        return bench(lambda: torch.mm(self.a_MK, self.w_KN, out=self.out_MN), self.device, warmup=1, min_reps=5,
-                     max_reps=5, target_s=0.0, flush_cache=False).min_s
 
 
 def run_grid(

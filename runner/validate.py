@@ -1,4 +1,16 @@
-"""Predict and measure validation cases (the work behind ``moesim validate`` and ``bench-layer``)."""
+"""Predict and measure validation cases (the work behind ``moesim validate`` and ``bench-layer``).
+
+A shared machine has slow periods that cover a whole case (a busy SMT
+sibling, hypervisor steal): the case is measured slow and the model looks
+optimistic. As in calibration (:mod:`.calibrate`), the :class:`.timing.Sentinel`
+GEMM is timed right before and right after each case; after all cases, those
+whose sentinel took more than ``1 + SLOW_MACHINE_FRAC`` times the run's fastest
+are measured again (up to ``REMEASURE_PASSES`` passes) and the measurement whose
+sentinel ran fastest is kept. The run's fastest sentinel is also set against the
+calibration's (same device kind and thread count): a machine slower or faster
+than when the profile was calibrated is warned of, since every case then
+measures a different machine from the one the profile describes.
+"""
 
 from __future__ import annotations
 
@@ -11,10 +23,13 @@ import torch
 from moesim.calib.cases import ValidationCase
 from moesim.calib.layer_model import predict_layer
 from moesim.calib.routing import counts_per_rank, forced_experts
+from moesim.calib.store import SLOW_MACHINE_FRAC, better, fastest_sentinel_s, measured_slow
 from moesim.calib.validation import CaseResult, ValidationReport, class_summary, error_summary, stage_dict
 from moesim.hardware import HardwareProfile
 
+from .calibrate import REMEASURE_PASSES
 from .cases import measure_case
+from .timing import Sentinel
 
 
 def available_cpus() -> int:
@@ -73,18 +88,76 @@ def run_case(case: ValidationCase, profile: HardwareProfile, device: str, *, tar
     )
 
 
+def calibration_speed_warning(profile: HardwareProfile, device_name: str, num_threads: int,
+                              fastest_s: float | None) -> str | None:
+    """A warning when this run's fastest sentinel differs from the calibration's by more than SLOW_MACHINE_FRAC
+    (same device model and thread count; otherwise the two are not comparable), else None."""
+    cal = profile.calibration
+    if fastest_s is None or cal is None or cal.device_name != device_name:
+        return None
+    host = cal.host or {}
+    ref = (host.get("sentinel") or {}).get("fastest_s")
+    if not ref or int(host.get("num_threads", -1) or -1) != num_threads:
+        return None
+    ratio = fastest_s / float(ref)
+    if ratio > 1 + SLOW_MACHINE_FRAC:
+        return (f"the sentinel GEMM ran {ratio - 1:.0%} slower than when the profile was calibrated "
+                f"({fastest_s * 1e6:.0f} vs {float(ref) * 1e6:.0f} us at best): this machine is slower now "
+                "(or another one), and every case measures that")
+    if ratio < 1 / (1 + SLOW_MACHINE_FRAC):
+        return (f"the sentinel GEMM ran {1 - ratio:.0%} faster than when the profile was calibrated "
+                f"({fastest_s * 1e6:.0f} vs {float(ref) * 1e6:.0f} us at best): the calibration ran on a slow "
+                "machine (or another one)")
+    return None
+
+
 def run_validation(
     cases: list[ValidationCase], profile: HardwareProfile, device: str, *, cases_file: str, env: dict,
     warnings: list[str], target_s: float = 0.3, progress: Callable[[int, int, str], None] | None = None,
 ) -> ValidationReport:
+    """Predict and measure every case; cases measured while the machine ran slow are measured again (module
+    docstring)."""
     t0 = time.perf_counter()
-    results = []
+    sentinel = Sentinel(torch.device("cuda", 0) if device == "cuda" else torch.device("cpu"))
+    for _ in range(3):
+        sentinel()  # first calls pay for allocation and kernel selection
+
+    def measure(case: ValidationCase) -> CaseResult:
+        before = sentinel()
+        r = run_case(case, profile, device, target_s=target_s)
+        return r.model_copy(update={"sentinel_s": max(before, sentinel())})
+
+    results: list[CaseResult] = []
     for i, case in enumerate(cases):
         if progress:
             progress(i, len(cases), case.name)
-        results.append(run_case(case, profile, device, target_s=target_s))
+        results.append(measure(case))
+    again: set[int] = set()
+    for _ in range(REMEASURE_PASSES):
+        fastest = fastest_sentinel_s(results)
+        slow = [i for i, r in enumerate(results) if r in measured_slow([r], fastest)]
+        if not slow:
+            break
+        for j, i in enumerate(slow):
+            if progress:
+                progress(len(cases), len(cases), f"again, machine was slow ({j + 1}/{len(slow)}): {cases[i].name}")
+            r = measure(cases[i])
+            again.add(i)
+            if better(r, results[i]):
+                results[i] = r
     if progress:
         progress(len(cases), len(cases), "")
+    fastest = fastest_sentinel_s(results)
+    still_slow = measured_slow(results, fastest)
+    warnings = list(warnings)
+    if still_slow:
+        warnings.append(f"{len(still_slow)} case(s) measured while the machine ran more than {SLOW_MACHINE_FRAC:.0%} "
+                        f"slow (by the sentinel GEMM around them, up to {REMEASURE_PASSES + 1} tries): "
+                        + ", ".join(r.name for r in still_slow))
+    cw = calibration_speed_warning(profile, str(env.get("device_name", "")),
+                                   int(env.get("num_threads", torch.get_num_threads())), fastest)
+    if cw:
+        warnings.append(cw)
     med, p90 = error_summary([r.predicted_s for r in results], [r.measured_s for r in results])
     return ValidationReport(
         device=device, device_name=str(env.get("device_name", "")), profile=profile.name,
@@ -92,4 +165,5 @@ def run_validation(
         cases_file=cases_file, cases=results, median_abs_error_frac=med, p90_abs_error_frac=p90,
         by_class=class_summary(results),
         elapsed_s=time.perf_counter() - t0, env=env, warnings=warnings,
+        sentinel_fastest_s=fastest, num_measured_again=len(again), num_measured_slow=len(still_slow),
     )

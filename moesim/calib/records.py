@@ -161,7 +161,7 @@ class Measurement(_Frozen):
     detail: str = Field("", description="What ran (backend, fallback, method).")
     sentinel_s: float | None = Field(
         None, gt=0,
-        description="The slower of two timings of the sentinel GEMM (moesim.runner.calibrate.Sentinel) right before "
+        description="The slower of two timings of the sentinel GEMM (moesim.runner.timing.Sentinel) right before "
         "and right after this benchmark, seconds; compared with its fastest in the run it tells whether the machine "
         "ran slow while this was measured. None: not measured (collectives, files from before the sentinel).",
     )

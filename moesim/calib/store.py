@@ -18,6 +18,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol, TypeVar
 
 from pydantic import TypeAdapter, ValidationError
 
@@ -56,21 +57,31 @@ def append_record(path: Path, record: Measurement | EnvHeader) -> None:
         os.fsync(f.fileno())
 
 
-def better(new: Measurement, old: Measurement) -> bool:
+class Sentineled(Protocol):
+    """A measurement with the sentinel's time around it (a calibration record or a validation case)."""
+
+    @property
+    def sentinel_s(self) -> float | None: ...
+
+
+S = TypeVar("S", bound=Sentineled)
+
+
+def better(new: Sentineled, old: Sentineled) -> bool:
     """Whether ``new`` replaces ``old`` (same key): its sentinel ran faster; without sentinels, the later wins."""
     if new.sentinel_s is None or old.sentinel_s is None:
         return old.sentinel_s is None
     return new.sentinel_s < old.sentinel_s
 
 
-def fastest_sentinel_s(measurements: list[Measurement]) -> float | None:
+def fastest_sentinel_s(measurements: list[S]) -> float | None:
     """The fastest sentinel among ``measurements``, seconds; None when none has one."""
     xs = [m.sentinel_s for m in measurements if m.sentinel_s is not None]
     return min(xs) if xs else None
 
 
-def measured_slow(measurements: list[Measurement], fastest_s: float | None = None,
-                  frac: float = SLOW_MACHINE_FRAC) -> list[Measurement]:
+def measured_slow(measurements: list[S], fastest_s: float | None = None,
+                  frac: float = SLOW_MACHINE_FRAC) -> list[S]:
     """The measurements whose sentinel took more than ``(1 + frac)`` times the fastest (default: of these)."""
     ref = fastest_s if fastest_s is not None else fastest_sentinel_s(measurements)
     if ref is None:

@@ -41,6 +41,10 @@ class CaseResult(_Frozen):
     tokens_per_expert_mean: float = Field(description="Mean rows per expert (all ranks), count.")
     num_dropped: int = Field(0, description="Assignments dropped by capacity (padded), count.")
     details: dict[str, str] = Field(default_factory=dict, description="What ran: backends, all-to-all method, threads.")
+    sentinel_s: float | None = Field(
+        None, gt=0,
+        description="The slower of two timings of the sentinel GEMM (moesim.runner.timing.Sentinel) right before and "
+        "right after this case's measurement, seconds (the calibration's sentinel). None: results from before it.")
 
     @property
     def abs_error_frac(self) -> float:
@@ -65,6 +69,12 @@ class ValidationReport(_Frozen):
     elapsed_s: float = Field(description="Wall time of the validation run, seconds.")
     env: dict[str, Any] = Field(default_factory=dict, description="Environment (versions, threads, load average).")
     warnings: list[str] = Field(default_factory=list, description="Warnings raised while validating.")
+    sentinel_fastest_s: float | None = Field(
+        None, description="Fastest sentinel of the run, seconds (None: results from before the sentinel).")
+    num_measured_again: int = Field(
+        0, description="Cases measured again because their sentinel ran more than SLOW_MACHINE_FRAC over the fastest.")
+    num_measured_slow: int = Field(
+        0, description="Cases whose kept measurement still ran more than SLOW_MACHINE_FRAC over the fastest sentinel.")
 
 
 def case_classes(layer: dict[str, Any]) -> list[str]:

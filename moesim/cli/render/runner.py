@@ -117,6 +117,9 @@ def show_validation(report: Any) -> None:
         c.print("by class: " + "   ".join(
             f"{k} {v['median_abs_error_frac'] * 100:.1f} % / {v['p90_abs_error_frac'] * 100:.1f} % ({int(v['num_cases'])})"
             for k, v in report.by_class.items()) + "   (median / p90 |error|, cases)")
+    if report.num_measured_again:
+        c.print(f"measured again while the machine was slow: {report.num_measured_again} cases "
+                f"(still slow: {report.num_measured_slow})")
     for w in report.warnings:
         c.print(f"[yellow]warning:[/yellow] {w}")
 
