@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import platform
 import subprocess
+import time
 from datetime import datetime, timezone
 from typing import Any
 
@@ -60,6 +61,7 @@ def capture_env(device: torch.device | str) -> dict[str, Any]:
         "num_cpus": os.cpu_count(),
         "date_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "load_average_1min": load_average(),
+        "cpu_busy_now": cpu_busy_now(),
         "allocator": tune_allocator(),
     }
     if device.type == "cuda":
@@ -113,9 +115,56 @@ def load_average() -> float | None:
         return None
 
 
+def _proc_stat_cpu() -> tuple[int, int, int] | None:
+    """(busy, steal, total) jiffies of all CPUs from /proc/stat's ``cpu`` line; None where there is none."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()
+    except OSError:
+        return None
+    if not fields or fields[0] != "cpu" or len(fields) < 5:
+        return None
+    v = [int(x) for x in fields[1:]]
+    v += [0] * (8 - len(v))
+    # user nice system idle iowait irq softirq steal (guest time is already counted in user)
+    idle = v[3] + v[4]
+    total = sum(v[:8])
+    return total - idle, v[7], total
+
+
+def cpu_busy_now(window_s: float = 0.25) -> dict[str, float] | None:
+    """CPUs busy with other work right now, sampled over ``window_s`` while this process sleeps.
+
+    ``busy_cpus``: busy share of all CPUs times their count (0 .. num_cpus; this process adds nothing while it
+    sleeps); ``steal_frac``: share of the CPUs' time the hypervisor gave to other guests. None where
+    /proc/stat is missing (not Linux). Unlike the 1-minute load average it does not remember a process that
+    just ended (a calibration right before a validation).
+    """
+    a = _proc_stat_cpu()
+    if a is None:
+        return None
+    time.sleep(window_s)
+    b = _proc_stat_cpu()
+    if b is None or b[2] <= a[2]:
+        return None
+    dt = b[2] - a[2]
+    cpus = os.cpu_count() or 1
+    return {"busy_cpus": cpus * (b[0] - a[0]) / dt, "steal_frac": (b[1] - a[1]) / dt}
+
+
 def load_warning(env: dict[str, Any]) -> str | None:
-    """A warning when other work was keeping the CPUs busy as the run started (timings get noisy)."""
-    la, cpus = env.get("load_average_1min"), env.get("num_cpus") or 1
+    """A warning when other work keeps the CPUs busy as the run starts (timings get noisy): by a short sample of
+    /proc/stat where there is one (``cpu_busy_now``), else by the 1-minute load average."""
+    cpus = env.get("num_cpus") or 1
+    now = env.get("cpu_busy_now")
+    if now is not None:
+        busy, steal = float(now["busy_cpus"]), float(now["steal_frac"])
+        if busy > 0.25 * cpus or steal > 0.1:
+            return (f"the machine is busy ({busy:.2f} of {cpus} CPUs busy with other work right now, "
+                    f"{steal:.0%} of CPU time stolen by the hypervisor): other processes compete for the cores and "
+                    "timings will be noisy")
+        return None
+    la = env.get("load_average_1min")
     if la is not None and la > 0.5 * cpus:
         return (f"the machine is busy (1-minute load average {la:.2f} on {cpus} CPUs): other processes compete "
                 "for the cores and timings will be noisy")

@@ -99,7 +99,7 @@ def calibrate(device: str, quick: bool, out: Path, base: str | None, measurement
         world_size = 2 if device == "cpu" else max(1, torch.cuda.device_count())
 
     from ..runner.calibrate import REMEASURE_PASSES, run_grid
-    from ..runner.env import capture_env, cpu_bf16_instructions, load_warning
+    from ..runner.env import capture_env, cpu_bf16_instructions, cpu_busy_now, load_warning
     from .render import runner as render
 
     done_keys: set[str] = set()
@@ -129,7 +129,7 @@ def calibrate(device: str, quick: bool, out: Path, base: str | None, measurement
 
     warnings = []
     lw = load_warning({"load_average_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
-                       "num_cpus": os.cpu_count()})
+                       "cpu_busy_now": cpu_busy_now(), "num_cpus": os.cpu_count()})
     if lw:
         warnings.append(lw)
         if not as_json:

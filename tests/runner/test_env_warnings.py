@@ -52,3 +52,35 @@ def test_ranks_taking_turns_on_one_cpu_cost_their_total_work():
     shared = predict_layer(prof, spec, hot, concurrent_ranks=1.0)
     assert shared.time_s == pytest.approx(sum(r.time_s for r in alone.ranks))
     assert alone.time_s < shared.time_s < 2 * alone.time_s
+
+
+def test_the_busy_warning_reads_the_cpus_now_not_a_load_average_that_remembers_a_run_just_ended():
+    from moesim.runner.env import load_warning
+
+    quiet_now = {"num_cpus": 2, "load_average_1min": 1.2, "cpu_busy_now": {"busy_cpus": 0.05, "steal_frac": 0.0}}
+    assert load_warning(quiet_now) is None
+    busy = load_warning(quiet_now | {"cpu_busy_now": {"busy_cpus": 0.9, "steal_frac": 0.0}})
+    assert "0.90 of 2 CPUs busy" in busy
+    assert "stolen" in load_warning(quiet_now | {"cpu_busy_now": {"busy_cpus": 0.1, "steal_frac": 0.2}})
+    # where /proc/stat is missing, the load average decides
+    assert "load average 1.20" in load_warning({"num_cpus": 2, "load_average_1min": 1.2, "cpu_busy_now": None})
+    assert load_warning({"num_cpus": 2, "load_average_1min": 0.3}) is None
+
+
+def test_a_sample_of_proc_stat_counts_a_busy_cpu(tmp_path):
+    import os
+    import threading
+    import time
+
+    from moesim.runner.env import cpu_busy_now
+
+    if not os.path.exists("/proc/stat"):
+        pytest.skip("no /proc/stat")
+    stop = time.monotonic() + 0.6
+    spin = threading.Thread(target=lambda: [None for _ in iter(lambda: time.monotonic() < stop, False)])
+    spin.start()
+    now = cpu_busy_now(0.3)
+    spin.join()
+    cpus = os.cpu_count() or 1
+    assert now is not None and 0.0 <= now["steal_frac"] <= 1.0
+    assert 0.5 <= now["busy_cpus"] <= cpus + 1e-9  # the spinning thread keeps about one CPU busy
