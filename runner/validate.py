@@ -96,8 +96,11 @@ def calibration_speed_warning(profile: HardwareProfile, device_name: str, num_th
     if fastest_s is None or cal is None or cal.device_name != device_name:
         return None
     host = cal.host or {}
-    ref = (host.get("sentinel") or {}).get("fastest_s")
-    if not ref or int(host.get("num_threads", -1) or -1) != num_threads:
+    sent = host.get("sentinel")
+    ref = sent.get("fastest_s") if isinstance(sent, dict) else None
+    threads = host.get("num_threads")
+    # host is free-form provenance: anything but a positive number and the same thread count is not comparable
+    if not isinstance(ref, (int, float)) or isinstance(ref, bool) or not ref > 0 or threads != num_threads:
         return None
     ratio = fastest_s / float(ref)
     if ratio > 1 + SLOW_MACHINE_FRAC:

@@ -90,3 +90,10 @@ def test_a_machine_slower_or_faster_than_at_calibration_is_warned_of():
     assert warn(prof, "cpu Y", 1, 1.3e-4) is None  # another device model (warned of elsewhere)
     assert warn(_calibrated(None), "cpu X", 1, 1.3e-4) is None  # a profile from before the sentinel
     assert warn(load_hardware("local-cpu"), "cpu X", 1, 1.3e-4) is None  # not calibrated
+    for odd in ("fast", -1.0, True, None, {"s": 1}):  # free-form provenance that is not a sentinel time
+        raw = prof.model_dump()
+        raw["calibration"]["host"]["sentinel"] = {"fastest_s": odd}
+        assert warn(HardwareProfile.model_validate(raw), "cpu X", 1, 1.3e-4) is None
+    raw = prof.model_dump()
+    raw["calibration"]["host"]["sentinel"] = "fast"
+    assert warn(HardwareProfile.model_validate(raw), "cpu X", 1, 1.3e-4) is None
