@@ -25,14 +25,13 @@ import torch
 
 from moesim.calib.grid import AnyBench
 from moesim.calib.records import CollectiveBench, EnvHeader, Measurement
-from moesim.calib.store import append_record, better, measured_slow
+from moesim.calib.store import append_record
 
 from .env import capture_env, tune_allocator
 from .microbench import run_collectives, run_single
-from .timing import Sentinel
+from .timing import REMEASURE_PASSES, Sentinel, measure_guarded
 
-#: passes over the benchmarks measured on a slow machine, after the grid
-REMEASURE_PASSES = 2
+__all__ = ["REMEASURE_PASSES", "Sentinel", "run_grid"]
 
 #: called after each benchmark with (done, total, key)
 Progress = Callable[[int, int, str], None]
@@ -68,36 +67,21 @@ def run_grid(
     new: list[Measurement] = []
     if progress:
         progress(done, total, "")
-    sentinel = Sentinel(dev) if singles else None
 
-    def measure(b: AnyBench) -> Measurement:
-        assert sentinel is not None
-        before = sentinel()
-        m = run_single(b, dev, target_s)
-        m = m.model_copy(update={"sentinel_s": max(before, sentinel())})
+    def before(i: int, again: tuple[int, int] | None) -> None:
+        if progress and again is not None:
+            progress(done, total, f"again, machine was slow ({again[0] + 1}/{again[1]}): {singles[i].key}")
+
+    def after(i: int, m: Measurement, again: tuple[int, int] | None) -> None:
+        nonlocal done
         append_record(measurements_path, m)
-        return m
-
-    if sentinel is not None:
-        for _ in range(3):
-            sentinel()  # first calls pay for allocation and kernel selection
-    kept: dict[str, Measurement] = {}
-    for b in singles:
-        kept[b.key] = measure(b)
-        done += 1
-        if progress:
-            progress(done, total, b.key)
-    for _ in range(REMEASURE_PASSES):
-        slow = {m.key for m in measured_slow(list(kept.values()))}
-        if not slow:
-            break
-        for i, b in enumerate(bb for bb in singles if bb.key in slow):
+        if again is None:
+            done += 1
             if progress:
-                progress(done, total, f"again, machine was slow ({i + 1}/{len(slow)}): {b.key}")
-            m = measure(b)
-            if better(m, kept[b.key]):
-                kept[b.key] = m
-    new.extend(kept.values())
+                progress(done, total, singles[i].key)
+
+    kept, _ = measure_guarded(singles, lambda b: run_single(b, dev, target_s), dev, before=before, after=after)
+    new.extend(kept)
     if colls:
         by_world: dict[int, list[CollectiveBench]] = {}
         for b in colls:

@@ -19,11 +19,13 @@ import contextlib
 import statistics
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import torch
 
+from moesim.calib.store import better, measured_slow
 from moesim.ops import OpKind
 
 #: bytes written to evict the L2 cache between GPU iterations (larger than any current L2: H100 50 MB, B200 126 MB)
@@ -262,3 +264,56 @@ class Sentinel:
     def __call__(self) -> float:
         return bench(lambda: torch.mm(self.a_MK, self.w_KN, out=self.out_MN), self.device, warmup=1, min_reps=5,
                      max_reps=5, target_s=0.0, flush_cache=False).min_s
+
+
+#: passes over the measurements taken while the machine ran slow, after the first pass
+REMEASURE_PASSES = 2
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def measure_guarded(
+    items: Sequence[T], run: Callable[[T], R], device: torch.device, *,
+    before: Callable[[int, tuple[int, int] | None], None] | None = None,
+    after: Callable[[int, R, tuple[int, int] | None], None] | None = None,
+) -> tuple[list[R], set[int]]:
+    """``run(item)`` for every item with the :class:`Sentinel` timed right before and right after it (the slower
+    of the two is the record's ``sentinel_s``; ``run`` returns a pydantic record with that field). Then, up to
+    ``REMEASURE_PASSES`` times, the items whose sentinel ran more than ``1 + SLOW_MACHINE_FRAC`` times the
+    fastest kept one are measured again, and the record whose sentinel ran fastest is kept
+    (:func:`moesim.calib.store.better`).
+
+    ``before(i, again)`` is called before each run of item ``i`` and ``after(i, record, again)`` after it;
+    ``again`` is None in the first pass, else (position, count) among the items of that pass.
+    Returns the kept record of every item, in order, and the indices of the items measured again.
+    """
+    if not items:
+        return [], set()
+    sentinel = Sentinel(device)
+    for _ in range(3):
+        sentinel()  # first calls pay for allocation and kernel selection
+
+    def once(i: int, again: tuple[int, int] | None) -> R:
+        if before:
+            before(i, again)
+        t0 = sentinel()
+        rec = run(items[i])
+        rec = rec.model_copy(update={"sentinel_s": max(t0, sentinel())})  # type: ignore[attr-defined]
+        if after:
+            after(i, rec, again)
+        return rec
+
+    kept = [once(i, None) for i in range(len(items))]
+    measured_again: set[int] = set()
+    for _ in range(REMEASURE_PASSES):
+        slow_ids = {id(r) for r in measured_slow(kept)}  # type: ignore[type-var]
+        slow = [i for i, r in enumerate(kept) if id(r) in slow_ids]
+        if not slow:
+            break
+        for j, i in enumerate(slow):
+            rec = once(i, (j, len(slow)))
+            measured_again.add(i)
+            if better(rec, kept[i]):  # type: ignore[arg-type]
+                kept[i] = rec
+    return kept, measured_again

@@ -23,13 +23,14 @@ import torch
 from moesim.calib.cases import ValidationCase
 from moesim.calib.layer_model import predict_layer
 from moesim.calib.routing import counts_per_rank, forced_experts
-from moesim.calib.store import SLOW_MACHINE_FRAC, better, fastest_sentinel_s, measured_slow
+from moesim.calib.store import SLOW_MACHINE_FRAC, fastest_sentinel_s, measured_slow
 from moesim.calib.validation import CaseResult, ValidationReport, class_summary, error_summary, stage_dict
 from moesim.hardware import HardwareProfile
 
-from .calibrate import REMEASURE_PASSES
 from .cases import measure_case
-from .timing import Sentinel
+from .timing import REMEASURE_PASSES, Sentinel, measure_guarded
+
+__all__ = ["REMEASURE_PASSES", "Sentinel", "calibration_speed_warning", "run_case", "run_validation"]
 
 
 def available_cpus() -> int:
@@ -121,33 +122,17 @@ def run_validation(
     """Predict and measure every case; cases measured while the machine ran slow are measured again (module
     docstring)."""
     t0 = time.perf_counter()
-    sentinel = Sentinel(torch.device("cuda", 0) if device == "cuda" else torch.device("cpu"))
-    for _ in range(3):
-        sentinel()  # first calls pay for allocation and kernel selection
+    def before(i: int, again: tuple[int, int] | None) -> None:
+        if not progress:
+            return
+        if again is None:
+            progress(i, len(cases), cases[i].name)
+        else:
+            progress(len(cases), len(cases), f"again, machine was slow ({again[0] + 1}/{again[1]}): {cases[i].name}")
 
-    def measure(case: ValidationCase) -> CaseResult:
-        before = sentinel()
-        r = run_case(case, profile, device, target_s=target_s)
-        return r.model_copy(update={"sentinel_s": max(before, sentinel())})
-
-    results: list[CaseResult] = []
-    for i, case in enumerate(cases):
-        if progress:
-            progress(i, len(cases), case.name)
-        results.append(measure(case))
-    again: set[int] = set()
-    for _ in range(REMEASURE_PASSES):
-        fastest = fastest_sentinel_s(results)
-        slow = [i for i, r in enumerate(results) if r in measured_slow([r], fastest)]
-        if not slow:
-            break
-        for j, i in enumerate(slow):
-            if progress:
-                progress(len(cases), len(cases), f"again, machine was slow ({j + 1}/{len(slow)}): {cases[i].name}")
-            r = measure(cases[i])
-            again.add(i)
-            if better(r, results[i]):
-                results[i] = r
+    dev = torch.device("cuda", 0) if device == "cuda" else torch.device("cpu")
+    results, again = measure_guarded(cases, lambda c: run_case(c, profile, device, target_s=target_s), dev,
+                                     before=before)
     if progress:
         progress(len(cases), len(cases), "")
     fastest = fastest_sentinel_s(results)
