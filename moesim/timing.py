@@ -14,7 +14,8 @@ device with dense peak ``P`` (for the op's dtype) and memory bandwidth ``W``::
 over rows per group ``M`` and inner dimension ``K`` (:class:`moesim.hardware.GemmTable`,
 fitted by ``moesim calibrate``; for grouped and batched kernels one table per
 measured group count, interpolated at the call's groups) when it has one for the op's kind and dtype,
-otherwise its curve over one GEMM's FLOPs ``2 M N K``. Arithmetic in elementwise
+otherwise its curve over one GEMM's FLOPs ``2 M N K`` (for FP8 and FP4 read at
+``2 M N K * P_bf16 / P_dtype``: the curves are BF16's, see :func:`curve_size_scale`). Arithmetic in elementwise
 kernels (the SiLU) runs at the op dtype's peak times the profile's
 ``elementwise_compute_frac``. ``eta_m`` is the memory curve
 over bytes moved: activations are read where the previous kernel left them (the
@@ -65,8 +66,28 @@ def _scalar(x: Any) -> bool:
     return isinstance(x, (int, float))
 
 
+#: formats whose FLOPs-curve efficiency is read at the BF16-equivalent size (:func:`curve_size_scale`)
+SUB_BF16_FORMATS = ("fp8", "fp4")
+
+
+def curve_size_scale(profile: HardwareProfile, dtype: str) -> float:
+    """Factor on a GEMM's FLOPs before it is looked up on the profile's FLOPs curve: ``P_bf16 / P_dtype``
+    for FP8 and FP4, 1 otherwise.
+
+    The curves are BF16 curves. A GEMM of one shape pays the same fixed costs (launch, prologue, the last
+    partial wave) in any format while its FLOPs run ``P_dtype / P_bf16`` times faster, so its efficiency
+    is a function of ``F / P`` and an FP8 GEMM reaches the plateau at twice the FLOPs of a BF16 one: the
+    rule that scales the curves across devices by their peaks (docs/hardware.md), applied across formats.
+    1 where the device has no faster path for the format (its peak falls back to BF16's)."""
+    if dtype not in SUB_BF16_FORMATS:
+        return 1.0
+    acc = profile.accelerator
+    return acc.peak_for("bf16") / acc.peak_for(dtype)
+
+
 def gemm_efficiency(profile: HardwareProfile, kind: str, dtype: str, op: "Op") -> Any:
-    """``eta_f`` of a (grouped) GEMM operation: the shape table, else the curve over one GEMM's FLOPs."""
+    """``eta_f`` of a (grouped) GEMM operation: the shape table, else the curve over one GEMM's FLOPs
+    (read at the BF16-equivalent size, :func:`curve_size_scale`)."""
     eff = profile.efficiency
     g = op.gemm
     if g is not None:
@@ -76,6 +97,9 @@ def gemm_efficiency(profile: HardwareProfile, kind: str, dtype: str, op: "Op") -
         size = g.flops_per_gemm
     else:
         size = op.flops
+    scale = curve_size_scale(profile, dtype)
+    if scale != 1.0:
+        size = size * scale
     curve = eff.matmul_frac if kind in ("matmul", "attention") else eff.grouped
     if _scalar(size):
         return curve(max(float(size), 1e-30))
