@@ -21,7 +21,7 @@ def clear_caches() -> None:
         mods["moesim.comm.routing"].clear_route_cache()
     if "moesim.comm.collectives" in mods:
         mods["moesim.comm.collectives"].clear_plan_cache()
-    for name in ("moesim.comm.placement", "moesim.load.routing", "moesim.load.placement", "moesim.load.traffic",
+    for name in ("moesim.comm.placement", "moesim.load.api", "moesim.load.routing", "moesim.load.placement", "moesim.load.traffic",
                  "moesim.step.bridge", "moesim.step.parallel", "moesim.step.estimate", "moesim.step.memory", "moesim.filecache",
                  "moesim.scenario", "moesim.limits"):
         mod = mods.get(name)

@@ -24,6 +24,7 @@ pure function of a frozen :class:`LoadSpec` and returns a typed
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -316,11 +317,54 @@ class _Draw:
     kept_sum: np.ndarray  #: kept slots per sample [S]
 
 
+class _SampleCache:
+    """Sampled per-expert counts by what determines them, least recently used dropped past ``max_bytes``.
+
+    Steps 1 and 3 read the experts, top-k, tokens, distribution, router (and, for expert choice, its
+    capacity), samples and seed, and nothing of the EP size, placement or replicas: the counts, drawn
+    from their own seeded generator, are the same for every layout of one token count, so a plan
+    or sweep over EP sizes draws them once. The entries are shared: the counts array is read-only.
+    ``cache_clear`` empties it (:func:`moesim.caches.clear_caches` calls it).
+    """
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = max_bytes
+        self.nbytes = 0
+        self.data: OrderedDict = OrderedDict()
+
+    def cache_clear(self) -> None:
+        self.data.clear()
+        self.nbytes = 0
+
+    def get(self, spec: LoadSpec) -> tuple[np.ndarray, np.ndarray, str, np.ndarray]:
+        r = spec.router
+        key = (spec.num_experts, spec.top_k, spec.num_tokens, spec.num_samples, spec.seed,
+               type(spec.distribution).__name__, spec.distribution.model_dump_json(),
+               type(r).__name__, r.model_dump_json(), spec.capacity_tokens if isinstance(r, ExpertChoice) else None)
+        hit = self.data.get(key)
+        if hit is not None:
+            self.data.move_to_end(key)
+            return hit
+        p = expert_probs(spec.distribution, spec.num_experts)
+        frac, count_model = _token_frac(spec, p)
+        counts = _counts(spec, frac, np.random.default_rng(spec.seed))
+        counts.flags.writeable = False
+        hit = (p, frac, count_model, counts)
+        self.data[key] = hit
+        self.nbytes += p.nbytes + frac.nbytes + counts.nbytes
+        while self.nbytes > self.max_bytes and len(self.data) > 1:
+            _, old = self.data.popitem(last=False)
+            self.nbytes -= sum(a.nbytes for a in old if isinstance(a, np.ndarray))
+        return hit
+
+
+_SAMPLES = _SampleCache(64 * 2**20)
+
+
 def _draw(spec: LoadSpec) -> _Draw:
     e, t, R = spec.num_experts, spec.num_tokens, spec.ep_size
     check_layout(e, R, spec.num_redundant_experts)
-    p = expert_probs(spec.distribution, e)
-    frac, count_model = _token_frac(spec, p)
+    p, frac, count_model, counts = _SAMPLES.get(spec)
     w = frac * t  # expected tokens per expert
     placement = place_experts(w, R, spec.placement, spec.num_redundant_experts)
     a = placement.share_matrix()
@@ -331,8 +375,6 @@ def _draw(spec: LoadSpec) -> _Draw:
     ex, rk, sh = ex[order], rk[order], sh[order]
     starts = np.searchsorted(rk, np.arange(R))
 
-    rng = np.random.default_rng(spec.seed)
-    counts = _counts(spec, frac, rng)
     cap = spec.capacity_tokens
     kept = np.minimum(counts, cap) if cap is not None else counts
     loads = np.add.reduceat(kept[:, ex] * sh, starts, axis=1)  # [S, R] = kept @ a

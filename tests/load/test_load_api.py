@@ -267,3 +267,40 @@ def test_straggler_load_equals_the_expert_load_fields_to_the_bit(layout, dist, c
     else:
         assert lean.capacity_slots_per_rank == full.capacity.slots_per_rank
         assert lean.dropped_frac == full.capacity.dropped_frac
+
+
+# --------------------------------------------------------------------------- counts shared across layouts
+
+
+def test_counts_drawn_once_per_token_count_across_ep_sizes(monkeypatch):
+    """The per-expert counts depend on experts, top-k, tokens, distribution, router, samples and seed only:
+    evaluating another EP size or placement of the same token count reuses them, and every result equals the
+    one computed with empty caches."""
+    import moesim.load.api as api
+    from moesim.caches import clear_caches
+
+    specs = [dict(num_experts=64, top_k=6, ep_size=ep, num_tokens=3000, distribution="zipf:1.1", placement=pl)
+             for ep in (1, 8, 32) for pl in ("contiguous", "load_aware")]
+    fresh = []
+    for f in specs:
+        clear_caches()
+        fresh.append(expert_load(**f).model_dump_json())
+    clear_caches()
+    calls = []
+    real = api._counts
+    monkeypatch.setattr(api, "_counts", lambda *a: calls.append(1) or real(*a))
+    shared = [expert_load(**f).model_dump_json() for f in specs]
+    assert shared == fresh
+    assert len(calls) == 1
+    expert_load(**{**specs[0], "num_tokens": 3001})  # another token count draws again
+    expert_load(**{**specs[0], "seed": 1})  # and another seed
+    assert len(calls) == 3
+
+
+def test_shared_counts_are_read_only():
+    import moesim.load.api as api
+
+    spec = api._spec(None, dict(num_experts=16, top_k=2, ep_size=4, num_tokens=500))
+    d = api._draw(spec)
+    with pytest.raises(ValueError):
+        d.counts[0, 0] = 1
