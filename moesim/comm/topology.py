@@ -302,19 +302,23 @@ def _build(spec: NetworkSpec, num_nodes: int) -> Topology:
         )
     num_acc = num_nodes * node_size
 
+    # Links are added in blocks that share kind, capacity, efficiency and latency; most blocks are pairs, each
+    # link followed by its reverse (link i of a pair block pairs with i ^ 1 counted from the block's start).
     names: list[tuple[Any, Any]] = []
-    kinds: list[int] = []
-    caps: list[float] = []
-    effs: list[float] = []
-    lats: list[float] = []
+    attrs: list[tuple[Any, Any, Any, Any, int]] = []  # (kind code, capacity, efficiency, latency, links) per block
+    reverse_parts: list[np.ndarray] = []
 
-    def add(u: Any, v: Any, kind: LinkKind, cap: float, eff: float, lat: float) -> int:
-        names.append((u, v))
-        kinds.append(KIND_CODES[kind])
-        caps.append(cap)
-        effs.append(eff)
-        lats.append(lat)
-        return len(names) - 1
+    def add_pairs(pairs: list[tuple[Any, Any]], kind: Any, cap: Any, eff: Any, lat: Any) -> np.ndarray:
+        """Links ``u -> v`` and ``v -> u`` for each pair, in that order; the index of each ``u -> v``.
+        ``kind`` (a code), ``cap``, ``eff`` and ``lat`` are one value for the block or one per pair."""
+        first = len(names)
+        for u, v in pairs:
+            names.append((u, v))
+            names.append((v, u))
+        count = 2 * len(pairs)
+        attrs.append(tuple(np.repeat(x, 2) if np.ndim(x) else x for x in (kind, cap, eff, lat)) + (count,))
+        reverse_parts.append(first + (np.arange(count, dtype=np.int64) ^ 1))
+        return first + 2 * np.arange(len(pairs), dtype=np.int64)
 
     up_link = np.full(num_acc, -1, dtype=np.int64)
     down_link = np.full(num_acc, -1, dtype=np.int64)
@@ -323,18 +327,21 @@ def _build(spec: NetworkSpec, num_nodes: int) -> Topology:
 
     switch_name = {"nvswitch": "nvswitch", "nvlink_domain": "nvlink_switch", "pcie": "pcie_switch"}.get(spec.scale_up)
     if switch_name is not None and dom > 1:
-        for a in range(num_acc):
-            d = a // dom
-            up_link[a] = add(("gpu", a), (switch_name, d), LinkKind.SCALE_UP, su_bw, su_eff, su_lat / 2)
-            down_link[a] = add((switch_name, d), ("gpu", a), LinkKind.SCALE_UP, su_bw, su_eff, su_lat / 2)
+        up_link[:] = add_pairs([(("gpu", a), (switch_name, a // dom)) for a in range(num_acc)],
+                               KIND_CODES[LinkKind.SCALE_UP], su_bw, su_eff, su_lat / 2)
+        down_link[:] = up_link + 1
     elif spec.scale_up == "infinity_fabric" and dom > 1:
-        per_pair = su_bw / (dom - 1)
+        # one link per ordered pair of GPUs in a domain, in (node, i, j) order
+        ii, jj = np.nonzero((np.arange(node_size)[:, None] // dom == np.arange(node_size)[None, :] // dom)
+                            & ~np.eye(node_size, dtype=bool))
+        first = len(names)
         for node in range(num_nodes):
-            for i in range(node_size):
-                for j in range(node_size):
-                    if i != j and i // dom == j // dom:
-                        a, b = node * node_size + i, node * node_size + j
-                        mesh_link[node, i, j] = add(("gpu", a), ("gpu", b), LinkKind.MESH, per_pair, su_eff, su_lat)
+            base = node * node_size
+            names.extend((("gpu", base + i), ("gpu", base + j)) for i, j in zip(ii.tolist(), jj.tolist()))
+        count = num_nodes * ii.size
+        attrs.append((KIND_CODES[LinkKind.MESH], su_bw / (dom - 1), su_eff, su_lat, count))
+        mesh_link[:, ii, jj] = (first + np.arange(count, dtype=np.int64)).reshape(num_nodes, ii.size)
+        reverse_parts.append(mesh_link[:, jj, ii].ravel())
 
     frac = gpu_nic_fractions(node_size, nics)
     pcie_up = np.full((num_nodes, node_size, nics), -1, dtype=np.int64)
@@ -351,36 +358,41 @@ def _build(spec: NetworkSpec, num_nodes: int) -> Topology:
         groups = -(-num_nodes // layout.nodes_per_leaf_group)
         num_leaves = groups * layout.leaf_slots
         # every leaf slot is used by some NIC of every node, so leaf = group * C + slot
-        for node in range(num_nodes):
-            g = node // layout.nodes_per_leaf_group
-            for k in range(nics):
-                nic_leaf[node, k] = g * layout.leaf_slots + layout.nic_leaf_slot[k]
+        nic_leaf[:] = ((np.arange(num_nodes) // layout.nodes_per_leaf_group)[:, None] * layout.leaf_slots
+                       + np.asarray(layout.nic_leaf_slot[:nics], dtype=np.int64)[None, :])
         bw, lat, eff = spec.nic_bytes_per_s, spec.scale_out_latency_s, spec.scale_out_frac
         gpus_of_nic = [np.nonzero(frac[:, k])[0].tolist() for k in range(nics)]  # the same on every node
-        for node in range(num_nodes):
-            for k in range(nics):
-                nic = ("nic", node, k)
-                for i in gpus_of_nic[k]:
-                    a = node * node_size + i
-                    pcie_up[node, i, k] = add(("gpu", a), nic, LinkKind.PCIE, math.inf, 1.0, 0.0)
-                    pcie_down[node, i, k] = add(nic, ("gpu", a), LinkKind.PCIE, math.inf, 1.0, 0.0)
-                leaf = ("leaf", int(nic_leaf[node, k]))
-                nic_up[node, k] = add(nic, leaf, LinkKind.NIC, bw, eff, lat / 2)
-                nic_down[node, k] = add(leaf, nic, LinkKind.NIC, bw, eff, lat / 2)
+        # per node, for each NIC k: a PCIe pair per GPU of the NIC, then the NIC's pair to its leaf
+        tmpl = [(i, k) for k in range(nics) for i in gpus_of_nic[k] + [-1]]  # i = -1: the NIC -> leaf pair
+        is_nic = np.array([i < 0 for i, _ in tmpl])
+        leaf_of = nic_leaf.tolist()
+        pairs = [((("gpu", node * node_size + i), ("nic", node, k)) if i >= 0 else
+                  (("nic", node, k), ("leaf", leaf_of[node][k]))) for node in range(num_nodes) for i, k in tmpl]
+        tile = np.tile(is_nic, num_nodes)
+        up = add_pairs(pairs, np.where(tile, KIND_CODES[LinkKind.NIC], KIND_CODES[LinkKind.PCIE]),
+                       np.where(tile, bw, math.inf), np.where(tile, eff, 1.0), np.where(tile, lat / 2, 0.0))
+        up = up.reshape(num_nodes, len(tmpl))
+        gi = np.array([i for i, _ in tmpl])
+        gk = np.array([k for _, k in tmpl])
+        pc = ~is_nic
+        pcie_up[:, gi[pc], gk[pc]] = up[:, pc]
+        pcie_down[:, gi[pc], gk[pc]] = up[:, pc] + 1
+        nic_up[:, gk[is_nic]] = up[:, is_nic]
+        nic_down[:, gk[is_nic]] = up[:, is_nic] + 1
         if num_leaves > 1:
             num_spines = layout.leaf_uplinks
             link_bw = layout.leaf_downlinks * bw / (spec.oversubscription_ratio * num_spines)
-            spine_up = np.full((num_leaves, num_spines), -1, dtype=np.int64)
-            spine_down = np.full((num_leaves, num_spines), -1, dtype=np.int64)
-            for leaf in range(num_leaves):
-                for s in range(num_spines):
-                    spine_up[leaf, s] = add(("leaf", leaf), ("spine", s), LinkKind.FABRIC, link_bw, eff, 0.0)
-                    spine_down[leaf, s] = add(("spine", s), ("leaf", leaf), LinkKind.FABRIC, link_bw, eff, 0.0)
+            up = add_pairs([(("leaf", leaf), ("spine", s)) for leaf in range(num_leaves) for s in range(num_spines)],
+                           KIND_CODES[LinkKind.FABRIC], link_bw, eff, 0.0)
+            spine_up = up.reshape(num_leaves, num_spines)
+            spine_down = spine_up + 1
 
-    cap = np.array(caps, dtype=float)
-    eff_arr = np.array(effs, dtype=float)
-    index = {e: i for i, e in enumerate(names)}
-    reverse = np.array([index[(v, u)] for (u, v) in names], dtype=np.int64)
+    def column(j: int, dtype) -> np.ndarray:
+        return np.concatenate([np.broadcast_to(np.asarray(a[j], dtype=dtype), (a[4],)) for a in attrs]) if attrs \
+            else np.zeros(0, dtype=dtype)
+
+    kinds, cap, eff_arr, lats = column(0, np.int8), column(1, float), column(2, float), column(3, float)
+    reverse = np.concatenate(reverse_parts) if reverse_parts else np.zeros(0, dtype=np.int64)
 
     return Topology(
         spec=spec,
@@ -389,12 +401,12 @@ def _build(spec: NetworkSpec, num_nodes: int) -> Topology:
         domain_size=dom,
         nics_per_node=nics,
         edges=names,
-        kind=np.array(kinds, dtype=np.int8),
+        kind=kinds,
         capacity_bytes_per_s=cap,
         efficiency_frac=eff_arr,
         rate_bytes_per_s=cap * eff_arr,
         inv_rate_s_per_byte=np.where(np.isinf(cap), 0.0, 1.0 / np.where(np.isinf(cap), 1.0, cap * eff_arr)),
-        latency_s=np.array(lats, dtype=float),
+        latency_s=lats,
         reverse=reverse,
         up_link=up_link,
         down_link=down_link,
