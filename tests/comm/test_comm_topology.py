@@ -33,6 +33,44 @@ def test_every_link_has_one_edge_per_direction_and_matches_the_arrays() -> None:
         assert d["capacity_bytes_per_s"] == topo.capacity_bytes_per_s[e]
 
 
+@pytest.mark.parametrize("name", ["h100-sxm", "gb200-nvl72", "mi300x", "a100-sxm-80gb", "local-cpu"])
+def test_index_tables_name_their_links_and_every_link_is_in_one_table(name: str) -> None:
+    hw = load_hardware(name)
+    spec = network_spec(hw)
+    nodes = 1 if not spec.nics_per_node else 5
+    topo = build_topology(hw, nodes)
+    seen = np.zeros(topo.num_links, dtype=int)
+    size = topo.node_size
+
+    def check(idx: int, u, v, kind: LinkKind) -> None:  # noqa: ANN001
+        assert topo.edges[idx] == (u, v)
+        assert topo.link_kind(idx) == kind
+        assert topo.reverse[idx] == topo.edges.index((v, u))
+        seen[idx] += 1
+
+    for a in range(topo.num_accelerators):
+        if topo.up_link[a] >= 0:
+            sw = topo.edges[topo.up_link[a]][1]
+            assert sw[1] == a // topo.domain_size
+            check(topo.up_link[a], ("gpu", a), sw, LinkKind.SCALE_UP)
+            check(topo.down_link[a], sw, ("gpu", a), LinkKind.SCALE_UP)
+    for node, i, j in zip(*np.nonzero(topo.mesh_link >= 0)):
+        check(topo.mesh_link[node, i, j], ("gpu", node * size + i), ("gpu", node * size + j), LinkKind.MESH)
+    for node, i, k in zip(*np.nonzero(topo.pcie_up >= 0)):
+        nic = ("nic", int(node), int(k))
+        check(topo.pcie_up[node, i, k], ("gpu", int(node * size + i)), nic, LinkKind.PCIE)
+        check(topo.pcie_down[node, i, k], nic, ("gpu", int(node * size + i)), LinkKind.PCIE)
+    for node, k in zip(*np.nonzero(topo.nic_up >= 0)):
+        nic, leaf = ("nic", int(node), int(k)), ("leaf", int(topo.nic_leaf[node, k]))
+        check(topo.nic_up[node, k], nic, leaf, LinkKind.NIC)
+        check(topo.nic_down[node, k], leaf, nic, LinkKind.NIC)
+    for leaf, s in zip(*np.nonzero(topo.spine_up >= 0)):
+        check(topo.spine_up[leaf, s], ("leaf", int(leaf)), ("spine", int(s)), LinkKind.FABRIC)
+        check(topo.spine_down[leaf, s], ("spine", int(s)), ("leaf", int(leaf)), LinkKind.FABRIC)
+    assert (seen == 1).all()
+    assert np.isinf(topo.capacity_bytes_per_s[topo.kind == list(LinkKind).index(LinkKind.PCIE)]).all()
+
+
 def test_dgx_h100_cluster_of_128_nodes_is_a_rail_optimized_two_level_fat_tree() -> None:
     topo = build_topology(load_hardware("h100-sxm"), 128)
     assert kinds(topo) == {"gpu": 1024, "nvswitch": 128, "nic": 1024, "leaf": 32, "spine": 32}
