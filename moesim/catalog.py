@@ -6,13 +6,14 @@ import os
 from stat import S_ISDIR
 from functools import cached_property, lru_cache
 from pathlib import Path
+from typing import Any
 
 from pydantic import ValidationError
 
 from . import limits as L
 from .data import models_dir
 from .errors import InputError, from_validation_error
-from .filecache import parsed
+from .filecache import parsed, signature
 from .io import decode_text, is_plain_name, name_suffix, parse_toml, read_bytes, stat_if_present
 from .model import ModelSpec
 
@@ -22,10 +23,12 @@ def bundled_models() -> dict[str, Path]:
     return {p.stem: p for p in sorted(models_dir().glob("*.toml"))}
 
 
-def model_from_toml(path: Path | str) -> ModelSpec:
+def model_from_toml(path: Path | str, _sig: Any = None) -> ModelSpec:
     """The model a TOML file describes: parsed and validated once per distinct content of the file
     (:func:`moesim.filecache.parsed`); each call gets its own copy."""
-    return parsed(str(path), read_bytes, _parse_model).model_copy()
+    if _sig is None:
+        return parsed(str(path), read_bytes, _parse_model).model_copy()
+    return parsed(str(path), read_bytes, _parse_model, _sig).model_copy()
 
 
 def _parse_model(where: str, data: bytes) -> ModelSpec:
@@ -60,10 +63,17 @@ def bundled_model_path(name: str) -> Path | None:
 
 
 def _bundled_model_file(name: str) -> str | None:
+    found = _bundled_model(name)
+    return found[0] if found is not None else None
+
+
+def _bundled_model(name: str) -> tuple[str, tuple[int, ...]] | None:
+    """(file, its stat signature) of bundled model ``name``, or None."""
     if not name or name.startswith(".") or any(c in name for c in "/\\\0"):
         return None
     p = os.path.join(_models_dir(), name + ".toml")
-    return p if os.path.exists(p) else None  # False for a name too long for the file system
+    sig = signature(p)  # None for a name too long for the file system, as os.path.exists says False
+    return (p, sig) if sig is not None else None
 
 
 @lru_cache(maxsize=1)
@@ -99,11 +109,11 @@ def load_model(name_or_path: str | Path) -> ModelSpec:
     if suffix == ".toml":
         return model_from_toml(Path(name_or_path))
     key = str(name_or_path).lower()
-    found = _bundled_model_file(key)
+    found = _bundled_model(key)
     if found is None:
         known = bundled_models()
         raise InputError(
             f"unknown model {L.short(str(name_or_path))}; known: {', '.join(known)} (or a path to a .toml or config.json)",
             field="model",
         )
-    return model_from_toml(found)
+    return model_from_toml(*found)

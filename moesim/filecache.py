@@ -41,7 +41,9 @@ class _FileCache:
 _CACHE = _FileCache(MAX_ENTRIES)
 
 
-def _signature(where: str) -> tuple[int, ...] | None:
+def signature(where: str) -> tuple[int, ...] | None:
+    """The stat signature :func:`parsed` compares, or None where the file cannot be stat-ed (``os.path.exists``
+    would say False): a caller that checks a file's existence this way passes it on to :func:`parsed`."""
     try:
         st = os.stat(where)
     except (OSError, ValueError):
@@ -49,15 +51,21 @@ def _signature(where: str) -> tuple[int, ...] | None:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_mode)
 
 
-def parsed(where: str, read: Callable[[str], bytes], parse: Callable[[str, bytes], Any]) -> Any:
+_STAT = object()  # parsed(): stat the file itself
+
+
+def parsed(where: str, read: Callable[[str], bytes], parse: Callable[[str, bytes], Any], sig: Any = _STAT) -> Any:
     """``parse(where, read(where))``, computed once per distinct content of the file ``where`` (see module docstring).
+
+    ``sig`` is the file's :func:`signature` when the caller has just taken it (one stat instead of two).
 
     ``read`` is the checked reader (:func:`moesim.io.read_bytes`): it runs, and raises, whenever the bytes are
     needed. The value is shared between calls: it must be immutable (frozen specs) or copied by the caller.
     """
     key = (parse, where)
     entry = _CACHE.data.get(key)
-    sig = _signature(where)
+    if sig is _STAT:
+        sig = signature(where)
     if entry is not None and sig is not None and sig == entry[0] and sig[4] < entry[1] - int(RACY_S * 1e9):
         _CACHE.data.move_to_end(key)
         return entry[3]
@@ -67,7 +75,7 @@ def parsed(where: str, read: Callable[[str], bytes], parse: Callable[[str, bytes
         value = entry[3]
     else:
         value = parse(where, data)
-    after = _signature(where)
+    after = signature(where)
     if after is not None and after == sig:  # unchanged while it was read: the signature describes these bytes
         _CACHE.data[key] = (sig, now, data, value)
         _CACHE.data.move_to_end(key)

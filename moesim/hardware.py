@@ -519,12 +519,21 @@ def bundled_profile_path(name: str) -> Path | None:
 
 
 def _bundled_profile_file(name: str) -> str | None:
+    found = _bundled_profile(name)
+    return found[0] if found is not None else None
+
+
+def _bundled_profile(name: str) -> tuple[str, tuple[int, ...]] | None:
+    """(file, its stat signature) of shipped profile ``name``, or None."""
+    from .filecache import signature
+
     if not name or name.startswith(".") or any(c in name for c in "/\\\0"):
         return None
     root = _hardware_dir()
     for p in (os.path.join(root, name + ".toml"), os.path.join(root, "calibrated", name + ".json")):
-        if os.path.exists(p):  # False for a name too long for the file system
-            return p
+        sig = signature(p)  # None for a name too long for the file system, as os.path.exists says False
+        if sig is not None:
+            return p, sig
     return None
 
 
@@ -533,13 +542,15 @@ def _hardware_dir() -> str:
     return str(hardware_dir())
 
 
-def read_profile_file(path: Path | str) -> HardwareProfile:
+def read_profile_file(path: Path | str, _sig: Any = None) -> HardwareProfile:
     """The profile a TOML or JSON file describes: parsed, converted and validated once per distinct content of
     the file (:func:`moesim.filecache.parsed`); each call gets its own copy."""
     from .filecache import parsed
     from .io import read_bytes
 
-    return parsed(str(path), read_bytes, _parse_profile_file).model_copy()
+    if _sig is None:
+        return parsed(str(path), read_bytes, _parse_profile_file).model_copy()
+    return parsed(str(path), read_bytes, _parse_profile_file, _sig).model_copy()
 
 
 def _parse_profile_file(where: str, data: bytes) -> HardwareProfile:
@@ -576,11 +587,11 @@ def load_hardware(name_or_path: str | Path) -> HardwareProfile:
             raise InputError("file not found", source=str(p))
         return read_profile_file(p)
     key = str(name_or_path).lower()
-    found = _bundled_profile_file(key)
+    found = _bundled_profile(key)
     if found is None:
         known = bundled_hardware()
         raise InputError(
             f"unknown hardware profile {L.short(str(name_or_path))}; known: {', '.join(known)} (or a path to a .toml/.json file)",
             field="hardware",
         )
-    return read_profile_file(found)
+    return read_profile_file(*found)

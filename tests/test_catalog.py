@@ -100,3 +100,38 @@ def test_bundled_scenario_names_are_found_without_listing_the_folder_and_unknown
         load_scenario("no-such-scenario")
     with pytest.raises(InputError, match="unknown scenario"):
         load_scenario("../scenarios/mixtral-8x7b-serve-h100")
+
+
+def test_bundled_names_read_their_file_again_when_it_changes_or_goes(tmp_path, monkeypatch):
+    """A bundled model or profile looked up by name is the file's current content: the existence check's stat
+    is the one the parse cache compares, so an edit is seen and a removed file is unknown again."""
+    import shutil
+
+    import moesim.catalog as catalog
+    import moesim.hardware as hardware
+    from moesim.catalog import load_model
+    from moesim.hardware import load_hardware
+
+    repo = Path(__file__).resolve().parents[1]
+    models, profiles = tmp_path / "models", tmp_path / "profiles"
+    models.mkdir()
+    profiles.mkdir()
+    shutil.copy(repo / "scenarios" / "models" / "mixtral-8x7b.toml", models)
+    shutil.copy(repo / "hardware_profiles" / "h100-sxm.toml", profiles)
+    monkeypatch.setattr(catalog, "_models_dir", lambda: str(models))
+    monkeypatch.setattr(hardware, "_hardware_dir", lambda: str(profiles))
+    monkeypatch.chdir(tmp_path)
+
+    assert load_model("mixtral-8x7b").num_layers == 32
+    assert load_hardware("h100-sxm").accelerator.memory_bytes == 80e9
+    m, h = models / "mixtral-8x7b.toml", profiles / "h100-sxm.toml"
+    m.write_text(m.read_text().replace("num_layers = 32", "num_layers = 16"))
+    h.write_text(h.read_text().replace('value = "80 GB"', 'value = "96 GB"'))
+    assert load_model("mixtral-8x7b").num_layers == 16
+    assert load_hardware("h100-sxm").accelerator.memory_bytes == 96e9
+    m.unlink()
+    h.unlink()
+    with pytest.raises(InputError, match="unknown model"):
+        load_model("mixtral-8x7b")
+    with pytest.raises(InputError, match="unknown hardware profile"):
+        load_hardware("h100-sxm")
