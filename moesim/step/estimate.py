@@ -552,20 +552,21 @@ def _where(cond, a, b):
     return np.where(cond, a, b) if _vec(cond) else (a if cond else b)
 
 
-def _per_layout(par: Parallel, fn):
-    """``fn(par)`` for one layout, or an array of ``fn`` over the layouts of a vector :class:`Parallel`
-    (``num_gpus``, ``dp``, ``edp`` and ``zero_stage`` arrays, see :func:`train_curve`). ``fn`` may read the
-    data-parallel sizes and the fixed fields; each layout's view has no GPU count or ZeRO stage (``None``), so
-    ``fn`` is evaluated once per distinct (DP, EDP)."""
+def _per_layout(par: Parallel, fn, arg=None):
+    """``fn(par, arg)`` for one layout, or an array of ``fn`` over the layouts of a vector :class:`Parallel`
+    (``num_gpus``, ``dp``, ``edp`` and ``zero_stage`` arrays, see :func:`train_curve`), ``arg`` a scalar or one
+    value per layout. ``fn`` may read the data-parallel sizes and the fixed fields; each layout's view has no GPU
+    count or ZeRO stage (``None``), so ``fn`` is evaluated once per distinct (DP, EDP, ``arg``)."""
     if not _vec(par.dp):
-        return fn(par)
-    memo: dict[tuple[int, int], float] = {}
+        return fn(par, arg)
+    memo: dict[tuple, float] = {}
     out = []
-    for d, e in zip(par.dp.tolist(), par.edp.tolist()):
-        v = memo.get((d, e))
+    args = arg.tolist() if _vec(arg) else [arg] * len(par.dp)
+    for d, e, a in zip(par.dp.tolist(), par.edp.tolist(), args):
+        v = memo.get((d, e, a))
         if v is None:
-            v = memo[(d, e)] = fn(Parallel(None, par.tp, par.pp, d, par.ep, par.etp, e, None,  # type: ignore[arg-type]
-                                           par.sequence_parallel, par.gpus_per_node))
+            v = memo[(d, e, a)] = fn(Parallel(None, par.tp, par.pp, d, par.ep, par.etp, e, None,  # type: ignore[arg-type]
+                                              par.sequence_parallel, par.gpus_per_node), a)
         out.append(v)
     return np.array(out, dtype=float)
 
@@ -591,32 +592,44 @@ class _TrainStep:
     memory: dict[str, np.ndarray]  #: bytes by category and stage (:func:`train_memory_table`)
 
 
+def _train_stages(sc: Scenario, model: ModelSpec, par: Parallel, fwd: Pass, bwd: Pass) -> list[list[int]]:
+    """Layers of each pipeline stage: the contiguous split that balances the stages' forward + backward time
+    (the first stage carries the embedding, the last the LM head and the MTP modules)."""
+    mtp = model.mtp.num_modules
+    recompute = 1.0 if sc.workload.recompute == "full" else 0.0  # type: ignore[union-attr]
+    moe_cost = fwd.moe_s * (1 + recompute) + bwd.moe_s
+    dense_cost = fwd.dense_s * (1 + recompute) + bwd.dense_s
+    per_layer = [moe_cost if is_moe else dense_cost for is_moe in _moe_mask(model)]
+    return par.balanced_stages(per_layer, first_extra=fwd.embedding_s + bwd.embedding_s,
+                               last_extra=(fwd.lm_head_s + bwd.lm_head_s) * (1 + mtp)
+                               + mtp * ((fwd.moe_s) * (1 + recompute) + bwd.moe_s))
+
+
 def _train_step(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Parallel, fwd: Pass, bwd: Pass,
-                p99: bool) -> _TrainStep:
+                p99: bool, *, stages: list[list[int]] | None = None, micro_batch_size=None) -> _TrainStep:
     """A training step from its forward and backward layer passes: stages, 1F1B pipeline, gradient reduction,
     optimizer, throughput, MFU and memory per stage (see the module docstring).
 
-    ``par`` is one layout, or (:func:`train_curve`) several that share TP, PP, EP, ETP and the micro-batch size
-    (so the layer passes and the stage split) with ``num_gpus``, ``dp``, ``edp`` and ``zero_stage`` as arrays:
-    the same arithmetic then runs elementwise, one value per layout.
+    ``par`` is one layout, or (:func:`train_curve`) several that share TP, PP, EP, ETP and the stage split
+    with ``num_gpus``, ``dp``, ``edp`` and ``zero_stage`` as arrays: the same arithmetic then runs
+    elementwise, one value per layout. Layouts of different micro-batch sizes share one call when their
+    stage splits agree: ``micro_batch_size`` then holds one value per layout (the scenario's when None), the
+    passes' times one value per layout, and ``stages`` the split (:func:`_train_stages` when None).
     """
     w: TrainWorkload = sc.workload  # type: ignore[assignment]
-    n = w.micro_batch_size * w.seq_len
+    mbs = w.micro_batch_size if micro_batch_size is None else micro_batch_size
+    n = mbs * w.seq_len
     keys = (w.seq_len + 1) / 2
     dt = w.compute_dtype
     mtp = model.mtp.num_modules
     recompute = 1.0 if w.recompute == "full" else 0.0
-    moe_cost = fwd.moe_s * (1 + recompute) + bwd.moe_s
-    dense_cost = fwd.dense_s * (1 + recompute) + bwd.dense_s
-    per_layer = [moe_cost if is_moe else dense_cost for is_moe in _moe_mask(model)]
-    stages = par.balanced_stages(per_layer, first_extra=fwd.embedding_s + bwd.embedding_s,
-                                 last_extra=(fwd.lm_head_s + bwd.lm_head_s) * (1 + mtp)
-                                 + mtp * ((fwd.moe_s) * (1 + recompute) + bwd.moe_s))
+    if stages is None:
+        stages = _train_stages(sc, model, par, fwd, bwd)
     skey = _stages_key(stages)
     counts = _stage_layers(model, par, stages, skey)
-    m = w.global_batch_size // (par.dp * w.micro_batch_size)
+    m = w.global_batch_size // (par.dp * mbs)
     p2p_bytes = 2.0 * n * model.hidden_size / (par.tp if par.sequence_parallel else 1)
-    p2p = _per_layout(par, lambda p: bridge.p2p_time_s(hw, p, p2p_bytes)) if par.pp > 1 else 0.0
+    p2p = _per_layout(par, lambda p, b: bridge.p2p_time_s(hw, p, b), p2p_bytes) if par.pp > 1 else 0.0
 
     def stage_times(p99: bool) -> list:
         out, seen = [], {}
@@ -665,8 +678,8 @@ def _train_step(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Parall
                            sc.routing.redundant_experts)
     big = max(range(len(sp)), key=lambda i: sp[i].dense + sp[i].expert)
     grad_bytes = 4.0 if w.master_weights_fp32 else 2.0
-    t_grad = _per_layout(par, lambda p: bridge.grad_sync_time_s(hw, p, sp[big].dense * grad_bytes,
-                                                                 sp[big].expert * grad_bytes))
+    t_grad = _per_layout(par, lambda p, _: bridge.grad_sync_time_s(hw, p, sp[big].dense * grad_bytes,
+                                                                    sp[big].expert * grad_bytes))
     exposed_grad = _max2(0.0, t_grad - bwd_time(big)) if sc.schedule.overlap_grad_reduce else t_grad
     shard_d = _where(par.zero_stage >= 1, par.dp, 1)
     shard_e = _where(par.zero_stage >= 1, par.edp, 1)
@@ -684,7 +697,13 @@ def _train_step(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Parall
     model_flops = 3.0 * ff.total_flops
     mfu = tps * model_flops / (par.num_gpus * hw.accelerator.peak_for(dt))
     mfu_bf16 = tps * model_flops / (par.num_gpus * hw.accelerator.peak_for("bf16"))
-    copies = bridge.max_rank_copies(sc.routing, model, par, par.moe_tokens(n)) if model.num_moe_layers else 0.0
+    if not model.num_moe_layers:
+        copies = 0.0
+    elif _vec(n):
+        by_n = {x: bridge.max_rank_copies(sc.routing, model, par, par.moe_tokens(x)) for x in set(n.tolist())}
+        copies = np.array([by_n[x] for x in n.tolist()])
+    else:
+        copies = bridge.max_rank_copies(sc.routing, model, par, par.moe_tokens(n))
     mem = train_memory_table(sc, model, hw, par, copies, n, m, sp, stages, skey)
     return _TrainStep(stages, counts, m, recompute, pipe_mean, pipe_p99, exposed_grad, t_opt, step, step_p99, tps,
                       mfu, mfu_bf16, model_flops, mem)
@@ -807,6 +826,7 @@ def train_memory_table(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par:
         m = m[None, :]
     else:
         col = (slice(None),)
+    per_layout_n = _vec(n)  # micro-batch sizes differ between the layouts: activations are [stages, layouts] already
     dense = np.array([p.dense for p in sp], dtype=float)[col]
     expert = np.array([p.expert for p in sp], dtype=float)[col]
     state = param_state_bytes(StageParams(dense=dense, expert=expert), par, master_weights_fp32=w.master_weights_fp32)
@@ -815,10 +835,11 @@ def train_memory_table(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par:
         both = param_state_bytes(paired, par, master_weights_fp32=w.master_weights_fp32)
         state = {"weights": both["weights"], "gradients": both["gradients"], "optimizer": state["optimizer"]}
     in_flight = _in_flight_microbatches(sc, par.pp, np.arange(num)[col], m)
-    acts = np.array(per_microbatch_bytes, dtype=float)[col] * in_flight
-    logits = np.zeros(num)
+    per_microbatch = np.array(per_microbatch_bytes, dtype=float)
+    acts = (per_microbatch if per_layout_n else per_microbatch[col]) * in_flight
+    logits = np.zeros((num,) + np.shape(n))
     logits[-1] = 4.0 * n * model.vocab_size / par.tp  # fp32 logits, last stage
-    acts = acts + logits[col]
+    acts = acts + (logits if per_layout_n else logits[col])
     buffers = 0.0
     if model.moe is not None:
         bpc = dispatch_bytes_per_copy(model, sc.routing.dispatch_dtype)
@@ -1158,6 +1179,15 @@ def _pass_at(p: Pass, j: int) -> Pass:
                 at(p.lm_head_s))
 
 
+def _pass_take(p: Pass, at: np.ndarray) -> Pass:
+    """A pass timed for several token counts at once, taken at token count ``at[i]`` for layout ``i`` (scalars
+    stay as they are)."""
+    def take(x):
+        return x[at] if _vec(x) else x
+    return Pass(take(p.moe_s), take(p.moe_p99_s), take(p.dense_s), {}, {}, {}, [], None, take(p.embedding_s),
+                take(p.lm_head_s))
+
+
 TRAIN_CURVE_FIELDS = ("valid", "step_s", "tokens_per_s", "memory_per_gpu_bytes", "fits", "mfu_frac", "dp", "edp")
 
 
@@ -1217,25 +1247,35 @@ def train_curve(sc: Scenario, model: ModelSpec, hw: HardwareProfile, candidates)
         except InputError:  # the layer cannot run (e.g. a node limit the EP group cannot meet)
             out["valid"][[i for idx in members.values() for i in idx]] = False
             continue
+        # layouts of one PP and virtual-stage count whose micro-batch sizes give the same stage split share one
+        # step composition, the passes' times taken per layout
+        splits: dict[tuple, list[tuple[int, list[int]]]] = {}
         for (pp, mbs, vs), group in members.items():
             j = mbs_values.index(mbs)
-            sc_mbs = sc.model_copy(update={"workload": w.model_copy(update={"micro_batch_size": mbs}),
-                                           "layout": sc.layout.model_copy(update={"virtual_stages": vs})})
-            fwd, bwd = _pass_at(fwd_all, j), _pass_at(bwd_all, j)
+            par_pp = Parallel(1, tp, pp, 1, ep, etp, 1, 0, seq_par, gpn)
+            skey = _stages_key(_train_stages(sc, model, par_pp, _pass_at(fwd_all, j), _pass_at(bwd_all, j)))
+            splits.setdefault((pp, vs, skey), []).append((j, group))
+        for (pp, vs, skey), parts in splits.items():
+            sc_vs = sc.model_copy(update={"layout": sc.layout.model_copy(update={"virtual_stages": vs})})
+            stages = [list(r) for r in skey]
+            order = [i for _, group in parts for i in group]
+            which = np.array([j for j, group in parts for _ in group])
 
-            def step(idx: list[int]) -> tuple[Parallel, _TrainStep]:
+            def step(idx: list[int], at: np.ndarray) -> tuple[Parallel, _TrainStep]:
                 par = Parallel(np.array([cands[i][0] for i in idx]), tp, pp, np.array([dps[i] for i in idx]), ep,
                                etp, np.array([edps[i] for i in idx]),
                                np.array([cands[i][1].zero_stage for i in idx]), seq_par, gpn)
-                return par, _train_step(sc_mbs, model, hw, par, fwd, bwd, p99=False)
+                return par, _train_step(sc_vs, model, hw, par, _pass_take(fwd_all, at), _pass_take(bwd_all, at),
+                                        p99=False, stages=stages,
+                                        micro_batch_size=np.array([cands[i][2] for i in idx]))
 
             try:
-                runs = [(group, *step(group))]
+                runs = [(order, *step(order, which))]
             except InputError:  # some layout of the group cannot run (a cluster the fabric cannot hold): one by one
                 runs = []
-                for i in group:
+                for i, j in zip(order, which.tolist()):
                     try:
-                        runs.append(([i], *step([i])))
+                        runs.append(([i], *step([i], np.array([j]))))
                     except InputError:
                         out["valid"][i] = False
             for idx, par, st in runs:

@@ -60,3 +60,27 @@ def test_one_candidate_is_the_same_as_many() -> None:
         one = train_curve(sc, model, hw, [cands[i]])
         for field, values in one.items():
             assert values[0] == many[field][i] or (values[0] != values[0] and many[field][i] != many[field][i])
+
+
+@pytest.mark.parametrize("overrides,virtual_stages", [(["schedule.pipeline=dualpipe", "workload.recompute=full"], 1),
+                                                      ([], 2)])
+def test_micro_batch_sizes_sharing_a_step_composition_equal_the_scalar_estimate(overrides, virtual_stages) -> None:
+    """Layouts of different micro-batch sizes with the same stage split are composed in one call (the passes'
+    times taken per layout): every valid candidate of a small space equals its scalar estimate."""
+    sc = load_scenario("mixtral-8x22b-train-h100", overrides)
+    model, hw = sc.resolve_model(), sc.resolve_hardware()
+    cands = [(g, lay.model_copy(update={"virtual_stages": virtual_stages}), mbs)
+             for g, lay, mbs in _candidates(model, hw, 32) if lay.pp > 1]
+    cur = train_curve(sc, model, hw, cands)
+    checked = set()
+    for i, (g, lay, mbs) in enumerate(cands):
+        if not cur["valid"][i]:
+            continue
+        w = sc.workload
+        cand = sc.model_copy(update={"num_gpus": g, "layout": lay,
+                                     "workload": w.model_copy(update={"micro_batch_size": mbs})})
+        est = estimate_resolved(cand, model, hw)
+        for field in ("step_s", "tokens_per_s", "memory_per_gpu_bytes", "mfu_frac"):
+            assert cur[field][i] == pytest.approx(getattr(est, field), rel=1e-9), (field, cands[i])
+        checked.add(mbs)
+    assert checked == {1, 2, 4}
