@@ -30,6 +30,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any, Callable, Literal
 
 import numpy as np
@@ -40,6 +41,7 @@ from ..hardware import HardwareProfile, bundled_hardware, load_hardware
 from ..model import ModelSpec
 from ..scenario import Layout, Scenario, ServeWorkload, TrainWorkload, load_scenario
 from ..step.estimate import check_layout, price_usd_per_gpu_hour, serve_curve, train_curve
+from ..step.memo import by_model
 from ..step.memory import StageParams, param_state_bytes, stage_params
 from ..step.parallel import Parallel
 from ..step.result import built
@@ -112,8 +114,9 @@ def cluster_sizes(hw: HardwareProfile, max_gpus: int) -> list[int]:
     return sorted(sizes)
 
 
-def _divisors(n: int) -> list[int]:
-    return [d for d in range(1, n + 1) if n % d == 0]
+@lru_cache(maxsize=256)
+def _divisors(n: int) -> tuple[int, ...]:
+    return tuple(d for d in range(1, n + 1) if n % d == 0)
 
 
 def layouts(model: ModelSpec, hw: HardwareProfile, num_gpus: int, training: bool) -> list[Layout]:
@@ -151,19 +154,24 @@ def _weights_fit(model: ModelSpec, hw: HardwareProfile, lay: Layout, num_gpus: i
     of an average pipeline stage, which no stage of the balanced split holds fewer of; activations, buffers
     and KV cache only add, so a candidate rejected here cannot fit.
     """
-    dp = num_gpus // (lay.tp * lay.pp)
-    edp = max(1, dp * lay.tp // (lay.ep * lay.etp))
-    par = Parallel(num_gpus, lay.tp, lay.pp, dp, lay.ep, lay.etp, edp, lay.zero_stage, lay.sequence_parallel,
-                   hw.node.accelerators_per_node)
-    whole = stage_params(model, Parallel(num_gpus, lay.tp, 1, dp, lay.ep, lay.etp, edp, lay.zero_stage,
-                                         lay.sequence_parallel, hw.node.accelerators_per_node),
-                         list(range(model.num_layers)), True, True)
+    whole = _whole_model(model, lay.tp, lay.ep, lay.etp)
     avg = StageParams(dense=whole.dense / lay.pp, expert=whole.expert / lay.pp)
     if training:
+        dp = num_gpus // (lay.tp * lay.pp)
+        edp = max(1, dp * lay.tp // (lay.ep * lay.etp))
+        par = Parallel(num_gpus, lay.tp, lay.pp, dp, lay.ep, lay.etp, edp, lay.zero_stage, lay.sequence_parallel,
+                       hw.node.accelerators_per_node)
         per_gpu_bytes = sum(param_state_bytes(avg, par, master_weights_fp32=master_weights_fp32).values())
     else:
         per_gpu_bytes = (avg.dense + avg.expert) * weight_bytes
     return per_gpu_bytes <= hw.accelerator.memory_bytes
+
+
+@by_model(1024)
+def _whole_model(model: ModelSpec, tp: int, ep: int, etp: int) -> StageParams:
+    """Parameters one GPU holds of the whole model as one stage (:func:`moesim.step.memory.stage_params`)."""
+    par = Parallel(None, tp, 1, None, ep, etp, None, None, None, None)  # type: ignore[arg-type]
+    return stage_params(model, par, list(range(model.num_layers)), True, True)
 
 
 # ----------------------------------------------------------------------------- search
