@@ -124,19 +124,26 @@ def _balanced(costs: tuple[float, ...], pp: int, first_extra: float, last_extra:
     for c in costs:
         prefix.append(prefix[-1] + c)
 
+    # per stage: the extra cost it carries and the last end index that leaves one layer for each later stage
+    extras = [(first_extra if s == 0 else 0.0) + (last_extra if s == pp - 1 else 0.0) for s in range(pp)]
+    his = [L - (pp - s - 1) + 1 for s in range(pp)]
+    bisect_right = bisect.bisect_right
+
     def split(budget: float) -> list[int] | None:
         """Stage end indices of a greedy fill under ``budget``, or None if it cannot fit."""
         ends, i = [], 0
-        for s in range(pp):
-            extra = (first_extra if s == 0 else 0.0) + (last_extra if s == pp - 1 else 0.0)
-            hi = L - (pp - s - 1)  # leave one layer for each later stage
-            j = bisect.bisect_right(prefix, prefix[i] + budget - extra, i + 1, hi + 1) - 1
-            if s == pp - 1:
-                j = L
-            if j <= i or prefix[j] - prefix[i] + extra > budget * (1 + 1e-12):
+        limit = budget * (1 + 1e-12)
+        for s in range(pp - 1):
+            extra = extras[s]
+            j = bisect_right(prefix, prefix[i] + budget - extra, i + 1, his[s]) - 1
+            if j <= i or prefix[j] - prefix[i] + extra > limit:
                 return None
             ends.append(j)
             i = j
+        # the last stage takes every remaining layer
+        if L <= i or prefix[L] - prefix[i] + extras[-1] > limit:
+            return None
+        ends.append(L)
         return ends
 
     total = prefix[-1] + first_extra + last_extra
