@@ -36,8 +36,10 @@ GEMMs: a group of ``n_e`` rows against a ``[K_in, N]`` weight costs
 ``2 n_e K_in N`` FLOPs and moves ``(n_e K_in + n_e N) b`` activation bytes and
 ``K_in N w`` weight bytes. Efficiency is read at the GEMM's own shape (rows per
 group ``M``, inner ``K_in``; see :mod:`moesim.timing`), never at the sum of
-several GEMMs: a backward pass (dgrad + wgrad) is two forward-sized GEMMs
-(:meth:`Op.scaled` keeps the shape).
+several GEMMs. The backward of a GEMM is two GEMMs at their own shapes
+(:func:`backward_ops`): dgrad ``dX[M, K_in] = dY[M, N] W^T`` (inner ``N``) and
+wgrad ``dW[K_in, N] += X^T dY`` (``K_in`` rows, inner ``M``), which accumulates
+into the fp32 (or bf16) main gradient: ``2 K_in N g`` bytes read and written.
 
 Left out: dropout, bias adds fused into GEMMs, the exact fusion of one
 framework beyond the two plans, and the sort of token indices in the fused
@@ -139,15 +141,62 @@ class Op:
         d["num_kernels"] = self.backward_kernels if self.backward_kernels is not None else self.num_kernels
         return new
 
+    def replaced(self, **fields: Any) -> "Op":
+        """The same operation with ``fields`` changed (dataclasses.replace without re-running __init__)."""
+        new = object.__new__(type(self))
+        new.__dict__.update(self.__dict__)
+        new.__dict__.update(fields)
+        return new
+
     def scaled(self, factor: float) -> "Op":
-        """The same operation with ``factor`` times the work at the same GEMM shape (backward passes:
-        dgrad and wgrad are each a forward-sized GEMM)."""
+        """The same operation with ``factor`` times the work at the same GEMM shape."""
         new = object.__new__(type(self))  # dataclasses.replace, without re-running __init__ (a search's hot path)
         d = new.__dict__
         d.update(self.__dict__)
         d["flops"], d["bytes_moved"], d["weight_bytes"] = (self.flops * factor, self.bytes_moved * factor,
                                                             self.weight_bytes * factor)
         return new
+
+
+#: compute kinds of a GEMM whose backward is a dgrad and a wgrad GEMM (:func:`backward_ops`)
+GEMM_KINDS = frozenset({"matmul", "grouped_matmul", "batched_matmul"})
+
+
+def backward_ops(op: Op, grad_bytes: float) -> tuple[Op, ...]:
+    """The operations of ``op``'s backward pass.
+
+    A GEMM ``Y[M, N] = X[M, K] W[K, N]`` (``groups`` of them) becomes its two gradient GEMMs, each with the
+    forward's FLOPs at its own shape:
+
+    * dgrad ``dX = dY W^T``: ``M`` rows, inner ``N``; reads ``dY`` and ``W``, writes ``dX`` (the forward's
+      activation and weight bytes);
+    * wgrad ``dW = X^T dY``: ``K`` rows, inner ``M``; reads ``X`` and ``dY`` (the forward's activation bytes)
+      and accumulates into the main gradient, read and written at ``grad_bytes`` per element
+      (``2 K N groups grad_bytes``): Megatron-LM accumulates bf16 training's gradients in fp32
+      (``accumulate_allreduce_grads_in_fp32``) and Transformer Engine's wgrad GEMM adds into that buffer in its
+      epilogue (``fuse_wgrad_accumulation``). A GEMM of two activations (no weight) writes the second input's
+      gradient instead, at the activation bytes.
+
+    Every other operation is :meth:`Op.backward` with dgrad + wgrad's factor 2 (or its own backward).
+    """
+    g = op.gemm
+    if (g is None or op.compute_kind not in GEMM_KINDS or op.backward_bytes_moved is not None
+            or op.backward_factor is not None):
+        return (op.backward(2.0),)
+    dgrad = op.replaced(is_backward=True, gemm=GemmShape(m=g.m, n=g.k, k=g.n, groups=g.groups,
+                                                         call_groups=g.call_groups))
+    wgrad_weight_bytes = 2.0 * g.k * g.n * g.groups * grad_bytes if _positive(op.weight_bytes) else 0.0
+    wgrad = op.replaced(is_backward=True, weight_bytes=wgrad_weight_bytes,
+                        gemm=GemmShape(m=g.k, n=g.n, k=g.m, groups=g.groups, call_groups=g.call_groups))
+    return dgrad, wgrad
+
+
+def _positive(x: Any) -> bool:
+    if isinstance(x, (int, float)):
+        return x > 0
+    import numpy as np
+
+    return bool(np.any(np.asarray(x) > 0))
 
 
 # --------------------------------------------------------------------------- loads

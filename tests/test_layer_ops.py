@@ -9,7 +9,7 @@ from moesim.calib.layer_model import layer_ops, predict_layer
 from moesim.calib.layer_spec import MoELayerSpec
 from moesim.catalog import load_model
 from moesim.hardware import load_hardware
-from moesim.layer import MoEShape, RowsPerExpert, moe_ffn_ops
+from moesim.layer import GemmShape, MoEShape, Op, RowsPerExpert, backward_ops, moe_ffn_ops
 from moesim.ops import OpKind
 from moesim.step.ops import ExpertRankLoad, moe_ops
 from moesim.step.parallel import Parallel
@@ -61,15 +61,50 @@ def test_scalar_and_vector_times_come_from_one_roofline():
                                                                                        rel=1e-12)
 
 
-def test_backward_gemms_read_the_efficiency_of_their_forward_shape():
-    h100 = load_hardware("h100-sxm")
+def _expert_up(rows_per_expert: float):
     model = load_model("mixtral-8x7b")
-    ops = moe_ops(model, _single_gpu(), 64.0, ExpertRankLoad(copies=128.0, experts_touched=8.0, local_experts=8.0),
+    ops = moe_ops(model, _single_gpu(), rows_per_expert, ExpertRankLoad(copies=8.0 * rows_per_expert,
+                                                                        experts_touched=8.0, local_experts=8.0),
                   bytes_per_copy=8192.0)
-    up = next(o for o in ops if o.name == "experts_up")
-    fwd, bwd = time_op(h100, up, "bf16"), time_op(h100, up.scaled(2.0), "bf16")
-    # twice the work at the same efficiency: exactly twice the compute term
-    assert bwd.compute_s == pytest.approx(2.0 * fwd.compute_s)
+    return next(o for o in ops if o.name == "experts_up")
+
+
+def test_a_gemm_backward_is_a_dgrad_and_a_wgrad_at_their_own_shapes():
+    up = _expert_up(512.0)
+    g = up.gemm
+    dgrad, wgrad = backward_ops(up, grad_bytes=4.0)
+    assert (dgrad.gemm.m, dgrad.gemm.n, dgrad.gemm.k) == (g.m, g.k, g.n)  # dX = dY W^T: inner N
+    assert (wgrad.gemm.m, wgrad.gemm.n, wgrad.gemm.k) == (g.k, g.n, g.m)  # dW = X^T dY: inner M
+    assert dgrad.gemm.groups == wgrad.gemm.groups == g.groups
+    assert dgrad.flops == wgrad.flops == up.flops
+    assert dgrad.bytes_moved == wgrad.bytes_moved == up.bytes_moved
+    assert dgrad.weight_bytes == up.weight_bytes  # reads W
+    # accumulates into the fp32 main gradient: read and write 4 bytes per weight element
+    assert wgrad.weight_bytes == 2.0 * 4.0 * g.k * g.n * g.groups
+    assert backward_ops(up, grad_bytes=2.0)[1].weight_bytes == 2.0 * 2.0 * g.k * g.n * g.groups
+    assert dgrad.is_backward and wgrad.is_backward and not up.is_backward
+
+
+def test_a_wgrad_of_few_rows_is_bound_by_the_gradient_buffer_while_its_dgrad_computes():
+    h100 = load_hardware("h100-sxm")
+    up = _expert_up(512.0)  # about 512 FLOP per weight byte forward, 128 per gradient-buffer byte in the wgrad
+    fwd = time_op(h100, up, "bf16")
+    dgrad, wgrad = (time_op(h100, x, "bf16") for x in backward_ops(up, grad_bytes=4.0))
+    assert fwd.bound == dgrad.bound == "compute"
+    assert wgrad.bound == "memory"
+    # the curve profile reads the efficiency at the FLOPs per GEMM, the same for all three
+    assert dgrad.compute_s == pytest.approx(fwd.compute_s, rel=1e-12)
+    assert wgrad.compute_s == pytest.approx(fwd.compute_s, rel=1e-12)
+    assert wgrad.time_s > dgrad.time_s
+
+
+def test_operations_other_than_weight_gemms_keep_their_own_backward():
+    norm = Op(OpKind.ATTENTION, "norm", bytes_moved=1e6, compute_kind="elementwise", num_kernels=3)
+    (b,) = backward_ops(norm, grad_bytes=4.0)
+    assert (b.bytes_moved, b.num_kernels, b.is_backward) == (2e6, 3, True)
+    # a GEMM of two activations has no weight gradient to accumulate
+    act = Op(OpKind.ATTENTION, "scores", flops=1e9, bytes_moved=1e6, gemm=GemmShape(m=64.0, n=128.0, k=64.0))
+    assert [x.weight_bytes for x in backward_ops(act, grad_bytes=4.0)] == [0.0, 0.0]
 
 
 def test_a_decode_sized_layer_streams_its_weights_at_the_dram_end_of_the_memory_curve():

@@ -5,8 +5,9 @@ Composition (per GPU of the slowest pipeline stage):
 * one layer pass = critical path of its operations (:mod:`moesim.step.schedule`),
   with expert compute and all-to-all paced by the most loaded EP rank
   (expected value for ``step_s`` / ``tpot_s``, p99 for the ``*_p99_s`` figures);
-* training: backward = 2x the forward computation (dgrad + wgrad; 2.5x for the
-  attention core, FlashAttention-2's ratio) and the same communication again;
+* training: backward = a dgrad and a wgrad GEMM per forward GEMM at their own shapes, the wgrad
+  accumulating into the main gradient (:func:`moesim.layer.backward_ops`), 2x every other
+  computation (2.5x for the attention core, FlashAttention-2's ratio) and the same communication again;
   full recomputation adds one more forward. A 1F1B pipeline with ``m``
   micro-batches and stage times ``t_j`` takes ``sum_j t_j + (m - 1) max_j t_j``
   (fill, steady state, drain; equal stages give the ``(pp - 1) / m`` bubble).
@@ -44,12 +45,13 @@ from ..hardware import HardwareProfile
 from ..model import ModelSpec
 from ..ops import OpKind
 from ..scenario import RoutingSpec, Schedule, Scenario, ServeWorkload, ServingSpec, TrainWorkload, load_scenario
-from ..layer import low_precision_ops, num_kernels
+from ..layer import backward_ops, low_precision_ops, num_kernels
 from ..timing import host_bound_s, op_time_s, time_op
 from . import bridge
 from .memory import (
     MemoryBreakdown,
     StageParams,
+    gradient_bytes_per_element,
     kv_bytes_per_sequence,
     layer_activation_bytes,
     param_state_bytes,
@@ -243,7 +245,8 @@ def layer_pass(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Paralle
                decode_batch=0.0, context: float = 0.0, decode_tokens=None, weight_dtype: str, kv_dtype: str,
                expert_weight_dtype: str | None = None,
                compute_dtype: str, expert_compute_dtype: str | None = None, backward: bool = False,
-               training: bool = False, lm_tokens=None, detail: bool = True) -> Pass:
+               training: bool = False, lm_tokens=None, detail: bool = True,
+               grad_bytes: float | None = None) -> Pass:
     """Time of one MoE and one dense layer for ``n`` tokens per DP rank (forward, or backward).
 
     With ``detail=False`` (searches) ``n`` may be a numpy array of token counts: the
@@ -264,12 +267,12 @@ def layer_pass(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Paralle
                            decode_tokens=decode_tokens, weight_dtype=weight_dtype, kv_dtype=kv_dtype,
                            expert_weight_dtype=expert_weight_dtype, compute_dtype=compute_dtype,
                            expert_compute_dtype=expert_compute_dtype, backward=backward, training=training,
-                           lm_tokens=lm_tokens, detail=detail)
+                           lm_tokens=lm_tokens, detail=detail, grad_bytes=grad_bytes)
 
     key = (model.fingerprint, bridge._hw_key(hw), lpar, rt, sched, _value_key(n), _value_key(keys),
            _value_key(decode_batch), _value_key(context), _value_key(decode_tokens), _value_key(lm_tokens),
            weight_dtype, kv_dtype, expert_weight_dtype, compute_dtype, expert_compute_dtype, backward, training,
-           detail)
+           detail, grad_bytes if backward else None)
     hit = _PASSES.get(key)
     if hit is None:
         hit = run()
@@ -299,11 +302,13 @@ def _frozen(p: Pass) -> Pass:
 def _layer_pass(rt: RoutingSpec, sched: Schedule, model: ModelSpec, hw: HardwareProfile, par: Parallel, *, n,
                 keys: float, decode_batch, context: float, decode_tokens, weight_dtype: str, kv_dtype: str,
                 expert_weight_dtype: str | None, compute_dtype: str, expert_compute_dtype: str | None,
-                backward: bool, training: bool, lm_tokens, detail: bool) -> Pass:
+                backward: bool, training: bool, lm_tokens, detail: bool, grad_bytes: float | None) -> Pass:
     """:func:`layer_pass` itself, from the routing and schedule alone of the scenario."""
     vector = not detail and np.ndim(n) > 0  # token counts as a numpy array: time every op for all at once
     if vector:
         n = np.asarray(n, dtype=float)
+    if backward and grad_bytes is None:
+        raise ValueError("a backward pass needs grad_bytes (the main gradient's bytes per element)")
     timer = _Timer(hw, par, compute_dtype)
     launch = sched.launch
     if launch == "auto":
@@ -334,9 +339,8 @@ def _layer_pass(rt: RoutingSpec, sched: Schedule, model: ModelSpec, hw: Hardware
     def run_fast(kind: str, ops: list[Op]):
         dur: dict = {}
         for name, op in zip(_node_names(ops), ops):
-            if backward and op.compute_kind != "comm":
-                op = op.backward(2.0)  # dgrad + wgrad; the attention core states its own (2.5)
-            dur[name] = dur.get(name, 0.0) + (timer.time_only(op) if vector else timer.op(op)[0])
+            for part in backward_ops(op, grad_bytes) if backward and op.compute_kind != "comm" else (op,):
+                dur[name] = dur.get(name, 0.0) + (timer.time_only(part) if vector else timer.op(part)[0])
         if vector:
             total = critical_path_time(kind, dur, overlap_shared=overlap_shared, comm_overlap=comm_overlap,
                                        overlap_slowdown_frac=slowdown)
@@ -353,11 +357,11 @@ def _layer_pass(rt: RoutingSpec, sched: Schedule, model: ModelSpec, hw: Hardware
         dur: dict[str, float] = {}
         details = []
         for name, op in zip(names, ops):
-            if backward and op.compute_kind != "comm":
-                op = op.backward(2.0)  # dgrad + wgrad; the attention core states its own (2.5)
-            t, b = timer.op(op)
-            dur[name] = dur.get(name, 0.0) + t
-            details.append((name, op, t, b))
+            # the backward of a GEMM: dgrad and wgrad at their own shapes; the attention core states its own (2.5)
+            for part in backward_ops(op, grad_bytes) if backward and op.compute_kind != "comm" else (op,):
+                t, b = timer.op(part)
+                dur[name] = dur.get(name, 0.0) + t
+                details.append((name, part, t, b))
         total, path = critical_path_s(kind, dur, overlap_shared=overlap_shared, comm_overlap=comm_overlap,
                                       overlap_slowdown_frac=slowdown)
         device_total = total
@@ -405,16 +409,17 @@ def _layer_pass(rt: RoutingSpec, sched: Schedule, model: ModelSpec, hw: Hardware
     if model.num_dense_layers:
         dense_s, by_dense, _ = run("dense", lowp(attn + dense_ffn_ops(model, par, n, weight_bytes=wb, plan=plan)))
     lm = lowp([lm_head_op(model, par, n if lm_tokens is None else lm_tokens, weight_bytes=wb)])[0]
-    if backward:
-        lm = lm.backward(2.0)
+    lm_parts = backward_ops(lm, grad_bytes) if backward else (lm,)
     if not detail:
         if vector:
-            emb_t, lm_t = timer.time_only(embedding_op(model, n)), timer.time_only(lm)
+            emb_t, lm_t = timer.time_only(embedding_op(model, n)), sum(timer.time_only(x) for x in lm_parts)
         else:
-            emb_t, lm_t = timer.op(embedding_op(model, n))[0], timer.op(lm)[0]
+            emb_t, lm_t = timer.op(embedding_op(model, n))[0], sum(timer.op(x)[0] for x in lm_parts)
         return Pass(moe_s, moe_s, dense_s, {}, {}, {}, [], load_summary, emb_t, lm_t)
     emb_t, _ = timer.op(embedding_op(model, n))
-    lm_t, lm_b = timer.op(lm)
+    lm_times = [timer.op(x) for x in lm_parts]
+    lm_t = sum(t for t, _ in lm_times)
+    lm_b = max(lm_times, key=lambda tb: tb[0])[1]
     bound["lm_head"] = lm_b
     if not backward:
         timings.append(built(OpTiming, kind="lm_head", layer="model", time_s=lm_t, flops=lm.flops, bytes_moved=lm.total_bytes,
@@ -677,7 +682,7 @@ def _train_step(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Parall
     sp = _stage_param_list(model, par.tp, par.ep, par.etp, par.pp == 1, skey,
                            sc.routing.redundant_experts)
     big = max(range(len(sp)), key=lambda i: sp[i].dense + sp[i].expert)
-    grad_bytes = 4.0 if w.master_weights_fp32 else 2.0
+    grad_bytes = gradient_bytes_per_element(w.master_weights_fp32)
     t_grad = _per_layout(par, lambda p, _: bridge.grad_sync_time_s(hw, p, sp[big].dense * grad_bytes,
                                                                     sp[big].expert * grad_bytes))
     exposed_grad = _max2(0.0, t_grad - bwd_time(big)) if sc.schedule.overlap_grad_reduce else t_grad
@@ -716,7 +721,8 @@ def _train(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Parallel, d
     kw = dict(n=n, keys=keys, weight_dtype="bf16", kv_dtype="bf16", compute_dtype=w.compute_dtype, training=True,
               detail=detail)
     fwd = layer_pass(sc, model, hw, par, **kw)
-    bwd = layer_pass(sc, model, hw, par, backward=True, **kw)
+    bwd = layer_pass(sc, model, hw, par, backward=True, grad_bytes=gradient_bytes_per_element(w.master_weights_fp32),
+                     **kw)
     st = _train_step(sc, model, hw, par, fwd, bwd, p99=detail)
     mem = _largest(st.memory, hw.accelerator.memory_bytes)
     tps, step = st.tokens_per_s, st.step_s
@@ -1243,7 +1249,8 @@ def train_curve(sc: Scenario, model: ModelSpec, hw: HardwareProfile, candidates)
                   compute_dtype=w.compute_dtype, training=True, detail=False)
         try:
             fwd_all = layer_pass(sc, model, hw, one, **kw)
-            bwd_all = layer_pass(sc, model, hw, one, backward=True, **kw)
+            bwd_all = layer_pass(sc, model, hw, one, backward=True,
+                                 grad_bytes=gradient_bytes_per_element(w.master_weights_fp32), **kw)
         except InputError:  # the layer cannot run (e.g. a node limit the EP group cannot meet)
             out["valid"][[i for idx in members.values() for i in idx]] = False
             continue

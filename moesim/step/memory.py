@@ -111,6 +111,12 @@ def _stage_params(model: ModelSpec, tp: int, ep: int, etp: int, one_stage: bool,
     return StageParams(dense=dense, expert=expert)
 
 
+def gradient_bytes_per_element(master_weights_fp32: bool) -> float:
+    """Bytes of one gradient element: fp32 (4) beside fp32 master weights, as Megatron-LM accumulates and
+    reduces bf16 training's gradients (``accumulate_allreduce_grads_in_fp32``), else the bf16 weights' 2."""
+    return 4.0 if master_weights_fp32 else 2.0
+
+
 def param_state_bytes(p: StageParams, par: Parallel, *, master_weights_fp32: bool) -> dict[str, float]:
     """Weights, gradients and optimizer states of one GPU holding ``p`` (mixed-precision Adam).
 
@@ -130,7 +136,7 @@ def param_state_bytes(p: StageParams, par: Parallel, *, master_weights_fp32: boo
     d3, e3 = shard(3)
     d2, e2 = shard(2)
     d1, e1 = shard(1)
-    gb = 4.0 if master_weights_fp32 else 2.0
+    gb = gradient_bytes_per_element(master_weights_fp32)
     ob = 12.0 if master_weights_fp32 else 4.0
     return {"weights": 2.0 * (p.dense / d3 + p.expert / e3), "gradients": gb * (p.dense / d2 + p.expert / e2),
             "optimizer": ob * (p.dense / d1 + p.expert / e1)}
