@@ -126,36 +126,29 @@ class Op:
         return self.bytes_moved + self.weight_bytes
 
     def backward(self, factor: float) -> "Op":
-        """The operation's share of the backward pass: :meth:`scaled` by ``factor`` (GEMMs: dgrad and wgrad) or by
-        the operation's own ``backward_factor``, or, for an operation that states its own backward
-        (``backward_bytes_moved``), that."""
+        """The operation's share of the backward pass: :meth:`scaled` by ``factor`` or by the operation's own
+        ``backward_factor``, or, for an operation that states its own backward (``backward_bytes_moved``), that.
+        A GEMM's backward is :func:`backward_ops`."""
         if self.backward_bytes_moved is None:
-            new = self.scaled(self.backward_factor if self.backward_factor is not None else factor)
-            new.__dict__["is_backward"] = True
-            return new
+            return self.scaled(self.backward_factor if self.backward_factor is not None else factor).replaced(
+                is_backward=True)
+        return self.replaced(is_backward=True, flops=0.0, bytes_moved=self.backward_bytes_moved, weight_bytes=0.0,
+                             num_kernels=self.backward_kernels if self.backward_kernels is not None
+                             else self.num_kernels)
+
+    def replaced(self, **fields: Any) -> "Op":
+        """The same operation with ``fields`` changed (dataclasses.replace without re-running __init__: a
+        search's hot path)."""
         new = object.__new__(type(self))
         d = new.__dict__
         d.update(self.__dict__)
-        d["is_backward"] = True
-        d["flops"], d["bytes_moved"], d["weight_bytes"] = 0.0, self.backward_bytes_moved, 0.0
-        d["num_kernels"] = self.backward_kernels if self.backward_kernels is not None else self.num_kernels
-        return new
-
-    def replaced(self, **fields: Any) -> "Op":
-        """The same operation with ``fields`` changed (dataclasses.replace without re-running __init__)."""
-        new = object.__new__(type(self))
-        new.__dict__.update(self.__dict__)
-        new.__dict__.update(fields)
+        d.update(fields)
         return new
 
     def scaled(self, factor: float) -> "Op":
         """The same operation with ``factor`` times the work at the same GEMM shape."""
-        new = object.__new__(type(self))  # dataclasses.replace, without re-running __init__ (a search's hot path)
-        d = new.__dict__
-        d.update(self.__dict__)
-        d["flops"], d["bytes_moved"], d["weight_bytes"] = (self.flops * factor, self.bytes_moved * factor,
-                                                            self.weight_bytes * factor)
-        return new
+        return self.replaced(flops=self.flops * factor, bytes_moved=self.bytes_moved * factor,
+                             weight_bytes=self.weight_bytes * factor)
 
 
 #: compute kinds of a GEMM whose backward is a dgrad and a wgrad GEMM (:func:`backward_ops`)

@@ -336,10 +336,15 @@ def _layer_pass(rt: RoutingSpec, sched: Schedule, model: ModelSpec, hw: Hardware
     timings: list[OpTiming] = []
     bound: dict[str, str] = {}
 
+    def parts(op: Op) -> tuple[Op, ...]:
+        """What ``op`` runs in this pass: itself, or its backward (a GEMM's dgrad and wgrad at their own shapes;
+        the attention core states its own, 2.5); communication runs again as it is."""
+        return backward_ops(op, grad_bytes) if backward and op.compute_kind != "comm" else (op,)
+
     def run_fast(kind: str, ops: list[Op]):
         dur: dict = {}
         for name, op in zip(_node_names(ops), ops):
-            for part in backward_ops(op, grad_bytes) if backward and op.compute_kind != "comm" else (op,):
+            for part in parts(op):
                 dur[name] = dur.get(name, 0.0) + (timer.time_only(part) if vector else timer.op(part)[0])
         if vector:
             total = critical_path_time(kind, dur, overlap_shared=overlap_shared, comm_overlap=comm_overlap,
@@ -357,8 +362,7 @@ def _layer_pass(rt: RoutingSpec, sched: Schedule, model: ModelSpec, hw: Hardware
         dur: dict[str, float] = {}
         details = []
         for name, op in zip(names, ops):
-            # the backward of a GEMM: dgrad and wgrad at their own shapes; the attention core states its own (2.5)
-            for part in backward_ops(op, grad_bytes) if backward and op.compute_kind != "comm" else (op,):
+            for part in parts(op):
                 t, b = timer.op(part)
                 dur[name] = dur.get(name, 0.0) + t
                 details.append((name, part, t, b))
@@ -409,7 +413,7 @@ def _layer_pass(rt: RoutingSpec, sched: Schedule, model: ModelSpec, hw: Hardware
     if model.num_dense_layers:
         dense_s, by_dense, _ = run("dense", lowp(attn + dense_ffn_ops(model, par, n, weight_bytes=wb, plan=plan)))
     lm = lowp([lm_head_op(model, par, n if lm_tokens is None else lm_tokens, weight_bytes=wb)])[0]
-    lm_parts = backward_ops(lm, grad_bytes) if backward else (lm,)
+    lm_parts = parts(lm)
     if not detail:
         if vector:
             emb_t, lm_t = timer.time_only(embedding_op(model, n)), sum(timer.time_only(x) for x in lm_parts)
@@ -1177,21 +1181,22 @@ def serve_curve(sc: Scenario, model: ModelSpec, hw: HardwareProfile, batches) ->
     }
 
 
+def _pass_map(p: Pass, f) -> Pass:
+    """A pass timed for several token counts at once, with ``f`` applied to each of its array times (scalars
+    stay as they are; no per-operation records)."""
+    def g(x):
+        return f(x) if _vec(x) else x
+    return Pass(g(p.moe_s), g(p.moe_p99_s), g(p.dense_s), {}, {}, {}, [], None, g(p.embedding_s), g(p.lm_head_s))
+
+
 def _pass_at(p: Pass, j: int) -> Pass:
-    """Candidate ``j`` of a pass timed for several token counts at once (scalars stay as they are)."""
-    def at(x):
-        return float(x[j]) if _vec(x) else x
-    return Pass(at(p.moe_s), at(p.moe_p99_s), at(p.dense_s), {}, {}, {}, [], None, at(p.embedding_s),
-                at(p.lm_head_s))
+    """Candidate ``j`` of a pass timed for several token counts at once."""
+    return _pass_map(p, lambda x: float(x[j]))
 
 
 def _pass_take(p: Pass, at: np.ndarray) -> Pass:
-    """A pass timed for several token counts at once, taken at token count ``at[i]`` for layout ``i`` (scalars
-    stay as they are)."""
-    def take(x):
-        return x[at] if _vec(x) else x
-    return Pass(take(p.moe_s), take(p.moe_p99_s), take(p.dense_s), {}, {}, {}, [], None, take(p.embedding_s),
-                take(p.lm_head_s))
+    """A pass timed for several token counts at once, taken at token count ``at[i]`` for layout ``i``."""
+    return _pass_map(p, lambda x: x[at])
 
 
 TRAIN_CURVE_FIELDS = ("valid", "step_s", "tokens_per_s", "memory_per_gpu_bytes", "fits", "mfu_frac", "dp", "edp")
