@@ -36,6 +36,7 @@ from typing import Any, Callable, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..caches import collection_paused
 from ..errors import InputError
 from ..hardware import HardwareProfile, bundled_hardware, load_hardware
 from ..model import ModelSpec
@@ -357,30 +358,31 @@ def plan(scenario: Scenario | str | None = None, *, hardware: list[str] | None =
     acc = _Acc()
     t0 = time.perf_counter()
     per_job = len(TRAIN_MICRO_BATCHES) if training else len(SERVE_BATCHES)
-    batch: list[tuple[int, Layout]] = []  # training: one profile's timed jobs, evaluated together
-    for i, (hw, n, lay, price) in enumerate(jobs):
-        if progress is not None and i % 64 == 0:
-            progress(i, len(jobs))
-        if training and batch and (i == 0 or jobs[i - 1][0] is not hw):
-            prev = jobs[i - 1]
-            _train_candidates(sc, model, prev[0], batch, prev[3], cons, acc)
-            batch = []
-        if not _weights_fit(model, hw, lay, n, training, wb, master):
-            acc.count += per_job
-            acc.rejected["memory"] += per_job
-            continue
-        if objective == "cost" and price is None:
-            acc.count += per_job
-            acc.rejected["no_price"] += per_job
-            continue
-        if training:
-            batch.append((n, lay))
-        else:
-            _serve_candidates(sc, model, hw, lay, n, price, cons, acc)
-    if training and batch:
-        _train_candidates(sc, model, jobs[-1][0], batch, jobs[-1][3], cons, acc)
-    if progress is not None:
-        progress(len(jobs), len(jobs))
+    with collection_paused():  # the caches a search fills hold no cycles (moesim.caches)
+        batch: list[tuple[int, Layout]] = []  # training: one profile's timed jobs, evaluated together
+        for i, (hw, n, lay, price) in enumerate(jobs):
+            if progress is not None and i % 64 == 0:
+                progress(i, len(jobs))
+            if training and batch and (i == 0 or jobs[i - 1][0] is not hw):
+                prev = jobs[i - 1]
+                _train_candidates(sc, model, prev[0], batch, prev[3], cons, acc)
+                batch = []
+            if not _weights_fit(model, hw, lay, n, training, wb, master):
+                acc.count += per_job
+                acc.rejected["memory"] += per_job
+                continue
+            if objective == "cost" and price is None:
+                acc.count += per_job
+                acc.rejected["no_price"] += per_job
+                continue
+            if training:
+                batch.append((n, lay))
+            else:
+                _serve_candidates(sc, model, hw, lay, n, price, cons, acc)
+        if training and batch:
+            _train_candidates(sc, model, jobs[-1][0], batch, jobs[-1][3], cons, acc)
+        if progress is not None:
+            progress(len(jobs), len(jobs))
     elapsed = time.perf_counter() - t0
     if collect is not None:
         collect.extend(acc.feasible)

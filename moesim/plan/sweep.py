@@ -33,6 +33,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .. import limits as L
+from ..caches import collection_paused
 from ..errors import InputError, field_errors
 from ..hardware import HardwareProfile
 from ..model import ModelSpec
@@ -351,20 +352,21 @@ def sweep(
     combos = list(itertools.product(*(a.values for a in axes)))
     frozen = apply_overrides(raw, [])  # a private copy: each point shares it but for the tables it sets
     points = []
-    for idx, combo in enumerate(combos):
-        values = {a.field: v for a, v in zip(axes, combo)}
-        rec = est = err = None
-        try:
-            sc = scenario_from_dict(_with_values(frozen, paths, combo), f"{where} (grid point {idx})", base)
-            model = res.model(sc)
-            sc.check_model(model)
-            est = estimate_resolved(sc, model, res.hw(sc))
-            rec = record(est, _batch(sc))
-        except InputError as exc:
-            err = _one_line(exc)
-        # every field built here with its type (the estimate is already a result): no revalidation per point
-        points.append(built(SweepPoint, index=idx, values=values, record=rec, estimate=est, error=err))
-        if progress is not None:
-            progress(idx + 1, len(combos))
+    with collection_paused():  # the caches a sweep fills hold no cycles (moesim.caches)
+        for idx, combo in enumerate(combos):
+            values = {a.field: v for a, v in zip(axes, combo)}
+            rec = est = err = None
+            try:
+                sc = scenario_from_dict(_with_values(frozen, paths, combo), f"{where} (grid point {idx})", base)
+                model = res.model(sc)
+                sc.check_model(model)
+                est = estimate_resolved(sc, model, res.hw(sc))
+                rec = record(est, _batch(sc))
+            except InputError as exc:
+                err = _one_line(exc)
+            # every field built here with its type (the estimate is already a result): no revalidation per point
+            points.append(built(SweepPoint, index=idx, values=values, record=rec, estimate=est, error=err))
+            if progress is not None:
+                progress(idx + 1, len(combos))
     name = str(raw.get("name", "scenario"))
     return SweepResult(scenario=name, grid=axes, points=points)
