@@ -138,6 +138,13 @@ class TrainWorkload(_Spec):
     recompute: Literal["none", "selective", "full"] = Field("selective", description="Activation recomputation.")
     compute_dtype: Literal["bf16", "fp8"] = Field("bf16", description="GEMM precision.")
     master_weights_fp32: bool = Field(True, description="Mixed precision: fp32 master weights and fp32 Adam moments.")
+    grad_dtype: Literal["fp32", "bf16"] | None = Field(
+        None,
+        description="Element type of the main gradient buffer: the weight-gradient GEMMs accumulate into it over the "
+        "micro-batches, it is held in memory, and the data-parallel reduction sends it. Default: fp32 with fp32 "
+        "master weights (Megatron-LM, which accumulates and reduces bf16 training's gradients in fp32), else bf16. "
+        "'bf16' is Megatron-LM's --grad-reduce-in-bf16 and the grad_reduce_in_fp32 = False of Megatron-Bridge's "
+        "performance recipes.")
     total_tokens: L.number(L.RUN_TOKENS) | None = Field(None, description="Tokens of the whole run, for GPU-hours and cost.")
 
     @model_validator(mode="after")

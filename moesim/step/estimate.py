@@ -686,14 +686,16 @@ def _train_step(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Parall
     sp = _stage_param_list(model, par.tp, par.ep, par.etp, par.pp == 1, skey,
                            sc.routing.redundant_experts)
     big = max(range(len(sp)), key=lambda i: sp[i].dense + sp[i].expert)
-    grad_bytes = gradient_bytes_per_element(w.master_weights_fp32)
+    grad_bytes = gradient_bytes_per_element(w.master_weights_fp32, w.grad_dtype)
     t_grad = _per_layout(par, lambda p, _: bridge.grad_sync_time_s(hw, p, sp[big].dense * grad_bytes,
                                                                     sp[big].expert * grad_bytes))
     exposed_grad = _max2(0.0, t_grad - bwd_time(big)) if sc.schedule.overlap_grad_reduce else t_grad
     shard_d = _where(par.zero_stage >= 1, par.dp, 1)
     shard_e = _where(par.zero_stage >= 1, par.edp, 1)
     local = sp[big].dense / shard_d + sp[big].expert / shard_e
-    opt_bytes = local * (30.0 if w.master_weights_fp32 else 14.0)
+    # read and write the fp32 master, m and v (24 bytes; bf16 m, v and weight without masters: 12), read the
+    # gradient, write the bf16 weight
+    opt_bytes = local * ((26.0 if w.master_weights_fp32 else 12.0) + grad_bytes)
     # Adam: one memory-bound pass over the local shard
     t_opt = op_time_s(hw, Op(OpKind.OPTIMIZER, "optimizer", flops=0.0, bytes_moved=opt_bytes,
                              compute_kind="elementwise", num_kernels=4), "bf16")
@@ -725,8 +727,8 @@ def _train(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Parallel, d
     kw = dict(n=n, keys=keys, weight_dtype="bf16", kv_dtype="bf16", compute_dtype=w.compute_dtype, training=True,
               detail=detail)
     fwd = layer_pass(sc, model, hw, par, **kw)
-    bwd = layer_pass(sc, model, hw, par, backward=True, grad_bytes=gradient_bytes_per_element(w.master_weights_fp32),
-                     **kw)
+    bwd = layer_pass(sc, model, hw, par, backward=True,
+                     grad_bytes=gradient_bytes_per_element(w.master_weights_fp32, w.grad_dtype), **kw)
     st = _train_step(sc, model, hw, par, fwd, bwd, p99=detail)
     mem = _largest(st.memory, hw.accelerator.memory_bytes)
     tps, step = st.tokens_per_s, st.step_s
@@ -839,10 +841,11 @@ def train_memory_table(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par:
     per_layout_n = _vec(n)  # micro-batch sizes differ between the layouts: activations are [stages, layouts] already
     dense = np.array([p.dense for p in sp], dtype=float)[col]
     expert = np.array([p.expert for p in sp], dtype=float)[col]
-    state = param_state_bytes(StageParams(dense=dense, expert=expert), par, master_weights_fp32=w.master_weights_fp32)
+    state = param_state_bytes(StageParams(dense=dense, expert=expert), par, master_weights_fp32=w.master_weights_fp32,
+                              grad_dtype=w.grad_dtype)
     if sc.schedule.pipeline == "dualpipe":  # each GPU holds stages j and pp-1-j: two copies of weights and gradients
         paired = StageParams(dense=dense + dense[::-1], expert=expert + expert[::-1])
-        both = param_state_bytes(paired, par, master_weights_fp32=w.master_weights_fp32)
+        both = param_state_bytes(paired, par, master_weights_fp32=w.master_weights_fp32, grad_dtype=w.grad_dtype)
         state = {"weights": both["weights"], "gradients": both["gradients"], "optimizer": state["optimizer"]}
     in_flight = _in_flight_microbatches(sc, par.pp, np.arange(num)[col], m)
     per_microbatch = np.array(per_microbatch_bytes, dtype=float)
@@ -1255,7 +1258,7 @@ def train_curve(sc: Scenario, model: ModelSpec, hw: HardwareProfile, candidates)
         try:
             fwd_all = layer_pass(sc, model, hw, one, **kw)
             bwd_all = layer_pass(sc, model, hw, one, backward=True,
-                                 grad_bytes=gradient_bytes_per_element(w.master_weights_fp32), **kw)
+                                 grad_bytes=gradient_bytes_per_element(w.master_weights_fp32, w.grad_dtype), **kw)
         except InputError:  # the layer cannot run (e.g. a node limit the EP group cannot meet)
             out["valid"][[i for idx in members.values() for i in idx]] = False
             continue
