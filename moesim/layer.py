@@ -167,8 +167,8 @@ def backward_ops(op: Op, grad_bytes: float) -> tuple[Op, ...]:
       and accumulates into the main gradient, read and written at ``grad_bytes`` per element
       (``2 K N groups grad_bytes``; ``TrainWorkload.grad_dtype``): Megatron-LM accumulates bf16 training's
       gradients in fp32 (``accumulate_allreduce_grads_in_fp32``) unless told to reduce them in bf16, and
-      Transformer Engine's wgrad GEMM adds into that buffer in its epilogue (``fuse_wgrad_accumulation``). A GEMM of two activations (no weight) writes the second input's
-      gradient instead, at the activation bytes.
+      Transformer Engine's wgrad GEMM adds into that buffer in its epilogue (``fuse_wgrad_accumulation``). A GEMM
+      of two activations (no weight) writes the second input's gradient instead, at the activation bytes.
 
     Every other operation is :meth:`Op.backward` with dgrad + wgrad's factor 2 (or its own backward).
     """

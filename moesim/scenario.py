@@ -147,6 +147,13 @@ class TrainWorkload(_Spec):
         "performance recipes.")
     total_tokens: L.number(L.RUN_TOKENS) | None = Field(None, description="Tokens of the whole run, for GPU-hours and cost.")
 
+    @property
+    def grad_bytes_per_element(self) -> float:
+        """Bytes of one main-gradient element (:attr:`grad_dtype` with its default resolved): 4 for fp32, 2 for
+        bf16; the wgrad GEMMs' accumulation, the gradient memory, the reduction and Adam's read all use it."""
+        dt = self.grad_dtype or ("fp32" if self.master_weights_fp32 else "bf16")
+        return 4.0 if dt == "fp32" else 2.0
+
     @model_validator(mode="after")
     def _tokens(self) -> "TrainWorkload":
         _step_tokens(self.global_batch_size * self.seq_len, "global_batch_size", "global_batch_size x seq_len",

@@ -148,7 +148,7 @@ def layouts(model: ModelSpec, hw: HardwareProfile, num_gpus: int, training: bool
 
 
 def _weights_fit(model: ModelSpec, hw: HardwareProfile, lay: Layout, num_gpus: int, training: bool,
-                 weight_bytes: float, master_weights_fp32: bool = True, grad_dtype: str | None = None) -> bool:
+                 weight_bytes: float, master_weights_fp32: bool = True, grad_bytes: float = 4.0) -> bool:
     """Cheap lower bound: do the weights alone (plus gradients and optimizer states in training) fit one GPU?
 
     The step model's own memory formula (:func:`moesim.step.memory.param_state_bytes`) over the parameters
@@ -163,7 +163,7 @@ def _weights_fit(model: ModelSpec, hw: HardwareProfile, lay: Layout, num_gpus: i
         par = Parallel(num_gpus, lay.tp, lay.pp, dp, lay.ep, lay.etp, edp, lay.zero_stage, lay.sequence_parallel,
                        hw.node.accelerators_per_node)
         per_gpu_bytes = sum(param_state_bytes(avg, par, master_weights_fp32=master_weights_fp32,
-                                                grad_dtype=grad_dtype).values())
+                                                grad_bytes=grad_bytes).values())
     else:
         per_gpu_bytes = (avg.dense + avg.expert) * weight_bytes
     return per_gpu_bytes <= hw.accelerator.memory_bytes
@@ -350,7 +350,7 @@ def plan(scenario: Scenario | str | None = None, *, hardware: list[str] | None =
 
     wb = bytes_per_element(wdt)
     master = bool(getattr(sc.workload, "master_weights_fp32", True))
-    grad_dtype = getattr(sc.workload, "grad_dtype", None)
+    grad_bytes = float(getattr(sc.workload, "grad_bytes_per_element", 4.0))
     jobs = []
     for hw in profiles:
         price = price_usd_per_gpu_hour(sc, hw)
@@ -369,7 +369,7 @@ def plan(scenario: Scenario | str | None = None, *, hardware: list[str] | None =
                 prev = jobs[i - 1]
                 _train_candidates(sc, model, prev[0], batch, prev[3], cons, acc)
                 batch = []
-            if not _weights_fit(model, hw, lay, n, training, wb, master, grad_dtype):
+            if not _weights_fit(model, hw, lay, n, training, wb, master, grad_bytes):
                 acc.count += per_job
                 acc.rejected["memory"] += per_job
                 continue

@@ -51,7 +51,6 @@ from . import bridge
 from .memory import (
     MemoryBreakdown,
     StageParams,
-    gradient_bytes_per_element,
     kv_bytes_per_sequence,
     layer_activation_bytes,
     param_state_bytes,
@@ -686,7 +685,7 @@ def _train_step(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Parall
     sp = _stage_param_list(model, par.tp, par.ep, par.etp, par.pp == 1, skey,
                            sc.routing.redundant_experts)
     big = max(range(len(sp)), key=lambda i: sp[i].dense + sp[i].expert)
-    grad_bytes = gradient_bytes_per_element(w.master_weights_fp32, w.grad_dtype)
+    grad_bytes = w.grad_bytes_per_element
     t_grad = _per_layout(par, lambda p, _: bridge.grad_sync_time_s(hw, p, sp[big].dense * grad_bytes,
                                                                     sp[big].expert * grad_bytes))
     exposed_grad = _max2(0.0, t_grad - bwd_time(big)) if sc.schedule.overlap_grad_reduce else t_grad
@@ -727,8 +726,7 @@ def _train(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Parallel, d
     kw = dict(n=n, keys=keys, weight_dtype="bf16", kv_dtype="bf16", compute_dtype=w.compute_dtype, training=True,
               detail=detail)
     fwd = layer_pass(sc, model, hw, par, **kw)
-    bwd = layer_pass(sc, model, hw, par, backward=True,
-                     grad_bytes=gradient_bytes_per_element(w.master_weights_fp32, w.grad_dtype), **kw)
+    bwd = layer_pass(sc, model, hw, par, backward=True, grad_bytes=w.grad_bytes_per_element, **kw)
     st = _train_step(sc, model, hw, par, fwd, bwd, p99=detail)
     mem = _largest(st.memory, hw.accelerator.memory_bytes)
     tps, step = st.tokens_per_s, st.step_s
@@ -842,10 +840,11 @@ def train_memory_table(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par:
     dense = np.array([p.dense for p in sp], dtype=float)[col]
     expert = np.array([p.expert for p in sp], dtype=float)[col]
     state = param_state_bytes(StageParams(dense=dense, expert=expert), par, master_weights_fp32=w.master_weights_fp32,
-                              grad_dtype=w.grad_dtype)
+                              grad_bytes=w.grad_bytes_per_element)
     if sc.schedule.pipeline == "dualpipe":  # each GPU holds stages j and pp-1-j: two copies of weights and gradients
         paired = StageParams(dense=dense + dense[::-1], expert=expert + expert[::-1])
-        both = param_state_bytes(paired, par, master_weights_fp32=w.master_weights_fp32, grad_dtype=w.grad_dtype)
+        both = param_state_bytes(paired, par, master_weights_fp32=w.master_weights_fp32,
+                                 grad_bytes=w.grad_bytes_per_element)
         state = {"weights": both["weights"], "gradients": both["gradients"], "optimizer": state["optimizer"]}
     in_flight = _in_flight_microbatches(sc, par.pp, np.arange(num)[col], m)
     per_microbatch = np.array(per_microbatch_bytes, dtype=float)
@@ -1257,8 +1256,7 @@ def train_curve(sc: Scenario, model: ModelSpec, hw: HardwareProfile, candidates)
                   compute_dtype=w.compute_dtype, training=True, detail=False)
         try:
             fwd_all = layer_pass(sc, model, hw, one, **kw)
-            bwd_all = layer_pass(sc, model, hw, one, backward=True,
-                                 grad_bytes=gradient_bytes_per_element(w.master_weights_fp32, w.grad_dtype), **kw)
+            bwd_all = layer_pass(sc, model, hw, one, backward=True, grad_bytes=w.grad_bytes_per_element, **kw)
         except InputError:  # the layer cannot run (e.g. a node limit the EP group cannot meet)
             out["valid"][[i for idx in members.values() for i in idx]] = False
             continue

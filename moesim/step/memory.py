@@ -111,20 +111,12 @@ def _stage_params(model: ModelSpec, tp: int, ep: int, etp: int, one_stage: bool,
     return StageParams(dense=dense, expert=expert)
 
 
-def gradient_bytes_per_element(master_weights_fp32: bool, grad_dtype: str | None = None) -> float:
-    """Bytes of one element of the main gradient (``TrainWorkload.grad_dtype``): 4 for fp32, 2 for bf16. By
-    default fp32 beside fp32 master weights, as Megatron-LM accumulates and reduces bf16 training's gradients
-    (``accumulate_allreduce_grads_in_fp32``), else the bf16 weights' 2."""
-    if grad_dtype is None:
-        return 4.0 if master_weights_fp32 else 2.0
-    return 4.0 if grad_dtype == "fp32" else 2.0
-
-
 def param_state_bytes(p: StageParams, par: Parallel, *, master_weights_fp32: bool,
-                      grad_dtype: str | None = None) -> dict[str, float]:
+                      grad_bytes: float) -> dict[str, float]:
     """Weights, gradients and optimizer states of one GPU holding ``p`` (mixed-precision Adam).
 
-    bf16 weights (``2`` bytes), gradients (:func:`gradient_bytes_per_element`: ``4`` fp32 or ``2``), Adam moments and
+    bf16 weights (``2`` bytes), gradients (``grad_bytes``: ``TrainWorkload.grad_bytes_per_element``, 4 for fp32
+    main gradients or 2 for bf16), Adam moments and
     master weights (``12`` with fp32 masters, else ``4``); ZeRO stage ``z`` shards
     optimizer states (z >= 1), gradients (z >= 2) and weights (z >= 3) over the
     data-parallel group: dense parameters over DP, expert parameters over the
@@ -140,9 +132,8 @@ def param_state_bytes(p: StageParams, par: Parallel, *, master_weights_fp32: boo
     d3, e3 = shard(3)
     d2, e2 = shard(2)
     d1, e1 = shard(1)
-    gb = gradient_bytes_per_element(master_weights_fp32, grad_dtype)
     ob = 12.0 if master_weights_fp32 else 4.0
-    return {"weights": 2.0 * (p.dense / d3 + p.expert / e3), "gradients": gb * (p.dense / d2 + p.expert / e2),
+    return {"weights": 2.0 * (p.dense / d3 + p.expert / e3), "gradients": grad_bytes * (p.dense / d2 + p.expert / e2),
             "optimizer": ob * (p.dense / d1 + p.expert / e1)}
 
 

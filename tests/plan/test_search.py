@@ -137,7 +137,8 @@ def test_the_weights_pre_check_never_rejects_a_layout_the_step_model_says_fits()
                 except InputError:
                     continue
                 checked += 1
-                if not _weights_fit(model, hw, lay, n, True, 2.0, sc.workload.master_weights_fp32):
+                if not _weights_fit(model, hw, lay, n, True, 2.0, sc.workload.master_weights_fp32,
+                                    sc.workload.grad_bytes_per_element):
                     rejected += 1
                     assert not fits, (hw_name, n, lay)
     assert checked > 100 and rejected > 0
