@@ -97,7 +97,13 @@ class Schedule(_Spec):
     overlap_comm_with_compute: bool = Field(
         False, description="Two micro-batches interleave so communication hides under computation (DualPipe, two-batch overlap)."
     )
-    overlap_grad_reduce: bool = Field(True, description="Gradient reduction overlaps the last micro-batch's backward.")
+    overlap_grad_reduce: bool = Field(
+        True, description="The data-parallel gradient reduction overlaps the backward: the last micro-batch's, or "
+        "each micro-batch's where ZeRO-2+ shards the gradients (Megatron-Core overlap_grad_reduce).")
+    overlap_param_gather: bool = Field(
+        True, description="ZeRO-1+: the all-gather of the updated bf16 weights overlaps the next step's first "
+        "forward (Megatron-Core overlap_param_gather); ZeRO-3: each micro-batch's all-gathers overlap its forward "
+        "and backward (FSDP's prefetch).")
     overlap_slowdown_frac: float = Field(
         0.15, ge=0, lt=1, allow_inf_nan=False,
         description="Computation slows by this fraction while overlapped communication kernels hold SMs "

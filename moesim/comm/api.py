@@ -28,7 +28,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
@@ -122,6 +122,13 @@ def collective_time_s(
     _c.check_collective(collective, algorithm)
     ctx = _c.context(network_spec(profile), _group(group))
     return _c.time_s(ctx, collective, float(size_bytes), algorithm)
+
+
+def collective_seconds_by_size(profile: HardwareProfile, collective: str, group: GroupLike) -> Callable[[float], float]:
+    """:func:`collective_time_s` (``algorithm="auto"``) of one group as a function of the size: the group's
+    placement, topology, routes and candidate plans are built once, for callers that time many sizes."""
+    _c.check_collective(collective, "auto")
+    return _c.seconds_by_size(_c.context(network_spec(profile), _group(group)), collective)
 
 
 def time_ep_all_to_all(

@@ -60,6 +60,7 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -312,13 +313,11 @@ def context(spec: NetworkSpec, group: GroupSpec | int, *, source: str | None = N
     return _Context(spec, topo, group_routes(topo, pl), pl)
 
 
-def _choose(ctx: _Context, collective: str, algorithm: str, size_bytes: float) -> Plan:
-    if algorithm != "auto":
-        return plan(ctx.topo, ctx.routes, collective, algorithm)
+def _pick(plans: list[Plan], size_bytes: float) -> Plan:
+    """The candidate plan of least time at ``size_bytes`` (NCCL's tuner: the first of equal ones)."""
     best = None
     best_t = math.inf
-    for a in candidates(ctx.topo, ctx.routes, collective):
-        p = plan(ctx.topo, ctx.routes, collective, a)
+    for p in plans:
         t = size_bytes * p.busy_per_byte_s + p.latency_s
         if t < best_t - 1e-18:
             best, best_t = p, t
@@ -326,14 +325,38 @@ def _choose(ctx: _Context, collective: str, algorithm: str, size_bytes: float) -
     return best
 
 
+def _choose(ctx: _Context, collective: str, algorithm: str, size_bytes: float) -> Plan:
+    if algorithm != "auto":
+        return plan(ctx.topo, ctx.routes, collective, algorithm)
+    return _pick([plan(ctx.topo, ctx.routes, collective, a) for a in candidates(ctx.topo, ctx.routes, collective)],
+                 size_bytes)
+
+
+def _seconds(ctx: _Context, p: Plan, size_bytes: float) -> float:
+    if p.bottleneck < 0:
+        return 0.0
+    return ctx.spec.collective_overhead_s + p.latency_s + size_bytes * p.busy_per_byte_s
+
+
 def time_s(ctx: _Context, collective: str, size_bytes: float, algorithm: str = "auto") -> float:
     """Only the predicted seconds (the fast path for searches)."""
     if ctx.placement.num_ranks <= 1 or size_bytes <= 0:
         return 0.0
-    p = _choose(ctx, collective, algorithm, size_bytes)
-    if p.bottleneck < 0:
-        return 0.0
-    return ctx.spec.collective_overhead_s + p.latency_s + size_bytes * p.busy_per_byte_s
+    return _seconds(ctx, _choose(ctx, collective, algorithm, size_bytes), size_bytes)
+
+
+def seconds_by_size(ctx: _Context, collective: str) -> Callable[[float], float]:
+    """``time_s(ctx, collective, size)`` with NCCL's algorithm choice (``auto``) as a function of the size alone:
+    the candidate plans of the group are built once, and each call picks among them by the same rule."""
+    plans = [plan(ctx.topo, ctx.routes, collective, a) for a in candidates(ctx.topo, ctx.routes, collective)]
+    single = ctx.placement.num_ranks <= 1
+
+    def seconds(size_bytes: float) -> float:
+        if single or size_bytes <= 0:
+            return 0.0
+        return _seconds(ctx, _pick(plans, size_bytes), size_bytes)
+
+    return seconds
 
 
 def _moved(num_ranks: int, size_bytes: float, bottleneck: int) -> bool:

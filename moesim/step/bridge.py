@@ -16,7 +16,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from ..comm.api import collective_time_s as _collective_s
+from ..comm.api import collective_seconds_by_size
 from ..comm.api import RoutedAllToAll, route_ep_all_to_all
 from ..comm.placement import GroupSpec
 from ..hardware import HardwareProfile
@@ -155,9 +155,15 @@ def group_spec(par: Parallel, group: str) -> GroupSpec:
     return GroupSpec(size=size, ranks_per_node=per_node)
 
 
+@lru_cache(maxsize=4096)
+def _collective_by_size(hw: str, collective: str, size: int, per_node: int):
+    """One group's collective as a function of its size (its plans built once: moesim.comm.api)."""
+    return collective_seconds_by_size(_PROFILES[hw], collective, GroupSpec(size=size, ranks_per_node=per_node))
+
+
 @lru_cache(maxsize=262144)
 def _collective_cached(hw: str, collective: str, size_bytes: float, size: int, per_node: int) -> float:
-    return _collective_s(_PROFILES[hw], collective, size_bytes, GroupSpec(size=size, ranks_per_node=per_node))
+    return _collective_by_size(hw, collective, size, per_node)(size_bytes)
 
 
 def collective_time_s(hw: HardwareProfile, par: Parallel, collective: str, size_bytes, group: str):
@@ -186,11 +192,12 @@ def p2p_time_s(hw: HardwareProfile, par: Parallel, size_bytes):
     return collective_time_s(hw, par, "sendrecv", size_bytes, "pp")
 
 
-def grad_sync_time_s(hw: HardwareProfile, par: Parallel, dense_bytes: float, expert_bytes: float) -> float:
-    """Gradient reduction: dense gradients all-reduced over DP, expert gradients over EDP (ring; ZeRO's
-    reduce-scatter + all-gather moves the same bytes)."""
-    return (collective_time_s(hw, par, "all_reduce", dense_bytes, "dp")
-            + collective_time_s(hw, par, "all_reduce", expert_bytes, "edp"))
+def dp_collective_s(hw: HardwareProfile, par: Parallel, collective: str, dense_bytes, expert_bytes):
+    """One data-parallel collective of a GPU's parameters (or their gradients): the dense share over DP, the
+    expert share over EDP, one after the other (all_reduce, reduce_scatter or all_gather; sizes as nccl-tests'
+    S, the unsharded buffer)."""
+    return (collective_time_s(hw, par, collective, dense_bytes, "dp")
+            + collective_time_s(hw, par, collective, expert_bytes, "edp"))
 
 
 def a2a_times_s(rt: RoutingSpec, model: ModelSpec, hw: HardwareProfile, par: Parallel, n_src,

@@ -51,6 +51,7 @@ from . import bridge
 from .memory import (
     MemoryBreakdown,
     StageParams,
+    TRAIN_WEIGHT_BYTES,
     kv_bytes_per_sequence,
     layer_activation_bytes,
     param_state_bytes,
@@ -589,7 +590,10 @@ class _TrainStep:
     recompute: float
     pipe_mean_s: object
     pipe_p99_s: object
-    exposed_grad_s: object
+    exposed_grad_s: object  #: the once-per-step gradient reduction beyond the last backward
+    exposed_gather_s: object  #: the once-per-step weight all-gather beyond the first forward (ZeRO-1, 2)
+    microbatch_grad_s: object  #: ZeRO-2+: the per-micro-batch reduce-scatters' exposed share of the pipeline
+    microbatch_gather_s: object  #: ZeRO-3: the per-micro-batch all-gathers' exposed share of the pipeline
     optimizer_s: object
     step_s: object
     step_p99_s: object
@@ -639,14 +643,87 @@ def _train_step(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Parall
     p2p_bytes = 2.0 * n * model.hidden_size / (par.tp if par.sequence_parallel else 1)
     p2p = _per_layout(par, lambda p, b: bridge.p2p_time_s(hw, p, b), p2p_bytes) if par.pp > 1 else 0.0
 
+    # parameters of each stage: the data-parallel communication of ZeRO-2 / 3 runs per micro-batch with them
+    sp = _stage_param_list(model, par.tp, par.ep, par.etp, par.pp == 1, skey,
+                           sc.routing.redundant_experts)
+    big = max(range(len(sp)), key=lambda i: sp[i].dense + sp[i].expert)
+    grad_bytes = w.grad_bytes_per_element
+    zero = par.zero_stage
+    ovl_g, ovl_p = sc.schedule.overlap_grad_reduce, sc.schedule.overlap_param_gather
+    per_mb = bool(np.any(zero >= 2)) if _vec(zero) else zero >= 2
+    coll_memo: dict[tuple, object] = {}
+    views = inverse = None
+    if _vec(par.dp):  # one view per distinct (DP, EDP) of the layouts, shared by every collective below
+        distinct: dict[tuple, int] = {}
+        inverse = np.array([distinct.setdefault(k, len(distinct)) for k in zip(par.dp.tolist(), par.edp.tolist())])
+        views = [Parallel(None, par.tp, par.pp, d, par.ep, par.etp, e, None,  # type: ignore[arg-type]
+                          par.sequence_parallel, par.gpus_per_node) for d, e in distinct]
+
+    def dp_coll(idx: int, collective: str):
+        """Seconds of ``collective`` over the data-parallel groups for stage ``idx``'s gradients (all_reduce,
+        reduce_scatter) or bf16 weights (all_gather), one value per layout of a vector ``par``."""
+        p = sp[idx]
+        key = (p, collective)
+        t = coll_memo.get(key)
+        if t is None:
+            b = TRAIN_WEIGHT_BYTES if collective == "all_gather" else grad_bytes
+            if views is None:
+                t = bridge.dp_collective_s(hw, par, collective, p.dense * b, p.expert * b)
+            else:
+                t = np.array([bridge.dp_collective_s(hw, q, collective, p.dense * b, p.expert * b) for q in views],
+                             dtype=float)[inverse]
+            coll_memo[key] = t
+        return t
+
+    def microbatch_comm(idx: int, f, b) -> tuple:
+        """(reduction, gather) seconds that one micro-batch of stage ``idx`` leaves exposed (forward ``f``,
+        backward ``b``, recomputation included in neither): ZeRO-2 reduce-scatters its gradients during its
+        backward; ZeRO-3 also all-gathers the weights before its forward and again before its backward."""
+        rs = dp_coll(idx, "reduce_scatter")
+        red2 = _max2(0.0, rs - b) if ovl_g else rs
+        if not _vec(zero) and zero == 2:
+            return red2, 0.0
+        ag = dp_coll(idx, "all_gather")
+        g_fwd = _max2(0.0, ag - f) if ovl_p else ag
+        # the backward's gather and reduce-scatter share its time; what they leave exposed is split between the
+        # overlapped ones in proportion, and a collective without overlap adds in full
+        hid_ag, hid_rs = (ag if ovl_p else 0.0), (rs if ovl_g else 0.0)
+        over = _max2(0.0, hid_ag + hid_rs - (recompute * f + b))
+        if _vec(hid_ag) or _vec(hid_rs):
+            tot = np.asarray(hid_ag + hid_rs, dtype=float)
+            share = np.divide(hid_ag, tot, out=np.zeros_like(tot), where=tot > 0)
+        else:
+            share = hid_ag / (hid_ag + hid_rs) if hid_ag + hid_rs > 0 else 0.0
+        red3 = (0.0 if ovl_g else rs) + over * (1 - share)
+        gat3 = g_fwd + (0.0 if ovl_p else ag) + over * share
+        if not _vec(zero):
+            return red3, gat3
+        return np.where(zero >= 3, red3, np.where(zero == 2, red2, 0.0)), np.where(zero >= 3, gat3, 0.0)
+
+    comm_memo: dict[tuple, tuple] = {}
+
+    def stage_comm(j: int, p99: bool = False) -> tuple:
+        """:func:`microbatch_comm` of stage ``j`` (stages of one shape and parameter count share it)."""
+        key = (p99, counts[j], sp[j])
+        hit = comm_memo.get(key)
+        if hit is None:
+            c = counts[j]
+            hit = comm_memo[key] = microbatch_comm(j, _stage_time(fwd, *c, mtp, p99=p99),
+                                                   _stage_time(bwd, *c, mtp, p99=p99))
+        return hit
+
     def stage_times(p99: bool) -> list:
         out, seen = [], {}
-        for c in counts:  # stages of equal shape (most of them) take the same time
-            t = seen.get(c)
+        for j, c in enumerate(counts):  # stages of equal shape (most of them) take the same time
+            t = seen.get((c, sp[j]))
             if t is None:
                 f = _stage_time(fwd, *c, mtp, p99=p99)
                 b = _stage_time(bwd, *c, mtp, p99=p99)
-                t = seen[c] = f * (1 + recompute) + b + 2 * p2p
+                t = f * (1 + recompute) + b + 2 * p2p
+                if per_mb:
+                    red, gat = stage_comm(j, p99)
+                    t = t + red + gat
+                seen[(c, sp[j])] = t
             out.append(t)
         return out
 
@@ -681,14 +758,34 @@ def _train_step(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Parall
     else:
         pipe_p99 = pipe_mean
 
-    # parameters, gradient reduction and optimizer on the stage with the most parameters
-    sp = _stage_param_list(model, par.tp, par.ep, par.etp, par.pp == 1, skey,
-                           sc.routing.redundant_experts)
-    big = max(range(len(sp)), key=lambda i: sp[i].dense + sp[i].expert)
-    grad_bytes = w.grad_bytes_per_element
-    t_grad = _per_layout(par, lambda p, _: bridge.grad_sync_time_s(hw, p, sp[big].dense * grad_bytes,
-                                                                    sp[big].expert * grad_bytes))
-    exposed_grad = _max2(0.0, t_grad - bwd_time(big)) if sc.schedule.overlap_grad_reduce else t_grad
+    # the once-per-step data-parallel communication of the stage with the most parameters: the gradients'
+    # all-reduce (ZeRO-0) or reduce-scatter (ZeRO-1), hidden under the last backward; under ZeRO-1 and 2 the
+    # all-gather of the updated weights after the optimizer, hidden under the next step's first forward
+    def once(z: int) -> tuple:
+        if z >= 3:
+            return 0.0, 0.0
+        red = 0.0
+        if z <= 1:
+            t = dp_coll(big, "all_reduce" if z == 0 else "reduce_scatter")
+            red = _max2(0.0, t - bwd_time(big)) if ovl_g else t
+        gat = 0.0
+        if z >= 1:
+            ag = dp_coll(big, "all_gather")
+            gat = _max2(0.0, ag - _stage_time(fwd, *counts[big], mtp)) if ovl_p else ag
+        return red, gat
+
+    if _vec(zero):
+        parts = {z: once(z) for z in sorted(set(zero.tolist()))}
+        exposed_grad = sum(np.where(zero == z, r, 0.0) for z, (r, _) in parts.items())
+        exposed_gather = sum(np.where(zero == z, g, 0.0) for z, (_, g) in parts.items())
+    else:
+        exposed_grad, exposed_gather = once(zero)
+    if per_mb:  # the per-micro-batch share, as the other stages of the step: over the stages, m micro-batches
+        mb = [stage_comm(j) for j in range(len(counts))]
+        mb_red = sum(r for r, _ in mb) * m / par.pp
+        mb_gat = sum(g for _, g in mb) * m / par.pp
+    else:
+        mb_red = mb_gat = 0.0
     shard_d = _where(par.zero_stage >= 1, par.dp, 1)
     shard_e = _where(par.zero_stage >= 1, par.edp, 1)
     local = sp[big].dense / shard_d + sp[big].expert / shard_e
@@ -698,8 +795,8 @@ def _train_step(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Parall
     # Adam: one memory-bound pass over the local shard
     t_opt = op_time_s(hw, Op(OpKind.OPTIMIZER, "optimizer", flops=0.0, bytes_moved=opt_bytes,
                              compute_kind="elementwise", num_kernels=4), "bf16")
-    step = pipe_mean + exposed_grad + t_opt
-    step_p99 = pipe_p99 + exposed_grad + t_opt
+    step = pipe_mean + exposed_grad + exposed_gather + t_opt
+    step_p99 = pipe_p99 + exposed_grad + exposed_gather + t_opt
 
     tokens = w.global_batch_size * w.seq_len
     tps = tokens / step
@@ -715,8 +812,8 @@ def _train_step(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Parall
     else:
         copies = bridge.max_rank_copies(sc.routing, model, par, par.moe_tokens(n))
     mem = train_memory_table(sc, model, hw, par, copies, n, m, sp, stages, skey)
-    return _TrainStep(stages, counts, m, recompute, pipe_mean, pipe_p99, exposed_grad, t_opt, step, step_p99, tps,
-                      mfu, mfu_bf16, model_flops, mem)
+    return _TrainStep(stages, counts, m, recompute, pipe_mean, pipe_p99, exposed_grad, exposed_gather, mb_red, mb_gat,
+                      t_opt, step, step_p99, tps, mfu, mfu_bf16, model_flops, mem)
 
 
 def _train(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Parallel, detail: bool = True) -> Estimate:
@@ -738,10 +835,13 @@ def _train(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Parallel, d
     for p, mult in ((fwd, 1 + st.recompute), (bwd, 1.0)):
         for k, v in _by_stage_total(p, counts, mtp).items():
             by_stage[k] = by_stage.get(k, 0.0) + v * mult * m / par.pp
-    by_stage["pipeline_bubble"] = st.pipe_mean_s - sum(by_stage.values()) if par.pp > 1 else 0.0
-    by_stage["grad_sync_exposed"] = st.exposed_grad_s
+    in_pipe = st.microbatch_grad_s + st.microbatch_gather_s
+    by_stage["pipeline_bubble"] = st.pipe_mean_s - sum(by_stage.values()) - in_pipe if par.pp > 1 else 0.0
+    by_stage["grad_sync_exposed"] = st.exposed_grad_s + st.microbatch_grad_s
+    by_stage["param_gather_exposed"] = st.exposed_gather_s + st.microbatch_gather_s
     by_stage["optimizer"] = st.optimizer_s
-    bound = dict(fwd.bound) | {"grad_sync_exposed": "communication", "optimizer": "memory", "pipeline_bubble": "latency"}
+    bound = dict(fwd.bound) | {"grad_sync_exposed": "communication", "param_gather_exposed": "communication",
+                               "optimizer": "memory", "pipeline_bubble": "latency"}
 
     if not detail:  # searches: the figures only, no validation of the result
         return built(Estimate,

@@ -47,6 +47,9 @@ from .memo import by_model
 from .parallel import Parallel
 
 ACT = 2.0
+#: Bytes per element of the weights a training GPU holds (bf16 copies beside the optimizer's masters): the
+#: weight memory and the all-gather of the updated weights under ZeRO (docs/step-model.md, section 6)
+TRAIN_WEIGHT_BYTES = 2.0
 
 
 @dataclass(frozen=True)
@@ -133,7 +136,7 @@ def param_state_bytes(p: StageParams, par: Parallel, *, master_weights_fp32: boo
     d2, e2 = shard(2)
     d1, e1 = shard(1)
     ob = 12.0 if master_weights_fp32 else 4.0
-    return {"weights": 2.0 * (p.dense / d3 + p.expert / e3), "gradients": grad_bytes * (p.dense / d2 + p.expert / e2),
+    return {"weights": TRAIN_WEIGHT_BYTES * (p.dense / d3 + p.expert / e3), "gradients": grad_bytes * (p.dense / d2 + p.expert / e2),
             "optimizer": ob * (p.dense / d1 + p.expert / e1)}
 
 

@@ -163,6 +163,86 @@ def test_bf16_main_gradients_halve_their_memory_and_the_bytes_the_reduction_send
     assert bf16.step_s < fp32.step_s
 
 
+# ----------------------------------------------------------------------------- data-parallel communication by ZeRO stage
+
+
+def _zero(z: int, **schedule):
+    """Mixtral-8x7B on 64 H100 in one stage (TP2 EP8: DP 32 with 4 ranks per node, EDP 8 with 1), 8 micro-batches."""
+    raw = _train(pp=1, zero_stage=z)
+    raw = {**raw, "workload": {**raw["workload"], "global_batch_size": 256, "micro_batch_size": 1},
+           "schedule": {"overlap_grad_reduce": False, "overlap_param_gather": False, **schedule}}
+    return estimate(scenario_from_dict(raw, "test"))
+
+
+def _dp_seconds(collective: str, bytes_per_param: float) -> float:
+    """The collective of one GPU's parameters, from the communication model's public API: dense over DP (32
+    ranks, 4 per node: the DP group's stride is TP 2), experts over EDP (8 ranks, one per node)."""
+    from moesim.comm.api import GroupSpec, collective_time_s
+    from moesim.catalog import load_model
+    from moesim.hardware import load_hardware
+    from moesim.step.memory import stage_params
+    from moesim.step.parallel import Parallel
+
+    model, hw = load_model("mixtral-8x7b"), load_hardware("h100-sxm")
+    par = Parallel(64, 2, 1, 32, 8, 1, 8, 0, True, 8)
+    p = stage_params(model, par, list(range(model.num_layers)), True, True)
+    return (collective_time_s(hw, collective, p.dense * bytes_per_param, GroupSpec(size=32, ranks_per_node=4))
+            + collective_time_s(hw, collective, p.expert * bytes_per_param, GroupSpec(size=8, ranks_per_node=1)))
+
+
+def test_each_zero_stage_sends_what_it_shards_once_per_step_or_per_micro_batch():
+    """Without overlap every collective adds in full: ZeRO-0 all-reduces the fp32 gradients once; ZeRO-1
+    reduce-scatters them once and all-gathers the bf16 weights once; ZeRO-2 reduce-scatters in each of the
+    8 micro-batches; ZeRO-3 also gathers the weights before each forward and each backward."""
+    ar, rs, ag = _dp_seconds("all_reduce", 4.0), _dp_seconds("reduce_scatter", 4.0), _dp_seconds("all_gather", 2.0)
+    expected = {0: (ar, 0.0), 1: (rs, ag), 2: (8 * rs, ag), 3: (8 * rs, 16 * ag)}
+    for z, (red, gat) in expected.items():
+        t = _zero(z).time_by_stage_s
+        assert t["grad_sync_exposed"] == pytest.approx(red, rel=1e-9), z
+        assert t["param_gather_exposed"] == pytest.approx(gat, rel=1e-9), z
+    steps = [_zero(z).step_s for z in range(4)]
+    assert steps[1] < steps[0] < steps[2] < steps[3]  # fp32 reduce-scatter + bf16 gather: 3/4 of the all-reduce
+
+
+def test_overlap_hides_the_gathers_under_the_forward_and_the_reductions_under_the_backward():
+    for z in (1, 2, 3):
+        serial, overlapped = _zero(z), _zero(z, overlap_grad_reduce=True, overlap_param_gather=True)
+        assert overlapped.step_s < serial.step_s
+        for k in ("grad_sync_exposed", "param_gather_exposed"):
+            assert 0.0 <= overlapped.time_by_stage_s[k] < serial.time_by_stage_s[k] or serial.time_by_stage_s[k] == 0
+    # the overlap hides as much of a collective as the computation beside it lasts: the backward of the last
+    # micro-batch for the reduce-scatter, the first forward for the gather (ZeRO-1)
+    serial, ovl = _zero(1).time_by_stage_s, _zero(1, overlap_grad_reduce=True, overlap_param_gather=True)
+    hidden_red = serial["grad_sync_exposed"] - ovl.time_by_stage_s["grad_sync_exposed"]
+    hidden_gat = serial["param_gather_exposed"] - ovl.time_by_stage_s["param_gather_exposed"]
+    assert 0 < hidden_gat < hidden_red  # a forward is shorter than a backward
+    # the parameter gather's overlap can be turned off alone
+    only_grad = _zero(1, overlap_grad_reduce=True).time_by_stage_s
+    assert only_grad["grad_sync_exposed"] == pytest.approx(ovl.time_by_stage_s["grad_sync_exposed"], rel=1e-12)
+    assert only_grad["param_gather_exposed"] == pytest.approx(_dp_seconds("all_gather", 2.0), rel=1e-9)
+    # ZeRO-3 with the gathers serial and the reduce-scatter overlapped: both gathers of the 8 micro-batches add
+    # in full, the reduce-scatter only past each backward
+    z3 = _zero(3, overlap_grad_reduce=True).time_by_stage_s
+    assert z3["param_gather_exposed"] == pytest.approx(16 * _dp_seconds("all_gather", 2.0), rel=1e-9)
+    assert 0.0 <= z3["grad_sync_exposed"] < 8 * _dp_seconds("reduce_scatter", 4.0)
+
+
+def test_zero3_memory_savings_are_not_free_in_the_planner_s_step():
+    """ZeRO-3 holds a 32nd of the dense weights and an 8th of the experts' but sends them three times per
+    micro-batch: the step is slower than ZeRO-1's, the memory smaller."""
+    z1, z3 = _zero(1, overlap_grad_reduce=True, overlap_param_gather=True), \
+        _zero(3, overlap_grad_reduce=True, overlap_param_gather=True)
+    assert z3.memory_per_gpu_bytes < z1.memory_per_gpu_bytes
+    assert z3.step_s > z1.step_s
+
+
+def test_overlap_param_gather_is_a_boolean_field():
+    raw = _train()
+    with pytest.raises(Exception) as exc:
+        scenario_from_dict({**raw, "schedule": {"overlap_param_gather": "sometimes"}}, "test")
+    assert "overlap_param_gather" in str(exc.value)
+
+
 # ----------------------------------------------------------------------------- serving iterations
 
 
