@@ -325,11 +325,15 @@ def _pick(plans: list[Plan], size_bytes: float) -> Plan:
     return best
 
 
+def _plans(ctx: _Context, collective: str) -> list[Plan]:
+    """The plan of every algorithm NCCL's tuner considers for ``collective`` on this group."""
+    return [plan(ctx.topo, ctx.routes, collective, a) for a in candidates(ctx.topo, ctx.routes, collective)]
+
+
 def _choose(ctx: _Context, collective: str, algorithm: str, size_bytes: float) -> Plan:
     if algorithm != "auto":
         return plan(ctx.topo, ctx.routes, collective, algorithm)
-    return _pick([plan(ctx.topo, ctx.routes, collective, a) for a in candidates(ctx.topo, ctx.routes, collective)],
-                 size_bytes)
+    return _pick(_plans(ctx, collective), size_bytes)
 
 
 def _seconds(ctx: _Context, p: Plan, size_bytes: float) -> float:
@@ -348,7 +352,7 @@ def time_s(ctx: _Context, collective: str, size_bytes: float, algorithm: str = "
 def seconds_by_size(ctx: _Context, collective: str) -> Callable[[float], float]:
     """``time_s(ctx, collective, size)`` with NCCL's algorithm choice (``auto``) as a function of the size alone:
     the candidate plans of the group are built once, and each call picks among them by the same rule."""
-    plans = [plan(ctx.topo, ctx.routes, collective, a) for a in candidates(ctx.topo, ctx.routes, collective)]
+    plans = _plans(ctx, collective)
     single = ctx.placement.num_ranks <= 1
 
     def seconds(size_bytes: float) -> float:

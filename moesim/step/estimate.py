@@ -561,17 +561,32 @@ def _where(cond, a, b):
     return np.where(cond, a, b) if _vec(cond) else (a if cond else b)
 
 
-def _per_layout(par: Parallel, fn, arg=None):
+def _layout_views(par: Parallel):
+    """For a vector :class:`Parallel` (see :func:`_per_layout`): one view per distinct (DP, EDP) of its layouts,
+    and for each layout the index of its view; None for one layout."""
+    if not _vec(par.dp):
+        return None
+    distinct: dict[tuple, int] = {}
+    inverse = np.array([distinct.setdefault(k, len(distinct)) for k in zip(par.dp.tolist(), par.edp.tolist())])
+    views = [Parallel(None, par.tp, par.pp, d, par.ep, par.etp, e, None,  # type: ignore[arg-type]
+                      par.sequence_parallel, par.gpus_per_node) for d, e in distinct]
+    return views, inverse
+
+
+def _per_layout(par: Parallel, fn, arg=None, views=None):
     """``fn(par, arg)`` for one layout, or an array of ``fn`` over the layouts of a vector :class:`Parallel`
     (``num_gpus``, ``dp``, ``edp`` and ``zero_stage`` arrays, see :func:`train_curve`), ``arg`` a scalar or one
     value per layout. ``fn`` may read the data-parallel sizes and the fixed fields; each layout's view has no GPU
-    count or ZeRO stage (``None``), so ``fn`` is evaluated once per distinct (DP, EDP, ``arg``)."""
+    count or ZeRO stage (``None``), so ``fn`` is evaluated once per distinct (DP, EDP, ``arg``). ``views``:
+    :func:`_layout_views` of ``par``, for callers that evaluate several ``fn`` on one ``par``."""
     if not _vec(par.dp):
         return fn(par, arg)
+    if not _vec(arg):
+        qs, inverse = views if views is not None else _layout_views(par)
+        return np.array([fn(q, arg) for q in qs], dtype=float)[inverse]
     memo: dict[tuple, float] = {}
     out = []
-    args = arg.tolist() if _vec(arg) else [arg] * len(par.dp)
-    for d, e, a in zip(par.dp.tolist(), par.edp.tolist(), args):
+    for d, e, a in zip(par.dp.tolist(), par.edp.tolist(), arg.tolist()):
         v = memo.get((d, e, a))
         if v is None:
             v = memo[(d, e, a)] = fn(Parallel(None, par.tp, par.pp, d, par.ep, par.etp, e, None,  # type: ignore[arg-type]
@@ -650,14 +665,9 @@ def _train_step(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Parall
     grad_bytes = w.grad_bytes_per_element
     zero = par.zero_stage
     ovl_g, ovl_p = sc.schedule.overlap_grad_reduce, sc.schedule.overlap_param_gather
-    per_mb = bool(np.any(zero >= 2)) if _vec(zero) else zero >= 2
+    per_microbatch = bool(np.any(zero >= 2)) if _vec(zero) else zero >= 2
     coll_memo: dict[tuple, object] = {}
-    views = inverse = None
-    if _vec(par.dp):  # one view per distinct (DP, EDP) of the layouts, shared by every collective below
-        distinct: dict[tuple, int] = {}
-        inverse = np.array([distinct.setdefault(k, len(distinct)) for k in zip(par.dp.tolist(), par.edp.tolist())])
-        views = [Parallel(None, par.tp, par.pp, d, par.ep, par.etp, e, None,  # type: ignore[arg-type]
-                          par.sequence_parallel, par.gpus_per_node) for d, e in distinct]
+    views = _layout_views(par)
 
     def dp_coll(idx: int, collective: str):
         """Seconds of ``collective`` over the data-parallel groups for stage ``idx``'s gradients (all_reduce,
@@ -667,12 +677,8 @@ def _train_step(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Parall
         t = coll_memo.get(key)
         if t is None:
             b = TRAIN_WEIGHT_BYTES if collective == "all_gather" else grad_bytes
-            if views is None:
-                t = bridge.dp_collective_s(hw, par, collective, p.dense * b, p.expert * b)
-            else:
-                t = np.array([bridge.dp_collective_s(hw, q, collective, p.dense * b, p.expert * b) for q in views],
-                             dtype=float)[inverse]
-            coll_memo[key] = t
+            t = coll_memo[key] = _per_layout(par, lambda q, _: bridge.dp_collective_s(hw, q, collective, p.dense * b,
+                                                                                         p.expert * b), views=views)
         return t
 
     def microbatch_comm(idx: int, f, b) -> tuple:
@@ -689,11 +695,8 @@ def _train_step(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Parall
         # overlapped ones in proportion, and a collective without overlap adds in full
         hid_ag, hid_rs = (ag if ovl_p else 0.0), (rs if ovl_g else 0.0)
         over = _max2(0.0, hid_ag + hid_rs - (recompute * f + b))
-        if _vec(hid_ag) or _vec(hid_rs):
-            tot = np.asarray(hid_ag + hid_rs, dtype=float)
-            share = np.divide(hid_ag, tot, out=np.zeros_like(tot), where=tot > 0)
-        else:
-            share = hid_ag / (hid_ag + hid_rs) if hid_ag + hid_rs > 0 else 0.0
+        tot = hid_ag + hid_rs
+        share = _where(tot > 0, hid_ag / _where(tot > 0, tot, 1.0), 0.0)
         red3 = (0.0 if ovl_g else rs) + over * (1 - share)
         gat3 = g_fwd + (0.0 if ovl_p else ag) + over * share
         if not _vec(zero):
@@ -720,7 +723,7 @@ def _train_step(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Parall
                 f = _stage_time(fwd, *c, mtp, p99=p99)
                 b = _stage_time(bwd, *c, mtp, p99=p99)
                 t = f * (1 + recompute) + b + 2 * p2p
-                if per_mb:
+                if per_microbatch:
                     red, gat = stage_comm(j, p99)
                     t = t + red + gat
                 seen[(c, sp[j])] = t
@@ -780,12 +783,12 @@ def _train_step(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Parall
         exposed_gather = sum(np.where(zero == z, g, 0.0) for z, (_, g) in parts.items())
     else:
         exposed_grad, exposed_gather = once(zero)
-    if per_mb:  # the per-micro-batch share, as the other stages of the step: over the stages, m micro-batches
-        mb = [stage_comm(j) for j in range(len(counts))]
-        mb_red = sum(r for r, _ in mb) * m / par.pp
-        mb_gat = sum(g for _, g in mb) * m / par.pp
+    if per_microbatch:  # the per-micro-batch share, as the other stages of the step: over the stages, m micro-batches
+        per_stage = [stage_comm(j) for j in range(len(counts))]
+        microbatch_red = sum(r for r, _ in per_stage) * m / par.pp
+        microbatch_gat = sum(g for _, g in per_stage) * m / par.pp
     else:
-        mb_red = mb_gat = 0.0
+        microbatch_red = microbatch_gat = 0.0
     shard_d = _where(par.zero_stage >= 1, par.dp, 1)
     shard_e = _where(par.zero_stage >= 1, par.edp, 1)
     local = sp[big].dense / shard_d + sp[big].expert / shard_e
@@ -812,7 +815,7 @@ def _train_step(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Parall
     else:
         copies = bridge.max_rank_copies(sc.routing, model, par, par.moe_tokens(n))
     mem = train_memory_table(sc, model, hw, par, copies, n, m, sp, stages, skey)
-    return _TrainStep(stages, counts, m, recompute, pipe_mean, pipe_p99, exposed_grad, exposed_gather, mb_red, mb_gat,
+    return _TrainStep(stages, counts, m, recompute, pipe_mean, pipe_p99, exposed_grad, exposed_gather, microbatch_red, microbatch_gat,
                       t_opt, step, step_p99, tps, mfu, mfu_bf16, model_flops, mem)
 
 
