@@ -192,6 +192,13 @@ def p2p_time_s(hw: HardwareProfile, par: Parallel, size_bytes):
     return collective_time_s(hw, par, "sendrecv", size_bytes, "pp")
 
 
+def leaves_node(par: Parallel, group: str) -> bool:
+    """Whether the layout's ``group`` (see :func:`_group`) spans more than one node, so that its traffic goes
+    through the NICs."""
+    size, per_node = _group(par, group)
+    return size > per_node
+
+
 def dp_collective_s(hw: HardwareProfile, par: Parallel, collective: str, dense_bytes, expert_bytes):
     """One data-parallel collective of a GPU's parameters (or their gradients): the dense share over DP, the
     expert share over EDP, one after the other (all_reduce, reduce_scatter or all_gather; sizes as nccl-tests'

@@ -140,6 +140,10 @@ class Pass:
     load: LoadSummary | None
     embedding_s: float
     lm_head_s: float
+    #: seconds of one MoE layer's all-to-all transfers in this pass (dispatch + combine, expected and p99 load):
+    #: the time the EP group's links are busy, whether or not the schedule hides it under computation
+    a2a_s: float = 0.0
+    a2a_p99_s: float = 0.0
 
 
 _NODE = {
@@ -293,7 +297,7 @@ def _value_key(x):
 
 def _frozen(p: Pass) -> Pass:
     """``p`` with its array fields read-only: a cached pass is shared by every later caller."""
-    for x in (p.moe_s, p.moe_p99_s, p.dense_s, p.embedding_s, p.lm_head_s):
+    for x in (p.moe_s, p.moe_p99_s, p.dense_s, p.embedding_s, p.lm_head_s, p.a2a_s, p.a2a_p99_s):
         if isinstance(x, np.ndarray):
             x.flags.writeable = False
     return p
@@ -389,6 +393,7 @@ def _layer_pass(rt: RoutingSpec, sched: Schedule, model: ModelSpec, hw: Hardware
 
     load_summary = None
     moe_s = moe_p99_s = 0.0
+    a2a = a2a_p99 = 0.0
     by_moe: dict[str, float] = {}
     if model.moe is not None and model.num_moe_layers:
         n_src = par.moe_tokens(n)
@@ -399,12 +404,14 @@ def _layer_pass(rt: RoutingSpec, sched: Schedule, model: ModelSpec, hw: Hardware
             mean_load, p99_load, load_summary = bridge.rank_load(rt, model, par, n_src)
         d, c = bridge.a2a_times_s(rt, model, hw, par, n_src, bpc, mean_load)
         timer.a2a = {OpKind.DISPATCH: d, OpKind.COMBINE: c}
+        a2a = a2a_p99 = d + c
         moe_ops_mean = lowp(attn + moe_ops(model, par, n, mean_load, bytes_per_copy=bpc, weight_bytes=wb,
                                            expert_weight_bytes=ewb, plan=plan, gather_in_gemm=gather))
         moe_s, by_moe, _ = run("moe", moe_ops_mean)
     if detail and model.moe is not None and model.num_moe_layers:
         d, c = bridge.a2a_times_s(rt, model, hw, par, n_src, bpc, p99_load)
         timer.a2a = {OpKind.DISPATCH: d, OpKind.COMBINE: c}
+        a2a_p99 = d + c
         moe_ops_p99 = lowp(attn + moe_ops(model, par, n, p99_load, bytes_per_copy=bpc, weight_bytes=wb,
                                           expert_weight_bytes=ewb, plan=plan, gather_in_gemm=gather))
         moe_p99_s, _, _ = run("moe", moe_ops_p99, record=False)
@@ -419,7 +426,7 @@ def _layer_pass(rt: RoutingSpec, sched: Schedule, model: ModelSpec, hw: Hardware
             emb_t, lm_t = timer.time_only(embedding_op(model, n)), sum(timer.time_only(x) for x in lm_parts)
         else:
             emb_t, lm_t = timer.op(embedding_op(model, n))[0], sum(timer.op(x)[0] for x in lm_parts)
-        return Pass(moe_s, moe_s, dense_s, {}, {}, {}, [], load_summary, emb_t, lm_t)
+        return Pass(moe_s, moe_s, dense_s, {}, {}, {}, [], load_summary, emb_t, lm_t, a2a, a2a)
     emb_t, _ = timer.op(embedding_op(model, n))
     lm_times = [timer.op(x) for x in lm_parts]
     lm_t = sum(t for t, _ in lm_times)
@@ -428,7 +435,7 @@ def _layer_pass(rt: RoutingSpec, sched: Schedule, model: ModelSpec, hw: Hardware
     if not backward:
         timings.append(built(OpTiming, kind="lm_head", layer="model", time_s=lm_t, flops=lm.flops, bytes_moved=lm.total_bytes,
                                 comm_bytes=0.0, group="", bound=lm_b, on_critical_path=True))
-    return Pass(moe_s, moe_p99_s, dense_s, by_moe, by_dense, bound, timings, load_summary, emb_t, lm_t)
+    return Pass(moe_s, moe_p99_s, dense_s, by_moe, by_dense, bound, timings, load_summary, emb_t, lm_t, a2a, a2a_p99)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -486,6 +493,11 @@ def _stage_time(p: Pass, n_moe: int, n_dense: int, first: bool, last: bool, mtp:
     if last:
         t += p.lm_head_s * (1 + mtp)
     return t
+
+
+def _stage_a2a(p: Pass, n_moe: int, n_dense: int, first: bool, last: bool, mtp: int, *, p99: bool = False) -> float:
+    """Seconds the EP all-to-all of one micro-batch keeps the links busy in a stage (the MTP modules on the last)."""
+    return (n_moe + (mtp if last else 0)) * (p.a2a_p99_s if p99 else p.a2a_s)
 
 
 def _by_stage_total(p: Pass, counts: list[tuple[int, int, bool, bool]], mtp: int) -> dict[str, float]:
@@ -681,10 +693,23 @@ def _train_step(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Parall
                                                                                          p.expert * b), views=views)
         return t
 
+    # the EP all-to-all and a data-parallel collective that both leave the node share its NICs: an overlapped
+    # collective hides only in the part of a pass that the all-to-all leaves the NICs free (docs/step-model.md
+    # section 6); 1 where they share, per layout of a vector par
+    nic_shared = _per_layout(par, lambda q, _: float(bridge.leaves_node(q, "ep") and (
+        bridge.leaves_node(q, "dp") or bridge.leaves_node(q, "edp"))), views=views)
+
+    def free(idx: int, p: Pass, p99: bool = False):
+        """Seconds of stage ``idx``'s pass ``p`` in which a data-parallel collective can hide: the pass, less the
+        all-to-all's time on shared NICs."""
+        c = counts[idx]
+        return _stage_time(p, *c, mtp, p99=p99) - nic_shared * _stage_a2a(p, *c, mtp, p99=p99)
+
     def microbatch_comm(idx: int, f, b) -> tuple:
         """(reduction, gather) seconds that one micro-batch of stage ``idx`` leaves exposed (forward ``f``,
-        backward ``b``, recomputation included in neither): ZeRO-2 reduce-scatters its gradients during its
-        backward; ZeRO-3 also all-gathers the weights before its forward and again before its backward."""
+        backward ``b``: the time a collective can hide in, see :func:`free`; recomputation included in neither):
+        ZeRO-2 reduce-scatters its gradients during its backward; ZeRO-3 also all-gathers the weights before its
+        forward and again before its backward."""
         rs = dp_coll(idx, "reduce_scatter")
         red2 = _max2(0.0, rs - b) if ovl_g else rs
         if not _vec(zero) and zero == 2:
@@ -710,9 +735,7 @@ def _train_step(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Parall
         key = (p99, counts[j], sp[j])
         hit = comm_memo.get(key)
         if hit is None:
-            c = counts[j]
-            hit = comm_memo[key] = microbatch_comm(j, _stage_time(fwd, *c, mtp, p99=p99),
-                                                   _stage_time(bwd, *c, mtp, p99=p99))
+            hit = comm_memo[key] = microbatch_comm(j, free(j, fwd, p99), free(j, bwd, p99))
         return hit
 
     def stage_times(p99: bool) -> list:
@@ -729,10 +752,6 @@ def _train_step(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Parall
                 seen[(c, sp[j])] = t
             out.append(t)
         return out
-
-    def bwd_time(idx: int) -> float:
-        n_moe, n_dense, first, last = counts[idx]
-        return _stage_time(bwd, n_moe, n_dense, first, last, mtp)
 
     schedule = sc.schedule.pipeline
     v = sc.layout.virtual_stages
@@ -770,11 +789,11 @@ def _train_step(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Parall
         red = 0.0
         if z <= 1:
             t = dp_coll(big, "all_reduce" if z == 0 else "reduce_scatter")
-            red = _max2(0.0, t - bwd_time(big)) if ovl_g else t
+            red = _max2(0.0, t - free(big, bwd)) if ovl_g else t
         gat = 0.0
         if z >= 1:
             ag = dp_coll(big, "all_gather")
-            gat = _max2(0.0, ag - _stage_time(fwd, *counts[big], mtp)) if ovl_p else ag
+            gat = _max2(0.0, ag - free(big, fwd)) if ovl_p else ag
         return red, gat
 
     if _vec(zero):
@@ -1291,7 +1310,8 @@ def _pass_map(p: Pass, f) -> Pass:
     stay as they are; no per-operation records)."""
     def g(x):
         return f(x) if _vec(x) else x
-    return Pass(g(p.moe_s), g(p.moe_p99_s), g(p.dense_s), {}, {}, {}, [], None, g(p.embedding_s), g(p.lm_head_s))
+    return Pass(g(p.moe_s), g(p.moe_p99_s), g(p.dense_s), {}, {}, {}, [], None, g(p.embedding_s), g(p.lm_head_s),
+                g(p.a2a_s), g(p.a2a_p99_s))
 
 
 def _pass_at(p: Pass, j: int) -> Pass:

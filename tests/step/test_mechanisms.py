@@ -236,6 +236,58 @@ def test_zero3_memory_savings_are_not_free_in_the_planner_s_step():
     assert z3.step_s > z1.step_s
 
 
+def test_an_overlapped_collective_hides_only_where_the_all_to_all_leaves_the_shared_nics_free(monkeypatch):
+    """At ETP 2 the EP 8 group spans two nodes (EP ranks are ETP apart), as DP 32 and EDP 4 do: both send
+    through the NICs, so ZeRO-1's reduce-scatter hides only in the last backward less its all-to-all time, and
+    the gather in the first forward less its own. At ETP 1 the all-to-all stays on NVLink and shares nothing."""
+    from moesim.comm.api import GroupSpec, collective_time_s
+    from moesim.step import bridge
+    from moesim.step.estimate import layer_pass
+    from moesim.step.memory import stage_params
+    from moesim.step.parallel import Parallel
+
+    def run(etp: int, z: int):
+        raw = _train(pp=1, zero_stage=z, etp=etp)
+        raw = {**raw, "workload": {**raw["workload"], "global_batch_size": 256, "micro_batch_size": 1},
+               "schedule": {"overlap_grad_reduce": True, "overlap_param_gather": True}}
+        sc = scenario_from_dict(raw, "test")
+        return sc, estimate(sc)
+
+    sc, e = run(2, 1)
+    model, hw = sc.resolve_model(), sc.resolve_hardware()
+    par = Parallel.of(sc, hw.node.accelerators_per_node)
+    kw = dict(n=4096, keys=4097 / 2, weight_dtype="bf16", kv_dtype="bf16", compute_dtype="bf16", training=True)
+    fwd = layer_pass(sc, model, hw, par, **kw)
+    bwd = layer_pass(sc, model, hw, par, backward=True, grad_bytes=4.0, **kw)
+    assert fwd.a2a_s > 0 and bwd.a2a_s == pytest.approx(fwd.a2a_s, rel=1e-12)  # the transfers run again as they are
+    p = stage_params(model, par, list(range(model.num_layers)), True, True)
+
+    def coll(name: str, b: float) -> float:
+        return (collective_time_s(hw, name, p.dense * b, GroupSpec(size=32, ranks_per_node=4))
+                + collective_time_s(hw, name, p.expert * b, GroupSpec(size=4, ranks_per_node=1)))
+
+    L = model.num_layers
+    free_b = L * (bwd.moe_s - bwd.a2a_s) + bwd.embedding_s + bwd.lm_head_s
+    free_f = L * (fwd.moe_s - fwd.a2a_s) + fwd.embedding_s + fwd.lm_head_s
+    t = e.time_by_stage_s
+    assert t["grad_sync_exposed"] == pytest.approx(max(0.0, coll("reduce_scatter", 4.0) - free_b), rel=1e-9)
+    assert t["param_gather_exposed"] == pytest.approx(max(0.0, coll("all_gather", 2.0) - free_f), rel=1e-9)
+    assert t["grad_sync_exposed"] > 0 and t["param_gather_exposed"] > 0  # the setup exposes both
+    # without the all-to-all's share of the NICs the whole pass would hide them
+    assert coll("reduce_scatter", 4.0) < free_b + L * bwd.a2a_s
+    z3 = run(2, 3)[1]
+    # at ETP 1 the all-to-all stays in the node and hides nothing of the collectives
+    assert bridge.leaves_node(par, "ep") and not bridge.leaves_node(
+        Parallel.of(run(1, 1)[0], hw.node.accelerators_per_node), "ep")
+    # were the all-to-all on other links, the whole passes would hide the collectives: ZeRO-1's both, and
+    # ZeRO-3's gathers and reduce-scatters of every micro-batch lose less
+    real = bridge.leaves_node
+    monkeypatch.setattr(bridge, "leaves_node", lambda q, group: group != "ep" and real(q, group))
+    apart1, apart3 = run(2, 1)[1], run(2, 3)[1]
+    assert apart1.time_by_stage_s["grad_sync_exposed"] == 0.0 == apart1.time_by_stage_s["param_gather_exposed"]
+    assert apart1.step_s < e.step_s and apart3.step_s < z3.step_s
+
+
 def test_overlap_param_gather_is_a_boolean_field():
     raw = _train()
     with pytest.raises(Exception) as exc:
