@@ -880,6 +880,13 @@ def _train(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Parallel, d
                 else f"interleaved 1F1B ({v} virtual stages per GPU)" if v > 1 else "1F1B")
         notes.append(f"{kind} pipeline: {m} micro-batches over {par.pp} stages, bubble "
                      f"{by_stage['pipeline_bubble']:.3g} s")
+    sched = sc.schedule
+    if ((sched.overlap_grad_reduce or sched.overlap_param_gather) and fwd.a2a_s > 0 and bridge.leaves_node(par, "ep")
+            and (bridge.leaves_node(par, "dp") or bridge.leaves_node(par, "edp"))):
+        busy = (fwd.a2a_s + bwd.a2a_s) / (fwd.moe_s + bwd.moe_s)
+        notes.append(f"the EP all-to-all and the data-parallel collectives both cross the NICs: overlapped "
+                     f"reductions and gathers hide only where the all-to-all leaves them free (the all-to-all keeps them busy "
+                     f"{busy:.0%} of an MoE layer's forward and backward)")
     return built(Estimate,  # every field built here with its type: no validation on the hot path
         scenario=sc.name, model=model.name, hardware=hw.name, num_gpus=sc.num_gpus, workload="train", phase="train",
         layout=_layout_dict(sc, par), fits=mem.fits, memory_per_gpu_bytes=mem.total_bytes, memory=_memory_result(mem),

@@ -279,6 +279,8 @@ def test_an_overlapped_collective_hides_only_where_the_all_to_all_leaves_the_sha
     # at ETP 1 the all-to-all stays in the node and hides nothing of the collectives
     assert bridge.leaves_node(par, "ep") and not bridge.leaves_node(
         Parallel.of(run(1, 1)[0], hw.node.accelerators_per_node), "ep")
+    # the estimate says so where it applies
+    assert any("cross the NICs" in n for n in e.notes) and not any("cross the NICs" in n for n in run(1, 1)[1].notes)
     # were the all-to-all on other links, the whole passes would hide the collectives: ZeRO-1's both, and
     # ZeRO-3's gathers and reduce-scatters of every micro-batch lose less
     real = bridge.leaves_node
