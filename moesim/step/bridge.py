@@ -199,6 +199,15 @@ def leaves_node(par: Parallel, group: str) -> bool:
     return size > per_node
 
 
+def shares_links_with_ep(par: Parallel) -> bool:
+    """Whether the EP all-to-all and the data-parallel collectives are bound by the same links: the NICs when the
+    EP group and the DP or EDP group span nodes, the node's NVLink when all three stay in it. Mixed placements
+    (one in the node, the other across) are bound by different links."""
+    ep_out = leaves_node(par, "ep")
+    dp_out, edp_out = leaves_node(par, "dp"), leaves_node(par, "edp")
+    return (dp_out or edp_out) if ep_out else not (dp_out or edp_out)
+
+
 def dp_collective_s(hw: HardwareProfile, par: Parallel, collective: str, dense_bytes, expert_bytes):
     """One data-parallel collective of a GPU's parameters (or their gradients): the dense share over DP, the
     expert share over EDP, one after the other (all_reduce, reduce_scatter or all_gather; sizes as nccl-tests'

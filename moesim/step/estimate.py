@@ -693,17 +693,16 @@ def _train_step(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Parall
                                                                                          p.expert * b), views=views)
         return t
 
-    # the EP all-to-all and a data-parallel collective that both leave the node share its NICs: an overlapped
-    # collective hides only in the part of a pass that the all-to-all leaves the NICs free (docs/step-model.md
+    # the EP all-to-all and a data-parallel collective bound by the same links share them: an overlapped
+    # collective hides only in the part of a pass that the all-to-all leaves the links free (docs/step-model.md
     # section 6); 1 where they share, per layout of a vector par
-    nic_shared = _per_layout(par, lambda q, _: float(bridge.leaves_node(q, "ep") and (
-        bridge.leaves_node(q, "dp") or bridge.leaves_node(q, "edp"))), views=views)
+    link_shared = _per_layout(par, lambda q, _: float(bridge.shares_links_with_ep(q)), views=views)
 
     def free(idx: int, p: Pass, p99: bool = False):
         """Seconds of stage ``idx``'s pass ``p`` in which a data-parallel collective can hide: the pass, less the
-        all-to-all's time on shared NICs."""
+        all-to-all's time on shared links."""
         c = counts[idx]
-        return _stage_time(p, *c, mtp, p99=p99) - nic_shared * _stage_a2a(p, *c, mtp, p99=p99)
+        return _stage_time(p, *c, mtp, p99=p99) - link_shared * _stage_a2a(p, *c, mtp, p99=p99)
 
     def microbatch_comm(idx: int, f, b) -> tuple:
         """(reduction, gather) seconds that one micro-batch of stage ``idx`` leaves exposed (forward ``f``,
@@ -881,10 +880,10 @@ def _train(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Parallel, d
         notes.append(f"{kind} pipeline: {m} micro-batches over {par.pp} stages, bubble "
                      f"{by_stage['pipeline_bubble']:.3g} s")
     sched = sc.schedule
-    if ((sched.overlap_grad_reduce or sched.overlap_param_gather) and fwd.a2a_s > 0 and bridge.leaves_node(par, "ep")
-            and (bridge.leaves_node(par, "dp") or bridge.leaves_node(par, "edp"))):
+    if (sched.overlap_grad_reduce or sched.overlap_param_gather) and fwd.a2a_s > 0 and bridge.shares_links_with_ep(par):
         busy = (fwd.a2a_s + bwd.a2a_s) / (fwd.moe_s + bwd.moe_s)
-        notes.append(f"the EP all-to-all and the data-parallel collectives both cross the NICs: overlapped "
+        links = "cross the NICs" if bridge.leaves_node(par, "ep") else "stay on the node's NVLink"
+        notes.append(f"the EP all-to-all and the data-parallel collectives both {links}: overlapped "
                      f"reductions and gathers hide only where the all-to-all leaves them free (the all-to-all keeps them busy "
                      f"{busy:.0%} of an MoE layer's forward and backward)")
     return built(Estimate,  # every field built here with its type: no validation on the hot path

@@ -290,6 +290,28 @@ def test_an_overlapped_collective_hides_only_where_the_all_to_all_leaves_the_sha
     assert apart1.step_s < e.step_s and apart3.step_s < z3.step_s
 
 
+def test_inside_one_node_the_all_to_all_and_the_collectives_share_nvlink(monkeypatch):
+    """Mixtral-8x7B on one 8-GPU node at EP 4, DP 8, EDP 2, ZeRO-3, 1024-token micro-batches: the all-to-all and
+    the data-parallel collectives are all NVLink-bound, so the collectives hide only where the all-to-all leaves
+    NVLink free, as across the NICs."""
+    from moesim.step import bridge
+
+    def run():
+        raw = {**_train(tp=1, pp=1, ep=4, zero_stage=3), "num_gpus": 8}
+        raw = {**raw, "workload": {**raw["workload"], "seq_len": 1024, "global_batch_size": 64, "micro_batch_size": 1},
+               "schedule": {"overlap_grad_reduce": True, "overlap_param_gather": True}}
+        return estimate(scenario_from_dict(raw, "test"))
+
+    shared = run()
+    assert any("stay on the node's NVLink" in n for n in shared.notes)
+    monkeypatch.setattr(bridge, "shares_links_with_ep", lambda par: False)
+    apart = run()
+    assert not any("NVLink:" in n or "NICs:" in n for n in apart.notes)
+    t, u = shared.time_by_stage_s, apart.time_by_stage_s
+    assert t["param_gather_exposed"] + t["grad_sync_exposed"] > u["param_gather_exposed"] + u["grad_sync_exposed"]
+    assert shared.step_s > apart.step_s
+
+
 def test_overlap_param_gather_is_a_boolean_field():
     raw = _train()
     with pytest.raises(Exception) as exc:
