@@ -700,9 +700,9 @@ def _train_step(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Parall
 
     def free(idx: int, p: Pass, p99: bool = False):
         """Seconds of stage ``idx``'s pass ``p`` in which a data-parallel collective can hide: the pass, less the
-        all-to-all's time on shared links."""
+        all-to-all's time on shared links (never below zero: a collective left no time adds in full, no more)."""
         c = counts[idx]
-        return _stage_time(p, *c, mtp, p99=p99) - link_shared * _stage_a2a(p, *c, mtp, p99=p99)
+        return _max2(0.0, _stage_time(p, *c, mtp, p99=p99) - link_shared * _stage_a2a(p, *c, mtp, p99=p99))
 
     def microbatch_comm(idx: int, f, b) -> tuple:
         """(reduction, gather) seconds that one micro-batch of stage ``idx`` leaves exposed (forward ``f``,
