@@ -833,8 +833,8 @@ def _train_step(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Parall
     else:
         copies = bridge.max_rank_copies(sc.routing, model, par, par.moe_tokens(n))
     mem = train_memory_table(sc, model, hw, par, copies, n, m, sp, stages, skey)
-    return _TrainStep(stages, counts, m, recompute, pipe_mean, pipe_p99, exposed_grad, exposed_gather, microbatch_red, microbatch_gat,
-                      t_opt, step, step_p99, tps, mfu, mfu_bf16, model_flops, mem)
+    return _TrainStep(stages, counts, m, recompute, pipe_mean, pipe_p99, exposed_grad, exposed_gather, microbatch_red,
+                      microbatch_gat, t_opt, step, step_p99, tps, mfu, mfu_bf16, model_flops, mem)
 
 
 def _train(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Parallel, detail: bool = True) -> Estimate:
@@ -883,8 +883,8 @@ def _train(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Parallel, d
     if (sched.overlap_grad_reduce or sched.overlap_param_gather) and fwd.a2a_s > 0 and bridge.shares_links_with_ep(par):
         busy = (fwd.a2a_s + bwd.a2a_s) / (fwd.moe_s + bwd.moe_s)
         links = "cross the NICs" if bridge.leaves_node(par, "ep") else "stay on the node's NVLink"
-        notes.append(f"the EP all-to-all and the data-parallel collectives both {links}: overlapped "
-                     f"reductions and gathers hide only where the all-to-all leaves them free (the all-to-all keeps them busy "
+        notes.append(f"the EP all-to-all and the data-parallel collectives both {links}: overlapped reductions and "
+                     f"gathers hide only where the all-to-all leaves them free (the all-to-all keeps them busy "
                      f"{busy:.0%} of an MoE layer's forward and backward)")
     return built(Estimate,  # every field built here with its type: no validation on the hot path
         scenario=sc.name, model=model.name, hardware=hw.name, num_gpus=sc.num_gpus, workload="train", phase="train",

@@ -174,9 +174,10 @@ def _zero(z: int, **schedule):
     return estimate(scenario_from_dict(raw, "test"))
 
 
-def _dp_seconds(collective: str, bytes_per_param: float) -> float:
-    """The collective of one GPU's parameters, from the communication model's public API: dense over DP (32
-    ranks, 4 per node: the DP group's stride is TP 2), experts over EDP (8 ranks, one per node)."""
+def _dp_seconds(collective: str, bytes_per_param: float, etp: int = 1) -> float:
+    """The collective of one GPU's parameters (Mixtral-8x7B, 64 H100, TP2 EP8, one stage), from the communication
+    model's public API: dense over DP (32 ranks, 4 per node: the DP group's stride is TP 2), experts over EDP
+    (8 / ETP ranks, one per node)."""
     from moesim.comm.api import GroupSpec, collective_time_s
     from moesim.catalog import load_model
     from moesim.hardware import load_hardware
@@ -184,10 +185,11 @@ def _dp_seconds(collective: str, bytes_per_param: float) -> float:
     from moesim.step.parallel import Parallel
 
     model, hw = load_model("mixtral-8x7b"), load_hardware("h100-sxm")
-    par = Parallel(64, 2, 1, 32, 8, 1, 8, 0, True, 8)
+    edp = 8 // etp
+    par = Parallel(64, 2, 1, 32, 8, etp, edp, 0, True, 8)
     p = stage_params(model, par, list(range(model.num_layers)), True, True)
     return (collective_time_s(hw, collective, p.dense * bytes_per_param, GroupSpec(size=32, ranks_per_node=4))
-            + collective_time_s(hw, collective, p.expert * bytes_per_param, GroupSpec(size=8, ranks_per_node=1)))
+            + collective_time_s(hw, collective, p.expert * bytes_per_param, GroupSpec(size=edp, ranks_per_node=1)))
 
 
 def test_each_zero_stage_sends_what_it_shards_once_per_step_or_per_micro_batch():
@@ -240,10 +242,8 @@ def test_an_overlapped_collective_hides_only_where_the_all_to_all_leaves_the_sha
     """At ETP 2 the EP 8 group spans two nodes (EP ranks are ETP apart), as DP 32 and EDP 4 do: both send
     through the NICs, so ZeRO-1's reduce-scatter hides only in the last backward less its all-to-all time, and
     the gather in the first forward less its own. At ETP 1 the all-to-all stays on NVLink and shares nothing."""
-    from moesim.comm.api import GroupSpec, collective_time_s
     from moesim.step import bridge
     from moesim.step.estimate import layer_pass
-    from moesim.step.memory import stage_params
     from moesim.step.parallel import Parallel
 
     def run(etp: int, z: int):
@@ -260,31 +260,25 @@ def test_an_overlapped_collective_hides_only_where_the_all_to_all_leaves_the_sha
     fwd = layer_pass(sc, model, hw, par, **kw)
     bwd = layer_pass(sc, model, hw, par, backward=True, grad_bytes=4.0, **kw)
     assert fwd.a2a_s > 0 and bwd.a2a_s == pytest.approx(fwd.a2a_s, rel=1e-12)  # the transfers run again as they are
-    p = stage_params(model, par, list(range(model.num_layers)), True, True)
-
-    def coll(name: str, b: float) -> float:
-        return (collective_time_s(hw, name, p.dense * b, GroupSpec(size=32, ranks_per_node=4))
-                + collective_time_s(hw, name, p.expert * b, GroupSpec(size=4, ranks_per_node=1)))
-
+    rs, ag = _dp_seconds("reduce_scatter", 4.0, etp=2), _dp_seconds("all_gather", 2.0, etp=2)
     L = model.num_layers
     free_b = L * (bwd.moe_s - bwd.a2a_s) + bwd.embedding_s + bwd.lm_head_s
     free_f = L * (fwd.moe_s - fwd.a2a_s) + fwd.embedding_s + fwd.lm_head_s
     t = e.time_by_stage_s
-    assert t["grad_sync_exposed"] == pytest.approx(max(0.0, coll("reduce_scatter", 4.0) - free_b), rel=1e-9)
-    assert t["param_gather_exposed"] == pytest.approx(max(0.0, coll("all_gather", 2.0) - free_f), rel=1e-9)
+    assert t["grad_sync_exposed"] == pytest.approx(max(0.0, rs - free_b), rel=1e-9)
+    assert t["param_gather_exposed"] == pytest.approx(max(0.0, ag - free_f), rel=1e-9)
     assert t["grad_sync_exposed"] > 0 and t["param_gather_exposed"] > 0  # the setup exposes both
     # without the all-to-all's share of the NICs the whole pass would hide them
-    assert coll("reduce_scatter", 4.0) < free_b + L * bwd.a2a_s
-    z3 = run(2, 3)[1]
-    # at ETP 1 the all-to-all stays in the node and hides nothing of the collectives
+    assert rs < free_b + L * bwd.a2a_s
+    # at ETP 1 the all-to-all stays in the node while DP crosses it: different links, nothing shared
     assert bridge.leaves_node(par, "ep") and not bridge.leaves_node(
         Parallel.of(run(1, 1)[0], hw.node.accelerators_per_node), "ep")
     # the estimate says so where it applies
     assert any("cross the NICs" in n for n in e.notes) and not any("cross the NICs" in n for n in run(1, 1)[1].notes)
     # were the all-to-all on other links, the whole passes would hide the collectives: ZeRO-1's both, and
     # ZeRO-3's gathers and reduce-scatters of every micro-batch lose less
-    real = bridge.leaves_node
-    monkeypatch.setattr(bridge, "leaves_node", lambda q, group: group != "ep" and real(q, group))
+    z3 = run(2, 3)[1]
+    monkeypatch.setattr(bridge, "shares_links_with_ep", lambda q: False)
     apart1, apart3 = run(2, 1)[1], run(2, 3)[1]
     assert apart1.time_by_stage_s["grad_sync_exposed"] == 0.0 == apart1.time_by_stage_s["param_gather_exposed"]
     assert apart1.step_s < e.step_s and apart3.step_s < z3.step_s
