@@ -31,6 +31,7 @@ prefill/decode interference and continuous batching dynamics.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import OrderedDict
 from dataclasses import dataclass, replace
@@ -45,7 +46,7 @@ from ..hardware import HardwareProfile
 from ..model import ModelSpec
 from ..ops import OpKind
 from ..scenario import RoutingSpec, Schedule, Scenario, ServeWorkload, ServingSpec, TrainWorkload, load_scenario
-from ..layer import backward_ops, low_precision_ops, num_kernels
+from ..layer import GemmShape, backward_ops, low_precision_ops, num_kernels
 from ..timing import host_bound_s, op_time_s, time_op
 from . import bridge
 from .memory import (
@@ -187,12 +188,23 @@ class _Timer:
         self.memo: dict[Op, tuple[float, str]] = {}
 
     def time_only(self, op: Op):
-        """Time of ``op`` for scalar or array sizes (fast path: no bound)."""
+        """Time of ``op`` for scalar or array sizes (fast path: no bound).
+
+        Array times are kept in :data:`_OP_ARRAY_TIMES` by profile digest, dtype and the operation's values
+        (:func:`_op_key`): a search meets the same operation in many layouts (the attention block under every
+        EP size, the expert GEMMs under every TP size that leaves them alone)."""
         if op.compute_kind == "comm":
             if op.collective == "all_to_all":
                 return self.a2a.get(op.kind, 0.0)
             return bridge.collective_time_s(self.hw, self.par, op.collective, op.comm_bytes, op.group)
-        return op_time_s(self.hw, op, self.dtype)
+        key = (self.hw_key, self.dtype, _op_key(op))
+        hit = _OP_ARRAY_TIMES.get(key)
+        if hit is None:
+            hit = op_time_s(self.hw, op, self.dtype)
+            if isinstance(hit, np.ndarray):
+                hit.flags.writeable = False  # shared by every later caller
+            _OP_ARRAY_TIMES.put(key, hit)
+        return hit
 
     def op(self, op: Op) -> tuple[float, str]:
         if op.compute_kind == "comm":
@@ -239,6 +251,27 @@ class _PassCache:
 
 _PASSES = _PassCache(4096)
 _OP_TIMES = _PassCache(65536)
+_OP_ARRAY_TIMES = _PassCache(32768)
+#: what :func:`moesim.timing.op_terms` reads of an operation and of its GEMM shape (tests/step/test_estimate_cache.py
+#: checks that it reads nothing else)
+OP_TIME_FIELDS = ("compute_kind", "dtype", "flops", "bytes_moved", "weight_bytes", "num_kernels", "keys_per_query",
+                  "head_dim", "is_backward")
+GEMM_TIME_FIELDS = ("m", "n", "k", "call_groups")
+
+
+def _op_key(op: Op) -> tuple:
+    """A hashable stand-in for what :func:`moesim.timing.op_terms` reads of ``op`` (sizes may be numpy arrays):
+    two operations with equal keys take the same time on one profile and dtype."""
+    g = op.gemm  # the fields of OP_TIME_FIELDS and GEMM_TIME_FIELDS, spelled out (a loop costs twice as much)
+    return (op.compute_kind, op.dtype, _size_key(op.flops), _size_key(op.bytes_moved), _size_key(op.weight_bytes),
+            _size_key(op.num_kernels), _size_key(op.keys_per_query), _size_key(op.head_dim), op.is_backward,
+            None if g is None else (_size_key(g.m), _size_key(g.n), _size_key(g.k), _size_key(g.call_groups)))
+
+
+def _size_key(x):
+    if type(x) is np.ndarray:
+        return (x.dtype.char, x.shape, x.tobytes())
+    return (type(x), x)
 
 
 def _plain(x) -> bool:
