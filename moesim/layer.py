@@ -461,7 +461,7 @@ BF16_GEMMS = frozenset({"router_logits", "lm_head"})
 
 def low_precision_ops(ops: Sequence[Op], dtype: str, *, training: bool, element_bytes: float,
                       act_bytes: float = 2.0, dispatched_quantised: bool = False,
-                      expert_dtype: str | None = None) -> list[Op]:
+                      expert_dtype: str | None = None, fp8_scaling: str = "block") -> list[Op]:
     """``ops`` as an FP8 / FP4 recipe runs them: the router and LM head in BF16, and a quantisation pass
     before every low-precision GEMM whose input is not already quantised.
 
@@ -476,8 +476,15 @@ def low_precision_ops(ops: Sequence[Op], dtype: str, *, training: bool, element_
       before the dispatch when tokens are dispatched quantised (DeepSeek-V3 section 3.3.3);
     * backward: the output gradient is quantised both ways, ``R N (a + 2 q)``.
 
-    ``R`` is rows per group times groups, as the ``fused`` plan's GEMMs state them. One kernel per pass. Left out: the separate amax pass of per-tensor current scaling and the per-step cast
-    of the weights (once per step, not per micro-batch).
+    ``R`` is rows per group times groups, as the ``fused`` plan's GEMMs state them. One kernel per pass.
+
+    ``fp8_scaling`` (:attr:`moesim.scenario.TrainWorkload.fp8_scaling`) for FP8 GEMMs: ``"block"`` as above;
+    ``"delayed"`` and ``"current"`` keep one scale per tensor, so ``q = element_bytes``. ``"current"`` computes the
+    scale from the tensor being cast (Transformer Engine's ``Float8CurrentScalingQuantizer``: an amax kernel, a
+    scale kernel, then the cast): each pass reads its input once more, ``+ R K a`` forward and ``+ R N a`` backward,
+    in two more kernels; a norm-fed input is written by the norm in BF16 with its amax and then cast,
+    ``R K (a + o q)`` in two kernels. Left out: the amax all-reduce over the TP group of column-parallel inputs
+    under sequence parallelism, and the per-step cast of the weights (once per step, not per micro-batch).
 
     ``expert_dtype`` (when set and not ``dtype``): the routed experts' GEMMs run in it (an FP4 MoE checkpoint
     with FP8 elsewhere), with their quantisation passes at its element bytes.
@@ -506,18 +513,22 @@ def low_precision_ops(ops: Sequence[Op], dtype: str, *, training: bool, element_
         out.append(op)
         if not gemm or d not in ("fp8", "fp4"):
             continue
-        q = (element_bytes if d == dtype else bytes_per_element(d)) + SCALE_BYTES_PER_ELEMENT
+        per_tensor = d == "fp8" and fp8_scaling in ("delayed", "current")
+        current = d == "fp8" and fp8_scaling == "current"
+        q = (element_bytes if d == dtype else bytes_per_element(d)) + (0.0 if per_tensor else SCALE_BYTES_PER_ELEMENT)
+        amax = act_bytes if current else 0.0  # the amax kernel's read of the input, before the cast reads it again
+        extra = 2 if current else 0  # the amax and scale kernels
         rows = g.m * g.groups
         if base in NORM_FED_GEMMS:
-            fwd = 0.0
+            fwd = rows * g.k * (act_bytes + outs * q) if current else 0.0
+            kernels = 2 if current else 0
         elif base == "experts_up" and dispatched_quantised and tokens is not None:
-            fwd = tokens * g.k * (act_bytes + outs * q)
+            fwd, kernels = tokens * g.k * (amax + act_bytes + outs * q), 1 + extra
         else:
-            fwd = rows * g.k * (act_bytes + outs * q)
-        bwd = rows * g.n * (act_bytes + 2.0 * q)
+            fwd, kernels = rows * g.k * (amax + act_bytes + outs * q), 1 + extra
+        bwd = rows * g.n * (amax + act_bytes + 2.0 * q)
         out.append(Op(op.kind, f"{base}_quantize", bytes_moved=fwd, compute_kind="elementwise",
-                      num_kernels=0 if base in NORM_FED_GEMMS else 1,
-                      backward_bytes_moved=bwd, backward_kernels=1))
+                      num_kernels=kernels, backward_bytes_moved=bwd, backward_kernels=1 + extra))
     return out
 
 

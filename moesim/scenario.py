@@ -143,6 +143,14 @@ class TrainWorkload(_Spec):
     micro_batch_size: Sequences = Field(1, description="Sequences per micro-batch per data-parallel rank.")
     recompute: Literal["none", "selective", "full"] = Field("selective", description="Activation recomputation.")
     compute_dtype: Literal["bf16", "fp8"] = Field("bf16", description="GEMM precision.")
+    fp8_scaling: Literal["block", "delayed", "current"] = Field(
+        "block",
+        description="How an FP8 recipe scales the GEMM inputs (compute_dtype 'fp8'): 'block', a scale per block of "
+        "elements computed in the cast kernel (MXFP8, DeepSeek-V3's 1 x 128 tiles, Transformer Engine's "
+        "Float8BlockScaling; 1/32 byte of scales per element); 'delayed', one scale per tensor from earlier "
+        "steps' amax (Float8 DelayedScaling: the cast kernel records this step's); 'current', one scale per "
+        "tensor from the tensor itself (Float8CurrentScaling, Megatron's 'tensorwise', NeMo's fp8_cs): a separate "
+        "amax pass reads every input before it is cast (docs/step-model.md, section 3).")
     master_weights_fp32: bool = Field(True, description="Mixed precision: fp32 master weights and fp32 Adam moments.")
     grad_dtype: Literal["fp32", "bf16"] | None = Field(
         None,
@@ -162,6 +170,9 @@ class TrainWorkload(_Spec):
 
     @model_validator(mode="after")
     def _tokens(self) -> "TrainWorkload":
+        if "fp8_scaling" in self.model_fields_set and self.compute_dtype != "fp8" and self.fp8_scaling != "block":
+            raise ValueError(f"fp8_scaling {self.fp8_scaling!r} applies to compute_dtype 'fp8' (this workload "
+                             f"computes in {self.compute_dtype!r}); set compute_dtype = 'fp8' or drop fp8_scaling")
         _step_tokens(self.global_batch_size * self.seq_len, "global_batch_size", "global_batch_size x seq_len",
                      f"{self.global_batch_size:,} x {self.seq_len:,}")
         return self

@@ -283,7 +283,7 @@ def layer_pass(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Paralle
                expert_weight_dtype: str | None = None,
                compute_dtype: str, expert_compute_dtype: str | None = None, backward: bool = False,
                training: bool = False, lm_tokens=None, detail: bool = True,
-               grad_bytes: float | None = None) -> Pass:
+               grad_bytes: float | None = None, fp8_scaling: str = "block") -> Pass:
     """Time of one MoE and one dense layer for ``n`` tokens per DP rank (forward, or backward).
 
     With ``detail=False`` (searches) ``n`` may be a numpy array of token counts: the
@@ -304,12 +304,12 @@ def layer_pass(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Paralle
                            decode_tokens=decode_tokens, weight_dtype=weight_dtype, kv_dtype=kv_dtype,
                            expert_weight_dtype=expert_weight_dtype, compute_dtype=compute_dtype,
                            expert_compute_dtype=expert_compute_dtype, backward=backward, training=training,
-                           lm_tokens=lm_tokens, detail=detail, grad_bytes=grad_bytes)
+                           lm_tokens=lm_tokens, detail=detail, grad_bytes=grad_bytes, fp8_scaling=fp8_scaling)
 
     key = (model.fingerprint, bridge._hw_key(hw), lpar, rt, sched, _value_key(n), _value_key(keys),
            _value_key(decode_batch), _value_key(context), _value_key(decode_tokens), _value_key(lm_tokens),
            weight_dtype, kv_dtype, expert_weight_dtype, compute_dtype, expert_compute_dtype, backward, training,
-           detail, grad_bytes if backward else None)
+           detail, grad_bytes if backward else None, fp8_scaling)
     hit = _PASSES.get(key)
     if hit is None:
         hit = run()
@@ -339,7 +339,8 @@ def _frozen(p: Pass) -> Pass:
 def _layer_pass(rt: RoutingSpec, sched: Schedule, model: ModelSpec, hw: HardwareProfile, par: Parallel, *, n,
                 keys: float, decode_batch, context: float, decode_tokens, weight_dtype: str, kv_dtype: str,
                 expert_weight_dtype: str | None, compute_dtype: str, expert_compute_dtype: str | None,
-                backward: bool, training: bool, lm_tokens, detail: bool, grad_bytes: float | None) -> Pass:
+                backward: bool, training: bool, lm_tokens, detail: bool, grad_bytes: float | None,
+                fp8_scaling: str = "block") -> Pass:
     """:func:`layer_pass` itself, from the routing and schedule alone of the scenario."""
     vector = not detail and np.ndim(n) > 0  # token counts as a numpy array: time every op for all at once
     if vector:
@@ -364,7 +365,7 @@ def _layer_pass(rt: RoutingSpec, sched: Schedule, model: ModelSpec, hw: Hardware
                          kv_bytes=bytes_per_element(kv_dtype))
     def lowp(ops: list[Op]) -> list[Op]:
         return low_precision_ops(ops, compute_dtype, training=training, element_bytes=bytes_per_element(compute_dtype),
-                                 expert_dtype=expert_compute_dtype,
+                                 expert_dtype=expert_compute_dtype, fp8_scaling=fp8_scaling,
                                  dispatched_quantised=rt.dispatch_dtype == "fp8")
 
     overlap_shared = sched.overlap_shared_experts
@@ -875,7 +876,7 @@ def _train(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Parallel, d
     n = w.micro_batch_size * w.seq_len
     keys = (w.seq_len + 1) / 2
     kw = dict(n=n, keys=keys, weight_dtype="bf16", kv_dtype="bf16", compute_dtype=w.compute_dtype, training=True,
-              detail=detail)
+              detail=detail, fp8_scaling=w.fp8_scaling)
     fwd = layer_pass(sc, model, hw, par, **kw)
     bwd = layer_pass(sc, model, hw, par, backward=True, grad_bytes=w.grad_bytes_per_element, **kw)
     st = _train_step(sc, model, hw, par, fwd, bwd, p99=detail)
@@ -1415,7 +1416,7 @@ def train_curve(sc: Scenario, model: ModelSpec, hw: HardwareProfile, candidates)
         one = Parallel(1, tp, 1, 1, ep, etp, 1, 0, seq_par, gpn)
         n_arr = np.array([mbs * w.seq_len for mbs in mbs_values], dtype=float)
         kw = dict(n=n_arr, keys=(w.seq_len + 1) / 2, weight_dtype="bf16", kv_dtype="bf16",
-                  compute_dtype=w.compute_dtype, training=True, detail=False)
+                  compute_dtype=w.compute_dtype, training=True, detail=False, fp8_scaling=w.fp8_scaling)
         try:
             fwd_all = layer_pass(sc, model, hw, one, **kw)
             bwd_all = layer_pass(sc, model, hw, one, backward=True, grad_bytes=w.grad_bytes_per_element, **kw)

@@ -126,6 +126,46 @@ def test_fp8_adds_one_quantisation_pass_per_gemm_input_with_its_own_backward():
     assert low_precision_ops(ops, "bf16", training=True, element_bytes=2.0) == ops
 
 
+def test_per_tensor_fp8_scaling_drops_the_block_scales_and_current_scaling_reads_every_input_again():
+    ops = [_gemm("experts_up", 512, 1536, 2048, groups=16), _gemm("shared_up", 4096, 1536, 2048)]
+    by = {s: {o.name: o for o in low_precision_ops(ops, "fp8", training=True, element_bytes=1.0, fp8_scaling=s)}
+          for s in ("block", "delayed", "current")}
+    rk, rn = 512 * 16 * 2048, 512 * 16 * 1536
+    q = 1.0 + SCALE_BYTES_PER_ELEMENT
+    assert by["block"]["experts_up_quantize"].bytes_moved == pytest.approx(rk * (2 + 2 * q))
+    # one scale per tensor: the element's byte alone; delayed scaling casts in one kernel as block scaling does
+    delayed = by["delayed"]["experts_up_quantize"]
+    assert delayed.bytes_moved == pytest.approx(rk * (2 + 2 * 1.0)) and delayed.num_kernels == 1
+    assert delayed.backward(2.0).bytes_moved == pytest.approx(rn * (2 + 2 * 1.0))
+    # current scaling: an amax kernel reads the input, a scale kernel, then the cast reads it again
+    cur = by["current"]["experts_up_quantize"]
+    assert cur.bytes_moved == pytest.approx(rk * (2 + 2 + 2 * 1.0)) and cur.num_kernels == 3
+    assert cur.backward(2.0).bytes_moved == pytest.approx(rn * (2 + 2 + 2 * 1.0))
+    assert cur.backward(2.0).num_kernels == 3
+    # a norm-fed input: nothing forward unless the norm must write BF16 and a cast follows (current scaling)
+    assert by["block"]["shared_up_quantize"].bytes_moved == 0 and by["block"]["shared_up_quantize"].num_kernels == 0
+    shared = by["current"]["shared_up_quantize"]
+    assert shared.bytes_moved == pytest.approx(4096 * 2048 * (2 + 2 * 1.0)) and shared.num_kernels == 2
+    # FP4 keeps its block scales whatever the FP8 scaling
+    fp4 = {o.name: o for o in low_precision_ops(ops, "fp4", training=True, element_bytes=0.5, fp8_scaling="current")}
+    assert fp4["experts_up_quantize"].bytes_moved == pytest.approx(rk * (2 + 2 * (0.5 + SCALE_BYTES_PER_ELEMENT)))
+
+
+def test_current_scaling_slows_an_fp8_step_and_is_refused_without_fp8(run_cli):
+    raw = _train()
+    raw["workload"] = {**raw["workload"], "compute_dtype": "fp8"}
+    steps = {}
+    for s in ("block", "delayed", "current"):
+        raw["workload"]["fp8_scaling"] = s
+        steps[s] = estimate(scenario_from_dict(raw, "test")).step_s
+    assert steps["current"] > steps["block"] > steps["delayed"]  # an extra read; 1/32 byte of scales per element
+    r = run_cli("estimate", "mixtral-8x22b-train-h100", "--set", "workload.fp8_scaling=current")
+    assert r.exit_code == 2 and "fp8_scaling 'current' applies to compute_dtype 'fp8'" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+    r = run_cli("estimate", "mixtral-8x22b-train-h100", "--set", "workload.fp8_scaling=tensor")
+    assert r.exit_code == 2 and "'block', 'delayed' or 'current'" in r.stderr
+
+
 def test_fp8_training_is_slower_than_its_gemms_alone():
     sc = load_scenario(DSV3_TRAIN)
     est = estimate(sc)
