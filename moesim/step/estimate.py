@@ -251,7 +251,7 @@ class _PassCache:
 
 _PASSES = _PassCache(4096)
 _OP_TIMES = _PassCache(65536)
-_OP_ARRAY_TIMES = _PassCache(32768)
+_OP_ARRAY_TIMES = _PassCache(8192)  # about 3 kB an entry (the arrays in its key), so at most some 27 MB
 #: what :func:`moesim.timing.op_terms` reads of an operation and of its GEMM shape (tests/step/test_estimate_cache.py
 #: checks that it reads nothing else)
 OP_TIME_FIELDS = ("compute_kind", "dtype", "flops", "bytes_moved", "weight_bytes", "num_kernels", "keys_per_query",
