@@ -31,7 +31,6 @@ prefill/decode interference and continuous batching dynamics.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections import OrderedDict
 from dataclasses import dataclass, replace
@@ -46,7 +45,7 @@ from ..hardware import HardwareProfile
 from ..model import ModelSpec
 from ..ops import OpKind
 from ..scenario import RoutingSpec, Schedule, Scenario, ServeWorkload, ServingSpec, TrainWorkload, load_scenario
-from ..layer import GemmShape, backward_ops, low_precision_ops, num_kernels
+from ..layer import backward_ops, low_precision_ops, num_kernels
 from ..timing import host_bound_s, op_time_s, time_op
 from . import bridge
 from .memory import (
@@ -252,7 +251,7 @@ class _PassCache:
 _PASSES = _PassCache(4096)
 _OP_TIMES = _PassCache(65536)
 _OP_ARRAY_TIMES = _PassCache(8192)  # about 3 kB an entry (the arrays in its key), so at most some 27 MB
-#: what :func:`moesim.timing.op_terms` reads of an operation and of its GEMM shape (tests/step/test_estimate_cache.py
+#: what :func:`moesim.timing.op_terms` reads of an operation and of its GEMM shape (tests/step/test_op_time_cache.py
 #: checks that it reads nothing else)
 OP_TIME_FIELDS = ("compute_kind", "dtype", "flops", "bytes_moved", "weight_bytes", "num_kernels", "keys_per_query",
                   "head_dim", "is_backward")
