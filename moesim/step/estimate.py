@@ -262,15 +262,10 @@ def _op_key(op: Op) -> tuple:
     """A hashable stand-in for what :func:`moesim.timing.op_terms` reads of ``op`` (sizes may be numpy arrays):
     two operations with equal keys take the same time on one profile and dtype."""
     g = op.gemm  # the fields of OP_TIME_FIELDS and GEMM_TIME_FIELDS, spelled out (a loop costs twice as much)
-    return (op.compute_kind, op.dtype, _size_key(op.flops), _size_key(op.bytes_moved), _size_key(op.weight_bytes),
-            _size_key(op.num_kernels), _size_key(op.keys_per_query), _size_key(op.head_dim), op.is_backward,
-            None if g is None else (_size_key(g.m), _size_key(g.n), _size_key(g.k), _size_key(g.call_groups)))
-
-
-def _size_key(x):
-    if type(x) is np.ndarray:
-        return (x.dtype.char, x.shape, x.tobytes())
-    return (type(x), x)
+    v = _value_key
+    return (op.compute_kind, op.dtype, v(op.flops), v(op.bytes_moved), v(op.weight_bytes), v(op.num_kernels),
+            v(op.keys_per_query), v(op.head_dim), op.is_backward,
+            None if g is None else (v(g.m), v(g.n), v(g.k), v(g.call_groups)))
 
 
 def _plain(x) -> bool:
@@ -321,6 +316,8 @@ def layer_pass(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Paralle
 def _value_key(x):
     """A hashable stand-in for a size argument of :func:`layer_pass`: a plain number with its type (``2`` and
     ``2.0`` stay apart), a numpy array by dtype, shape and bytes."""
+    if type(x) is np.ndarray:  # the searches' sizes (checked first: the most frequent argument there)
+        return (x.dtype.str, x.shape, x.tobytes())
     if _plain(x):
         return (type(x), x)
     a = np.asarray(x)
