@@ -75,6 +75,16 @@ def step_s(est, sc) -> float:  # noqa: ANN001
     return est.step_s
 
 
+def moe_layer_fwd_bwd_s(est, sc) -> float:  # noqa: ANN001
+    """Seconds of one MoE layer's forward and backward for one micro-batch in a training step, as the step
+    composes them (:func:`moesim.step.estimate.moe_layer_cost_s`): what a kernel trace of one layer measures."""
+    from .step.estimate import moe_layer_cost_s
+
+    if est.step_s is None:
+        raise ValueError("figure moe_layer_fwd_bwd_s needs a training scenario (the estimate has no step time)")
+    return moe_layer_cost_s(sc)
+
+
 def tokens_per_s_per_node(est, sc) -> float:  # noqa: ANN001
     """Tokens/s per 8-GPU node: ``tokens_per_s / num_gpus * 8`` (prefill: prompt tokens; decode: output)."""
     return est.tokens_per_s / est.num_gpus * GPUS_PER_NODE
@@ -94,7 +104,7 @@ def fits(est, sc) -> bool:  # noqa: ANN001
 #: the named figures a comparison may read (the ``figure`` field)
 FIGURES: dict[str, Callable[[Any, Any], float | bool]] = {
     f.__name__: f for f in (gpu_hours_per_trillion_tokens, mfu_bf16, model_tflops_per_gpu, tokens_per_s_per_gpu,
-                            step_s, tokens_per_s_per_node, tokens_per_s, fits)
+                            step_s, moe_layer_fwd_bwd_s, tokens_per_s_per_node, tokens_per_s, fits)
 }
 
 Group = Literal["training", "serving", "memory"]

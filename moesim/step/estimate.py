@@ -666,12 +666,17 @@ def _train_stages(sc: Scenario, model: ModelSpec, par: Parallel, fwd: Pass, bwd:
     (the first stage carries the embedding, the last the LM head and the MTP modules)."""
     mtp = model.mtp.num_modules
     recompute = 1.0 if sc.workload.recompute == "full" else 0.0  # type: ignore[union-attr]
-    moe_cost = fwd.moe_s * (1 + recompute) + bwd.moe_s
-    dense_cost = fwd.dense_s * (1 + recompute) + bwd.dense_s
+    moe_cost = _layer_cost(fwd.moe_s, bwd.moe_s, recompute)
+    dense_cost = _layer_cost(fwd.dense_s, bwd.dense_s, recompute)
     per_layer = [moe_cost if is_moe else dense_cost for is_moe in _moe_mask(model)]
     return par.balanced_stages(per_layer, first_extra=fwd.embedding_s + bwd.embedding_s,
-                               last_extra=(fwd.lm_head_s + bwd.lm_head_s) * (1 + mtp)
-                               + mtp * ((fwd.moe_s) * (1 + recompute) + bwd.moe_s))
+                               last_extra=(fwd.lm_head_s + bwd.lm_head_s) * (1 + mtp) + mtp * moe_cost)
+
+
+def _layer_cost(forward_s, backward_s, recompute: float):
+    """Seconds of one layer per micro-batch in a training step: its forward (run again under full
+    recomputation, ``recompute = 1``) and its backward."""
+    return forward_s * (1 + recompute) + backward_s
 
 
 def _train_step(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Parallel, fwd: Pass, bwd: Pass,
@@ -867,14 +872,35 @@ def _train_step(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Parall
                       microbatch_gat, t_opt, step, step_p99, tps, mfu, mfu_bf16, model_flops, mem)
 
 
-def _train(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Parallel, detail: bool = True) -> Estimate:
+def _train_passes(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Parallel, detail: bool) -> tuple[Pass, Pass]:
+    """The forward and the backward layer pass of a training scenario's micro-batch."""
     w: TrainWorkload = sc.workload  # type: ignore[assignment]
-    n = w.micro_batch_size * w.seq_len
-    keys = (w.seq_len + 1) / 2
-    kw = dict(n=n, keys=keys, weight_dtype="bf16", kv_dtype="bf16", compute_dtype=w.compute_dtype, training=True,
-              detail=detail, fp8_scaling=w.fp8_scaling)
+    kw = dict(n=w.micro_batch_size * w.seq_len, keys=(w.seq_len + 1) / 2, weight_dtype="bf16", kv_dtype="bf16",
+              compute_dtype=w.compute_dtype, training=True, detail=detail, fp8_scaling=w.fp8_scaling)
     fwd = layer_pass(sc, model, hw, par, **kw)
     bwd = layer_pass(sc, model, hw, par, backward=True, grad_bytes=w.grad_bytes_per_element, **kw)
+    return fwd, bwd
+
+
+def moe_layer_cost_s(sc: Scenario) -> float:
+    """Seconds of one MoE layer per micro-batch in a training step (expected straggler): its forward pass
+    (twice under full recomputation) and its backward, dgrad and wgrad, with the all-to-all and the overlap as
+    the step composes them. The per-layer cost the pipeline stages are built from: what a kernel trace of one
+    layer's forward and backward measures, without embedding, LM head, pipeline or data-parallel traffic."""
+    if not isinstance(sc.workload, TrainWorkload):
+        raise InputError("the MoE layer's forward + backward time needs a training scenario "
+                         f"(workload.kind = 'train'); {sc.name!r} is a serving scenario", field="workload.kind")
+    model, hw = sc.resolve_model(), sc.resolve_hardware()
+    if not model.num_moe_layers:
+        raise InputError(f"model {model.name!r} has no MoE layers", field="model")
+    check_layout(sc, model, hw)
+    fwd, bwd = _train_passes(sc, model, hw, Parallel.of(sc, hw.node.accelerators_per_node), detail=True)
+    return float(_layer_cost(fwd.moe_s, bwd.moe_s, 1.0 if sc.workload.recompute == "full" else 0.0))
+
+
+def _train(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Parallel, detail: bool = True) -> Estimate:
+    w: TrainWorkload = sc.workload  # type: ignore[assignment]
+    fwd, bwd = _train_passes(sc, model, hw, par, detail)
     st = _train_step(sc, model, hw, par, fwd, bwd, p99=detail)
     mem = _largest(st.memory, hw.accelerator.memory_bytes)
     tps, step = st.tokens_per_s, st.step_s
