@@ -669,8 +669,9 @@ def _train_stages(sc: Scenario, model: ModelSpec, par: Parallel, fwd: Pass, bwd:
     moe_cost = _layer_cost(fwd.moe_s, bwd.moe_s, recompute)
     dense_cost = _layer_cost(fwd.dense_s, bwd.dense_s, recompute)
     per_layer = [moe_cost if is_moe else dense_cost for is_moe in _moe_mask(model)]
-    return par.balanced_stages(per_layer, first_extra=fwd.embedding_s + bwd.embedding_s,
-                               last_extra=(fwd.lm_head_s + bwd.lm_head_s) * (1 + mtp) + mtp * moe_cost)
+    split = par.balanced_stage_pairs if sc.schedule.pipeline == "dualpipe" else par.balanced_stages
+    return split(per_layer, first_extra=fwd.embedding_s + bwd.embedding_s,
+                 last_extra=(fwd.lm_head_s + bwd.lm_head_s) * (1 + mtp) + mtp * moe_cost)
 
 
 def _layer_cost(forward_s, backward_s, recompute: float):

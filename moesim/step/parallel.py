@@ -77,6 +77,15 @@ class Parallel:
             return [list(range(len(costs)))]
         return [list(r) for r in _balanced(tuple(costs), self.pp, first_extra, last_extra)]
 
+    def balanced_stage_pairs(self, costs: list[float], first_extra: float = 0.0,
+                             last_extra: float = 0.0) -> list[list[int]]:
+        """Contiguous layer ranges per stage for DualPipe, where GPU ``j`` runs stages ``j`` and ``pp - 1 - j``:
+        the split that minimises the busiest GPU's pair of stages (then the slowest stage, which sets the
+        bubble). See :func:`_balanced_pairs`."""
+        if self.pp == 1:
+            return [list(range(len(costs)))]
+        return [list(r) for r in _balanced_pairs(tuple(costs), self.pp, first_extra, last_extra)]
+
     def layers_per_stage_even(self, L: int) -> list[list[int]]:
         return [list(r) for r in _even(L, self.pp)]
 
@@ -162,4 +171,87 @@ def _balanced(costs: tuple[float, ...], pp: int, first_extra: float, last_extra:
     for end in best:
         out.append(range(start, end))
         start = end
+    return tuple(out)
+
+
+@lru_cache(maxsize=4096)
+def _balanced_pairs(costs: tuple[float, ...], pp: int, first_extra: float, last_extra: float) -> tuple[range, ...]:
+    """Contiguous stages minimising the largest pair ``max_j (c_j + c_{pp-1-j})``, then the slowest stage
+    ``max_j c_j`` (memoised).
+
+    Binary search on the pair budget ``B``, then on the stage budget ``C`` under the smallest ``B``. A budget
+    is feasible if the stages can be laid out pair by pair from both ends: pair ``j`` takes the next front
+    stage and the next back stage, and of the layouts that reach a given front end the one that leaves the
+    fewest layers (its back stage the longest that fits) is kept, as leaving fewer layers to the inner pairs
+    never makes them harder. For odd ``pp`` the middle stage pairs with itself.
+    """
+    L = len(costs)
+    if pp < 2 or L < pp:
+        return _balanced(costs, pp, first_extra, last_extra)
+    prefix = [0.0]
+    for c in costs:
+        prefix.append(prefix[-1] + c)
+    half, odd = pp // 2, pp % 2
+    bisect_left = bisect.bisect_left
+
+    def layout(pair_budget: float, stage_budget: float) -> list[int] | None:
+        """Stage end indices within both budgets, or None."""
+        slack = 1 + 1e-12
+        pb, sb = pair_budget * slack, stage_budget * slack
+        frontier: dict[int, tuple[int, tuple]] = {0: (L, ())}  # front end -> (back start, ends so far)
+        for j in range(half):
+            fe = first_extra if j == 0 else 0.0
+            be = last_extra if j == 0 else 0.0
+            need = 2 * (half - j - 1) + odd  # layers the inner stages need
+            nxt: dict[int, tuple[int, tuple]] = {}
+            for i, (k, path) in frontier.items():
+                for i2 in range(i + 1, k):
+                    cf = prefix[i2] - prefix[i] + fe
+                    if cf > sb or cf > pb:
+                        break
+                    cap = min(sb, pb - cf) - be  # the back stage's own layers may cost this much
+                    k2 = max(bisect_left(prefix, prefix[k] - cap, 0, k + 1), i2 + need)
+                    if k2 > k - 1 or prefix[k] - prefix[k2] + be > min(sb, pb - cf):
+                        continue
+                    old = nxt.get(i2)
+                    if old is None or k2 < old[0]:
+                        nxt[i2] = (k2, path + ((i2, k2),))
+            frontier = nxt
+            if not frontier:
+                return None
+        for i, (k, path) in sorted(frontier.items()):
+            if odd:
+                mid = prefix[k] - prefix[i]
+                if k - i < 1 or mid > sb or 2 * mid > pb:
+                    continue
+            elif k != i:
+                continue
+            fronts = [a for a, _ in path]
+            backs = [b for _, b in reversed(path)]
+            return fronts + backs[1:] + [L] if not odd else fronts + backs + [L]
+        return None
+
+    def smallest(budget_of, lo: float, hi: float):
+        best = budget_of(hi)
+        if best is None:
+            return None, hi
+        while hi - lo > 1e-6 * hi:
+            mid = (lo + hi) / 2
+            got = budget_of(mid)
+            if got is None:
+                lo = mid
+            else:
+                hi, best = mid, got
+        return best, hi
+
+    total = prefix[-1] + first_extra + last_extra
+    ends, pair_b = smallest(lambda b: layout(b, total), 0.0, 2 * total)
+    if ends is None:
+        return _balanced(costs, pp, first_extra, last_extra)
+    ends2, _ = smallest(lambda c: layout(pair_b, c), 0.0, total)
+    ends = ends2 or ends
+    out, first = [], 0
+    for end in ends:
+        out.append(range(first, end))
+        first = end
     return tuple(out)
