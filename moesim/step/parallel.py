@@ -156,19 +156,30 @@ def _balanced(costs: tuple[float, ...], pp: int, first_extra: float, last_extra:
         return ends
 
     total = prefix[-1] + first_extra + last_extra
-    lo, hi = max(max(costs), total / pp), total
-    best = split(hi)
+    best, _ = _smallest_budget(split, max(max(costs), total / pp), total, 1e-3)
+    return _even(L, pp) if best is None else _ranges(best)
+
+
+def _smallest_budget(layout, lo: float, hi: float, rel: float) -> tuple:
+    """(the layout at the smallest feasible budget, that budget): bisection between a lower bound ``lo`` and a
+    budget ``hi`` to try first, until ``hi - lo <= rel lo``; ``layout(budget)`` is None where it cannot fit."""
+    best = layout(hi)
     if best is None:
-        return _even(L, pp)
-    while hi - lo > 1e-3 * lo:
+        return None, hi
+    while hi - lo > rel * lo:
         mid = (lo + hi) / 2
-        got = split(mid)
+        got = layout(mid)
         if got is None:
             lo = mid
         else:
             hi, best = mid, got
+    return best, hi
+
+
+def _ranges(ends: list[int]) -> tuple[range, ...]:
+    """Stage ranges from their end indices."""
     out, start = [], 0
-    for end in best:
+    for end in ends:
         out.append(range(start, end))
         start = end
     return tuple(out)
@@ -231,27 +242,10 @@ def _balanced_pairs(costs: tuple[float, ...], pp: int, first_extra: float, last_
             return fronts + backs[1:] + [L] if not odd else fronts + backs + [L]
         return None
 
-    def smallest(budget_of, lo: float, hi: float):
-        best = budget_of(hi)
-        if best is None:
-            return None, hi
-        while hi - lo > 1e-6 * hi:
-            mid = (lo + hi) / 2
-            got = budget_of(mid)
-            if got is None:
-                lo = mid
-            else:
-                hi, best = mid, got
-        return best, hi
-
     total = prefix[-1] + first_extra + last_extra
-    ends, pair_b = smallest(lambda b: layout(b, total), 0.0, 2 * total)
+    # lower bounds: the pairs (the middle stage counted twice) sum to at least the total
+    ends, pair_b = _smallest_budget(lambda b: layout(b, total), total / (half + odd), 2 * total, 1e-6)
     if ends is None:
         return _balanced(costs, pp, first_extra, last_extra)
-    ends2, _ = smallest(lambda c: layout(pair_b, c), 0.0, total)
-    ends = ends2 or ends
-    out, first = [], 0
-    for end in ends:
-        out.append(range(first, end))
-        first = end
-    return tuple(out)
+    ends2, _ = _smallest_budget(lambda c: layout(pair_b, c), max(max(costs), total / pp), total, 1e-6)
+    return _ranges(ends2 or ends)
