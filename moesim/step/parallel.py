@@ -160,19 +160,22 @@ def _balanced(costs: tuple[float, ...], pp: int, first_extra: float, last_extra:
     return _even(L, pp) if best is None else _ranges(best)
 
 
-def _smallest_budget(layout, lo: float, hi: float, rel: float) -> tuple:
+def _smallest_budget(layout, lo: float, hi: float, rel: float, used=None) -> tuple:
     """(the layout at the smallest feasible budget, that budget): bisection between a lower bound ``lo`` and a
-    budget ``hi`` to try first, until ``hi - lo <= rel lo``; ``layout(budget)`` is None where it cannot fit."""
+    budget ``hi`` to try first, until ``hi - lo <= rel lo``; ``layout(budget)`` is None where it cannot fit.
+    ``used(layout)``, when given, is the budget a layout actually uses, which then bounds the search from above."""
     best = layout(hi)
     if best is None:
         return None, hi
+    if used is not None:
+        hi = min(hi, used(best))
     while hi - lo > rel * lo:
         mid = (lo + hi) / 2
         got = layout(mid)
         if got is None:
             lo = mid
         else:
-            hi, best = mid, got
+            hi, best = (mid if used is None else min(mid, used(got))), got
     return best, hi
 
 
@@ -190,11 +193,15 @@ def _balanced_pairs(costs: tuple[float, ...], pp: int, first_extra: float, last_
     """Contiguous stages minimising the largest pair ``max_j (c_j + c_{pp-1-j})``, then the slowest stage
     ``max_j c_j`` (memoised).
 
-    Binary search on the pair budget ``B``, then on the stage budget ``C`` under the smallest ``B``. A budget
+    Binary search on the pair budget ``B``, then on the stage budget ``C`` under the smallest ``B`` (each to 0.1%,
+    as :func:`_balanced`; the split for single stages gives both searches their first budget). A budget
     is feasible if the stages can be laid out pair by pair from both ends: pair ``j`` takes the next front
     stage and the next back stage, and of the layouts that reach a given front end the one that leaves the
     fewest layers (its back stage the longest that fits) is kept, as leaving fewer layers to the inner pairs
-    never makes them harder. For odd ``pp`` the middle stage pairs with itself.
+    never makes them harder; one that leaves the inner stages more than their budgets can hold is dropped.
+    A feasible layout's own largest pair (then slowest stage) bounds the search from above. For odd ``pp`` the
+    middle stage pairs with itself. ``tests/step/test_stage_split.py`` checks the result against every
+    contiguous split of small cases.
     """
     L = len(costs)
     if pp < 2 or L < pp:
@@ -209,43 +216,77 @@ def _balanced_pairs(costs: tuple[float, ...], pp: int, first_extra: float, last_
         """Stage end indices within both budgets, or None."""
         slack = 1 + 1e-12
         pb, sb = pair_budget * slack, stage_budget * slack
-        frontier: dict[int, tuple[int, tuple]] = {0: (L, ())}  # front end -> (back start, ends so far)
+        frontier: dict[int, int] = {0: L}  # front end -> back start (the smallest that fits)
+        levels: list[dict[int, tuple[int, int]]] = []  # per pair: front end -> (back start, previous front end)
         for j in range(half):
             fe = first_extra if j == 0 else 0.0
             be = last_extra if j == 0 else 0.0
             need = 2 * (half - j - 1) + odd  # layers the inner stages need
-            nxt: dict[int, tuple[int, tuple]] = {}
-            for i, (k, path) in frontier.items():
+            # what the inner stages can hold at most: a layout that leaves them more cannot finish
+            inner = min((half - j - 1) * pb + (min(sb, pb / 2) if odd else 0.0), need * sb)
+            nxt: dict[int, tuple[int, int]] = {}
+            for i, k in frontier.items():
+                pk = prefix[k]
                 for i2 in range(i + 1, k):
                     cf = prefix[i2] - prefix[i] + fe
                     if cf > sb or cf > pb:
                         break
-                    cap = min(sb, pb - cf) - be  # the back stage's own layers may cost this much
-                    k2 = max(bisect_left(prefix, prefix[k] - cap, 0, k + 1), i2 + need)
-                    if k2 > k - 1 or prefix[k] - prefix[k2] + be > min(sb, pb - cf):
+                    room = sb if sb < pb - cf else pb - cf  # the back stage may cost this much
+                    k2 = bisect_left(prefix, pk - room + be, 0, k + 1)
+                    if k2 < i2 + need:
+                        k2 = i2 + need
+                    if k2 > k - 1 or pk - prefix[k2] + be > room or prefix[k2] - prefix[i2] > inner:
                         continue
                     old = nxt.get(i2)
                     if old is None or k2 < old[0]:
-                        nxt[i2] = (k2, path + ((i2, k2),))
-            frontier = nxt
-            if not frontier:
+                        nxt[i2] = (k2, i)
+            if not nxt:
                 return None
-        for i, (k, path) in sorted(frontier.items()):
+            levels.append(nxt)
+            frontier = {i2: k2 for i2, (k2, _) in nxt.items()}
+        for i in sorted(frontier):
+            k = frontier[i]
             if odd:
                 mid = prefix[k] - prefix[i]
                 if k - i < 1 or mid > sb or 2 * mid > pb:
                     continue
             elif k != i:
                 continue
-            fronts = [a for a, _ in path]
-            backs = [b for _, b in reversed(path)]
-            return fronts + backs[1:] + [L] if not odd else fronts + backs + [L]
+            fronts, backs = [], []
+            for level in reversed(levels):  # walk back from the innermost pair
+                k2, prev = level[i]
+                fronts.append(i)
+                backs.append(k2)
+                i = prev
+            fronts.reverse()  # front stage ends, outermost first; backs: back stage starts, innermost first
+            return fronts + (backs if odd else backs[1:]) + [L]
         return None
 
     total = prefix[-1] + first_extra + last_extra
-    # lower bounds: the pairs (the middle stage counted twice) sum to at least the total
-    ends, pair_b = _smallest_budget(lambda b: layout(b, total), total / (half + odd), 2 * total, 1e-6)
+    # the split for single stages is feasible at its own largest pair (the first budget tried); the pairs (the
+    # middle stage counted twice) sum to at least the total (the lower bound)
+    single = _balanced(costs, pp, first_extra, last_extra)
+    c = [prefix[r.stop] - prefix[r.start] for r in single]
+    c[0] += first_extra
+    c[-1] += last_extra
+    top = max(c[j] + c[pp - 1 - j] for j in range(half + odd))
+    slowest = max(c)  # the split for single stages has the smallest slowest stage of all splits
+
+    def stage_costs(ends: list[int]) -> list[float]:
+        out = [prefix[e] - prefix[a] for a, e in zip([0] + ends[:-1], ends)]
+        out[0] += first_extra
+        out[-1] += last_extra
+        return out
+
+    def largest_pair(ends: list[int]) -> float:
+        c = stage_costs(ends)
+        return max(c[j] + c[pp - 1 - j] for j in range(half + odd))
+
+    ends, pair_b = _smallest_budget(lambda b: layout(b, total), total / (half + odd), top, 1e-3, largest_pair)
     if ends is None:
-        return _balanced(costs, pp, first_extra, last_extra)
-    ends2, _ = _smallest_budget(lambda c: layout(pair_b, c), max(max(costs), total / pp), total, 1e-6)
-    return _ranges(ends2 or ends)
+        return single
+    if max(stage_costs(ends)) > slowest * (1 + 1e-3):
+        ends2, _ = _smallest_budget(lambda b: layout(pair_b, b), slowest, max(stage_costs(ends)), 1e-3,
+                                    lambda e: max(stage_costs(e)))
+        ends = ends2 or ends
+    return _ranges(ends)

@@ -46,9 +46,9 @@ def test_the_pair_split_is_the_best_contiguous_split_by_pair_then_stage(case):
     k = _key(_stage_costs(costs, [r.stop for r in got], fe, le))
     keys = [_key(_stage_costs(costs, list(cut) + [L], fe, le)) for cut in itertools.combinations(range(1, L), pp - 1)]
     best_pair = min(p for p, _ in keys)
-    assert k[0] <= best_pair * (1 + 1e-5)  # the binary search's tolerance
+    assert k[0] <= best_pair * (1 + 1e-3)  # the binary search's tolerance
     # and the slowest stage no slower than any split whose largest pair is as small
-    assert k[1] <= min(st for p, st in keys if p <= k[0] * (1 + 1e-9)) * (1 + 1e-5)
+    assert k[1] <= min(st for p, st in keys if p <= k[0] * (1 + 1e-9)) * (1 + 1e-3)
 
 
 def test_dualpipe_balances_each_gpus_pair_where_the_slowest_stage_split_leaves_slack():
