@@ -265,13 +265,6 @@ def _balanced_pairs(costs: tuple[float, ...], pp: int, first_extra: float, last_
     total = prefix[-1] + first_extra + last_extra
     # the split for single stages is feasible at its own largest pair (the first budget tried); the pairs (the
     # middle stage counted twice) sum to at least the total (the lower bound)
-    single = _balanced(costs, pp, first_extra, last_extra)
-    c = [prefix[r.stop] - prefix[r.start] for r in single]
-    c[0] += first_extra
-    c[-1] += last_extra
-    top = max(c[j] + c[pp - 1 - j] for j in range(half + odd))
-    slowest = max(c)  # the split for single stages has the smallest slowest stage of all splits
-
     def stage_costs(ends: list[int]) -> list[float]:
         out = [prefix[e] - prefix[a] for a, e in zip([0] + ends[:-1], ends)]
         out[0] += first_extra
@@ -281,6 +274,11 @@ def _balanced_pairs(costs: tuple[float, ...], pp: int, first_extra: float, last_
     def largest_pair(ends: list[int]) -> float:
         c = stage_costs(ends)
         return max(c[j] + c[pp - 1 - j] for j in range(half + odd))
+
+    single = _balanced(costs, pp, first_extra, last_extra)
+    single_ends = [r.stop for r in single]
+    top = largest_pair(single_ends)
+    slowest = max(stage_costs(single_ends))  # the split for single stages has the smallest slowest stage of all
 
     ends, pair_b = _smallest_budget(lambda b: layout(b, total), total / (half + odd), top, 1e-3, largest_pair)
     if ends is None:
