@@ -309,10 +309,11 @@ def plan_rate(scenario: Scenario | str | None = None, *, rate: float, max_ttft_p
 
 
 def empty_reason(result: RatePlanResult) -> str:
-    """One line naming the check that emptied the search space."""
+    """One line naming the check that emptied the search space (a missing price first, as
+    :func:`moesim.plan.search.empty_reason` names it), then every rejection's count."""
     if not result.rejected:
         return "no candidate was generated (check --max-gpus and the hardware list)"
-    name, count = max(result.rejected.items(), key=lambda kv: kv[1])
+    name, count = max(result.rejected.items(), key=lambda kv: (kv[0] == "no_price", kv[1]))
     hint = {
         "memory": "nothing fits in memory: raise --max-gpus or use bigger-memory hardware",
         "invalid": "no valid layout",
@@ -320,7 +321,8 @@ def empty_reason(result: RatePlanResult) -> str:
         "max_tpot_p99_s": "no deployment meets --max-tpot-p99-s",
         "max_gpus": "serving the rate within the SLOs needs more than --max-gpus",
         "max_usd_per_hour": "no deployment fits the --max-usd-per-hour budget",
-        "no_price": "no hardware profile has a price: use --objective throughput or latency",
+        "no_price": ("profiles without a price cannot be ranked by cost: use --objective throughput or latency, or give "
+                     "a price (--set price_usd_per_gpu_hour=USD)"),
     }[name]
     return (f"no feasible deployment out of {result.num_candidates} engines: {hint} ({count} rejected by {name}; "
             + ", ".join(f"{k}: {v}" for k, v in sorted(result.rejected.items(), key=lambda kv: -kv[1])) + ")")

@@ -401,17 +401,22 @@ def plan(scenario: Scenario | str | None = None, *, hardware: list[str] | None =
 
 
 def empty_reason(result: PlanResult) -> str:
-    """One line naming the constraint that emptied the search space."""
+    """One line naming the constraint that emptied the search space, then every rejection's count.
+
+    A missing price is named first wherever it rejected candidates: it rejects every layout of a profile that
+    fits in memory, so it, not the memory check, is what left nothing where the others fit."""
     if not result.rejected:
         return "no candidate was generated (check --max-gpus and the hardware list)"
-    name, count = max(result.rejected.items(), key=lambda kv: kv[1])
+    name, count = max(result.rejected.items(), key=lambda kv: (kv[0] == "no_price", kv[1]))
     hint = {
         "memory": "nothing fits in memory: raise --max-gpus or use bigger-memory hardware",
         "max_ttft_s": "no candidate meets --max-ttft-s",
         "max_tpot_s": "no candidate meets --max-tpot-s",
         "min_tokens_per_s": "no candidate reaches --min-tokens-per-s",
         "max_usd_per_hour": "no candidate fits the --max-usd-per-hour budget",
-        "no_price": "no hardware profile has a price: use --objective throughput or give a price",
+        "no_price": ("profiles without a price cannot be ranked by cost: use --objective throughput or give a "
+                     "price (--set price_usd_per_gpu_hour=USD)"),
         "invalid": "no valid layout",
     }[name]
-    return f"no feasible candidate out of {result.num_candidates}: {hint} ({count} rejected by {name})"
+    return (f"no feasible candidate out of {result.num_candidates}: {hint} ({count} rejected by {name}; "
+            + ", ".join(f"{k}: {v}" for k, v in sorted(result.rejected.items(), key=lambda kv: -kv[1])) + ")")

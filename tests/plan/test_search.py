@@ -142,3 +142,24 @@ def test_the_weights_pre_check_never_rejects_a_layout_the_step_model_says_fits()
                     rejected += 1
                     assert not fits, (hw_name, n, lay)
     assert checked > 100 and rejected > 0
+
+
+def test_an_empty_plan_names_the_missing_price_before_the_memory_rejections():
+    # h800 has no price: every layout that fits in memory is rejected for it, so the price is what to fix
+    from moesim.plan.search import PlanResult, empty_reason
+
+    res = plan("scenarios/validation-e2e/qwen3-30b-train-h100-megatron-bridge.toml", hardware=["h800"],
+               constraints=Constraints(max_gpus=16), objective="cost")
+    assert res.num_feasible == 0 and res.rejected["no_price"] > 0 and res.rejected["memory"] > 0
+    msg = empty_reason(res)
+    assert msg.split(":")[1].strip().startswith("profiles without a price cannot be ranked by cost")
+    assert f"no_price: {res.rejected['no_price']}" in msg and f"memory: {res.rejected['memory']}" in msg
+    assert "\n" not in msg
+    # also where more layouts fail the memory check than the price (DeepSeek-V3 on up to 2048 H800)
+    many = PlanResult.model_construct(num_candidates=9510, rejected={"memory": 5049, "no_price": 4461})
+    assert "profiles without a price" in empty_reason(many)
+    assert "nothing fits in memory" in empty_reason(PlanResult.model_construct(num_candidates=10, rejected={"memory": 10}))
+    # the throughput objective needs no price: the same search finds candidates
+    free = plan("scenarios/validation-e2e/qwen3-30b-train-h100-megatron-bridge.toml", hardware=["h800"],
+                constraints=Constraints(max_gpus=16), objective="throughput")
+    assert free.num_feasible > 0
