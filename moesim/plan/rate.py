@@ -49,7 +49,7 @@ from ..hardware import HardwareProfile, bundled_hardware, load_hardware
 from ..model import ModelSpec
 from ..scenario import Layout, Scenario, ServeWorkload, ServingPool, ServingSpec, load_scenario
 from ..step.estimate import check_layout, serve_curve
-from .search import SERVE_BATCHES, _weights_fit, cluster_sizes, layouts, pareto
+from .search import SERVE_BATCHES, _weights_fit, cluster_sizes, first_rejection, layouts, pareto
 
 REJECTIONS = ("memory", "invalid", "max_ttft_p99_s", "max_tpot_p99_s", "max_gpus", "max_usd_per_hour", "no_price")
 RATE_OBJECTIVES = ("cost", "throughput", "latency")
@@ -309,11 +309,11 @@ def plan_rate(scenario: Scenario | str | None = None, *, rate: float, max_ttft_p
 
 
 def empty_reason(result: RatePlanResult) -> str:
-    """One line naming the check that emptied the search space (a missing price first, as
-    :func:`moesim.plan.search.empty_reason` names it), then every rejection's count."""
+    """One line naming the check that emptied the search space (:func:`moesim.plan.search.first_rejection`), then
+    every rejection's count."""
     if not result.rejected:
         return "no candidate was generated (check --max-gpus and the hardware list)"
-    name, count = max(result.rejected.items(), key=lambda kv: (kv[0] == "no_price", kv[1]))
+    name, count, counts = first_rejection(result.rejected)
     hint = {
         "memory": "nothing fits in memory: raise --max-gpus or use bigger-memory hardware",
         "invalid": "no valid layout",
@@ -321,11 +321,11 @@ def empty_reason(result: RatePlanResult) -> str:
         "max_tpot_p99_s": "no deployment meets --max-tpot-p99-s",
         "max_gpus": "serving the rate within the SLOs needs more than --max-gpus",
         "max_usd_per_hour": "no deployment fits the --max-usd-per-hour budget",
-        "no_price": ("profiles without a price cannot be ranked by cost: use --objective throughput or latency, or give "
-                     "a price (--set price_usd_per_gpu_hour=USD)"),
+        "no_price": ("profiles without a price cannot be ranked by cost: use --objective throughput or latency, "
+                     "or give a price (--set price_usd_per_gpu_hour=USD)"),
     }[name]
-    return (f"no feasible deployment out of {result.num_candidates} engines: {hint} ({count} rejected by {name}; "
-            + ", ".join(f"{k}: {v}" for k, v in sorted(result.rejected.items(), key=lambda kv: -kv[1])) + ")")
+    return (f"no feasible deployment out of {result.num_candidates} engines: {hint} "
+            f"({count} rejected by {name}; {counts})")
 
 
 def write_csv(path, records: list[dict[str, Any]]) -> None:

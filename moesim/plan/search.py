@@ -400,14 +400,22 @@ def plan(scenario: Scenario | str | None = None, *, hardware: list[str] | None =
     )
 
 
-def empty_reason(result: PlanResult) -> str:
-    """One line naming the constraint that emptied the search space, then every rejection's count.
+def first_rejection(rejected: dict[str, int]) -> tuple[str, int, str]:
+    """Of an empty search's rejections (non-empty): the one to name, its count, and every rejection's count.
 
     A missing price is named first wherever it rejected candidates: it rejects every layout of a profile that
-    fits in memory, so it, not the memory check, is what left nothing where the others fit."""
+    fits in memory, so it, not the memory check, is what left nothing where the others fit; otherwise the most
+    frequent rejection."""
+    name, count = max(rejected.items(), key=lambda kv: (kv[0] == "no_price", kv[1]))
+    return name, count, ", ".join(f"{k}: {v}" for k, v in sorted(rejected.items(), key=lambda kv: -kv[1]))
+
+
+def empty_reason(result: PlanResult) -> str:
+    """One line naming the constraint that emptied the search space (:func:`first_rejection`), then every
+    rejection's count."""
     if not result.rejected:
         return "no candidate was generated (check --max-gpus and the hardware list)"
-    name, count = max(result.rejected.items(), key=lambda kv: (kv[0] == "no_price", kv[1]))
+    name, count, counts = first_rejection(result.rejected)
     hint = {
         "memory": "nothing fits in memory: raise --max-gpus or use bigger-memory hardware",
         "max_ttft_s": "no candidate meets --max-ttft-s",
@@ -418,5 +426,4 @@ def empty_reason(result: PlanResult) -> str:
                      "price (--set price_usd_per_gpu_hour=USD)"),
         "invalid": "no valid layout",
     }[name]
-    return (f"no feasible candidate out of {result.num_candidates}: {hint} ({count} rejected by {name}; "
-            + ", ".join(f"{k}: {v}" for k, v in sorted(result.rejected.items(), key=lambda kv: -kv[1])) + ")")
+    return f"no feasible candidate out of {result.num_candidates}: {hint} ({count} rejected by {name}; {counts})"

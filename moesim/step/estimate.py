@@ -665,7 +665,7 @@ def _train_stages(sc: Scenario, model: ModelSpec, par: Parallel, fwd: Pass, bwd:
     """Layers of each pipeline stage: the contiguous split that balances the stages' forward + backward time
     (the first stage carries the embedding, the last the LM head and the MTP modules)."""
     mtp = model.mtp.num_modules
-    recompute = 1.0 if sc.workload.recompute == "full" else 0.0  # type: ignore[union-attr]
+    recompute = _recompute(sc.workload)  # type: ignore[arg-type]
     moe_cost = _layer_cost(fwd.moe_s, bwd.moe_s, recompute)
     dense_cost = _layer_cost(fwd.dense_s, bwd.dense_s, recompute)
     per_layer = [moe_cost if is_moe else dense_cost for is_moe in _moe_mask(model)]
@@ -675,9 +675,15 @@ def _train_stages(sc: Scenario, model: ModelSpec, par: Parallel, fwd: Pass, bwd:
 
 
 def _layer_cost(forward_s, backward_s, recompute: float):
-    """Seconds of one layer per micro-batch in a training step: its forward (run again under full
+    """Seconds of one layer (or stage) per micro-batch in a training step: its forward (run again under full
     recomputation, ``recompute = 1``) and its backward."""
     return forward_s * (1 + recompute) + backward_s
+
+
+def _recompute(w: TrainWorkload) -> float:
+    """How many more times the forward runs in the backward: 1 under full recomputation, else 0 (selective
+    recomputation is charged in memory only)."""
+    return 1.0 if w.recompute == "full" else 0.0
 
 
 def _train_step(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Parallel, fwd: Pass, bwd: Pass,
@@ -697,7 +703,7 @@ def _train_step(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Parall
     keys = (w.seq_len + 1) / 2
     dt = w.compute_dtype
     mtp = model.mtp.num_modules
-    recompute = 1.0 if w.recompute == "full" else 0.0
+    recompute = _recompute(w)
     if stages is None:
         stages = _train_stages(sc, model, par, fwd, bwd)
     skey = _stages_key(stages)
@@ -780,7 +786,7 @@ def _train_step(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Parall
             if t is None:
                 f = _stage_time(fwd, *c, mtp, p99=p99)
                 b = _stage_time(bwd, *c, mtp, p99=p99)
-                t = f * (1 + recompute) + b + 2 * p2p
+                t = _layer_cost(f, b, recompute) + 2 * p2p
                 if per_microbatch:
                     red, gat = stage_comm(j, p99)
                     t = t + red + gat
@@ -896,7 +902,7 @@ def moe_layer_cost_s(sc: Scenario) -> float:
         raise InputError(f"model {model.name!r} has no MoE layers", field="model")
     check_layout(sc, model, hw)
     fwd, bwd = _train_passes(sc, model, hw, Parallel.of(sc, hw.node.accelerators_per_node), detail=True)
-    return float(_layer_cost(fwd.moe_s, bwd.moe_s, 1.0 if sc.workload.recompute == "full" else 0.0))
+    return float(_layer_cost(fwd.moe_s, bwd.moe_s, _recompute(sc.workload)))
 
 
 def _train(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Parallel, detail: bool = True) -> Estimate:

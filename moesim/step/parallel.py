@@ -216,8 +216,9 @@ def _balanced_pairs(costs: tuple[float, ...], pp: int, first_extra: float, last_
         """Stage end indices within both budgets, or None."""
         slack = 1 + 1e-12
         pb, sb = pair_budget * slack, stage_budget * slack
-        frontier: dict[int, int] = {0: L}  # front end -> back start (the smallest that fits)
-        levels: list[dict[int, tuple[int, int]]] = []  # per pair: front end -> (back start, previous front end)
+        # per pair: front end -> (back start, the smallest that fits; the previous pair's front end)
+        frontier: dict[int, tuple[int, int]] = {0: (L, 0)}
+        levels: list[dict[int, tuple[int, int]]] = []
         for j in range(half):
             fe = first_extra if j == 0 else 0.0
             be = last_extra if j == 0 else 0.0
@@ -225,7 +226,7 @@ def _balanced_pairs(costs: tuple[float, ...], pp: int, first_extra: float, last_
             # what the inner stages can hold at most: a layout that leaves them more cannot finish
             inner = min((half - j - 1) * pb + (min(sb, pb / 2) if odd else 0.0), need * sb)
             nxt: dict[int, tuple[int, int]] = {}
-            for i, k in frontier.items():
+            for i, (k, _) in frontier.items():
                 pk = prefix[k]
                 for i2 in range(i + 1, k):
                     cf = prefix[i2] - prefix[i] + fe
@@ -243,9 +244,9 @@ def _balanced_pairs(costs: tuple[float, ...], pp: int, first_extra: float, last_
             if not nxt:
                 return None
             levels.append(nxt)
-            frontier = {i2: k2 for i2, (k2, _) in nxt.items()}
+            frontier = nxt
         for i in sorted(frontier):
-            k = frontier[i]
+            k = frontier[i][0]
             if odd:
                 mid = prefix[k] - prefix[i]
                 if k - i < 1 or mid > sb or 2 * mid > pb:
