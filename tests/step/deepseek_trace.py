@@ -26,6 +26,14 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 SCENARIO = REPO / "scenarios" / "validation-e2e" / "deepseek-v3-pretrain-h800.toml"
 
+if str(REPO) not in sys.path:  # the script may run from anywhere
+    sys.path.insert(0, str(REPO))
+
+import moesim  # noqa: E402
+from moesim.caches import clear_caches  # noqa: E402
+from moesim.step import estimate as E  # noqa: E402
+from moesim.step.parallel import Parallel  # noqa: E402
+
 LAYERS = 4  #: MoE layers in each chunk of the profiled pair (the repository's README)
 
 #: (substring of the kernel name, kind); the first match wins
@@ -41,6 +49,12 @@ KINDS = (
     ("transpose", "FP8 casts and transposes"),
 )
 OTHER = "other kernels (norms, rotary, SwiGLU, permutes, elementwise)"
+#: the FP8 GEMMs by role: (substring of the kernel name, label)
+ROLES = (
+    ("fp8_dptp128c_acc", "  of which weight-gradient GEMMs"),
+    ("m_grouped_fp8", "  of which grouped GEMMs (experts, forward and dgrad)"),
+    ("fp8_ptp128c", "  of which dense GEMMs (attention, shared experts)"),
+)
 
 
 def kind_of(name: str) -> str:
@@ -69,13 +83,6 @@ def model_by_kind() -> dict[str, float]:
     The layer passes are run as the estimate runs them, with their timer recording what it times: each pass
     times the MoE layer at the expected load, then at the p99 straggler's, then the dense layer; the first of
     these is kept (it ends where the layer's first operation comes round again after its combine)."""
-    if str(REPO) not in sys.path:
-        sys.path.insert(0, str(REPO))
-    import moesim
-    from moesim.caches import clear_caches
-    from moesim.step import estimate as E
-    from moesim.step.parallel import Parallel
-
     sc = moesim.load_scenario(SCENARIO)
     model, hw = sc.resolve_model(), sc.resolve_hardware()
     par = Parallel.of(sc, hw.node.accelerators_per_node)
@@ -121,20 +128,11 @@ def main(path: str) -> None:
     by_kind: dict[str, float] = defaultdict(float)
     count: dict[str, int] = defaultdict(int)
     for e in kernels:
-        k = kind_of(e["name"])
-        by_kind[k] += e["dur"]
-        count[k] += 1
-    for e in kernels:
-        if "fp8_dptp128c_acc" in e["name"]:
-            role = "  of which weight-gradient GEMMs"
-        elif "m_grouped_fp8" in e["name"]:
-            role = "  of which grouped GEMMs (experts, forward and dgrad)"
-        elif "fp8_ptp128c" in e["name"]:
-            role = "  of which dense GEMMs (attention, shared experts)"
-        else:
-            continue
-        by_kind[role] += e["dur"]
-        count[role] += 1
+        role = next((label for pattern, label in ROLES if pattern in e["name"]), None)
+        for k in (kind_of(e["name"]), role):
+            if k is not None:
+                by_kind[k] += e["dur"]
+                count[k] += 1
     modelled = model_by_kind()
     print(f"{'kind (per MoE layer, forward + backward)':60s} {'trace us':>9s} {'kernels':>8s} {'model us':>9s}")
     order = sorted((k for k in by_kind if not k.startswith("  ")), key=lambda k: -by_kind[k])
@@ -146,11 +144,9 @@ def main(path: str) -> None:
     compute = sum(v for k, v in by_kind.items() if not k.startswith(("DeepEP", "  ")))
     model_compute = sum(v for k, v in modelled.items() if not k.startswith("DeepEP"))
     print(f"{'all but DeepEP':60s} {compute / LAYERS:9.0f} {'':8s} {model_compute * 1e6:9.0f}")
-    import moesim
-    from moesim.step.estimate import moe_layer_cost_s
-
     print(f"the model's MoE layer forward + backward as the step composes it (overlap included): "
-          f"{moe_layer_cost_s(moesim.load_scenario(SCENARIO)) * 1e3:.3f} ms")
+          f"{E.moe_layer_cost_s(moesim.load_scenario(SCENARIO)) * 1e3:.3f} ms")
+
 
 if __name__ == "__main__":
     if len(sys.argv) != 2:
