@@ -304,6 +304,13 @@ class Efficiency(_Frozen):
         "dimension (strictly increasing; interpolated linearly in log(head dim) between them, held outside); when "
         "empty the attention core is timed as a GEMM of its FLOPs on matmul_frac.",
     )
+    fp8_block_scaled_frac: float = Field(
+        1.0, gt=0, le=1, allow_inf_nan=False,
+        description="Throughput of an FP8 GEMM with a scale per block of K (DeepSeek-V3's 1 x 128 / 128 x 128 tiles, "
+        "workload fp8_scaling 'block') as a share of the same GEMM with one scale per tensor. Below 1 where the "
+        "tensor cores do not apply block scales (Hopper: the kernel rescales every 128-element partial sum on the "
+        "CUDA cores); 1 where they do (Blackwell's block-scaled MMA) or where no figure is published.",
+    )
     host_issue_s: Seconds | None = Field(
         None,
         description="Host time to issue one kernel from an eager framework on an asynchronous device, seconds; a "

@@ -209,6 +209,13 @@ class ServeWorkload(_Spec):
         description="Storage dtype of the routed experts' weights when it differs from the other weights; default "
         "weight_dtype when that is set, else the model's published expert dtype.")
     kv_dtype: Literal["bf16", "fp8"] = Field("bf16", description="KV-cache element type.")
+    fp8_scaling: Literal["block", "static", "dynamic"] = Field(
+        "block",
+        description="How FP8 GEMM inputs are scaled (compute_dtype or expert_compute_dtype 'fp8'): 'block', a scale "
+        "per block of elements computed in the cast kernel (DeepSeek-V3 / R1's FP8 checkpoints, weight_block_size "
+        "[128, 128], run with 1 x 128 activation tiles); 'static', one scale per tensor calibrated ahead of time "
+        "(TensorRT Model Optimizer's FP8_DEFAULT_CFG, AMD Quark's w_fp8_a_fp8); 'dynamic', one scale per tensor "
+        "from the tensor itself, a separate amax pass before each cast (docs/step-model.md, section 2).")
     mtp_draft_tokens: int = Field(
         0, ge=0, le=8,
         description="Speculative decoding with the model's multi-token-prediction modules (DeepSeek-V3 serves this "
@@ -237,8 +244,18 @@ class ServeWorkload(_Spec):
         """Tokens one sequence holds at the end: the prompt, plus the output unless only prefilled."""
         return self.prompt_tokens + (self.output_tokens if self.phase != "prefill" else 0)
 
+    @property
+    def lowp_fp8_scaling(self) -> str:
+        """:attr:`fp8_scaling` in the terms of :func:`moesim.layer.low_precision_ops` (a static per-tensor scale
+        is cast in one kernel, as training's delayed scaling; a dynamic one takes an amax pass, as current)."""
+        return {"block": "block", "static": "delayed", "dynamic": "current"}[self.fp8_scaling]
+
     @model_validator(mode="after")
     def _tokens(self) -> "ServeWorkload":
+        if ("fp8_scaling" in self.model_fields_set and self.fp8_scaling != "block"
+                and "fp8" not in (self.compute_dtype, self.expert_compute_dtype)):
+            raise ValueError(f"fp8_scaling {self.fp8_scaling!r} applies to FP8 GEMMs (this workload computes in "
+                             f"{self.compute_dtype!r}); set compute_dtype = 'fp8' or drop fp8_scaling")
         if self.mtp_draft_tokens and self.mtp_acceptance_rate is None:
             raise ValueError(f"mtp_draft_tokens = {self.mtp_draft_tokens} needs mtp_acceptance_rate (0 to 1, the "
                              "probability that a drafted token is accepted)")

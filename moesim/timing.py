@@ -66,6 +66,9 @@ def _scalar(x: Any) -> bool:
     return isinstance(x, (int, float))
 
 
+#: compute kinds timed as GEMMs on the FLOPs curve or a shape table (the fused attention core has its own tables)
+_GEMM_KINDS = frozenset({"matmul", "grouped_matmul", "batched_matmul"})
+
 #: formats whose FLOPs-curve efficiency is read at the BF16-equivalent size (:func:`curve_size_scale`)
 SUB_BF16_FORMATS = ("fp8", "fp4")
 
@@ -106,12 +109,17 @@ def gemm_efficiency(profile: HardwareProfile, kind: str, dtype: str, op: "Op") -
     return curve(np.maximum(np.asarray(size, dtype=float), 1e-30))
 
 
-def op_terms(profile: HardwareProfile, op: "Op", dtype: str) -> tuple[Any, Any, Any]:
-    """(compute_s, memory_s, overhead_s) of ``op`` (scalars, or arrays when the op's sizes are arrays)."""
+def op_terms(profile: HardwareProfile, op: "Op", dtype: str, *, fp8_block: bool = False) -> tuple[Any, Any, Any]:
+    """(compute_s, memory_s, overhead_s) of ``op`` (scalars, or arrays when the op's sizes are arrays).
+
+    ``fp8_block``: FP8 GEMMs scale their inputs per block (workload ``fp8_scaling = "block"``) and run at the
+    profile's ``fp8_block_scaled_frac`` of a per-tensor FP8 GEMM's speed (docs/step-model.md, section 3)."""
     eff = profile.efficiency
     acc = profile.accelerator
     d = op.dtype or dtype
     peak = acc.peak_for(d)
+    if fp8_block and d == "fp8" and op.compute_kind in _GEMM_KINDS:
+        peak = peak * eff.fp8_block_scaled_frac
     flops = op.flops
     if op.compute_kind == "attention" and eff.attention:
         keys = op.keys_per_query
@@ -134,17 +142,17 @@ def op_terms(profile: HardwareProfile, op: "Op", dtype: str) -> tuple[Any, Any, 
     return compute, mem_a + mem_w, overhead
 
 
-def op_time_s(profile: HardwareProfile, op: "Op", dtype: str) -> Any:
+def op_time_s(profile: HardwareProfile, op: "Op", dtype: str, *, fp8_block: bool = False) -> Any:
     """``time_s`` of ``op`` (scalar or numpy array): ``max(compute, memory) + overhead``."""
-    c, m, o = op_terms(profile, op, dtype)
+    c, m, o = op_terms(profile, op, dtype, fp8_block=fp8_block)
     if _scalar(c) and _scalar(m):
         return max(c, m) + o
     return np.maximum(c, m) + o
 
 
-def time_op(profile: HardwareProfile, op: "Op", dtype: str) -> OpTime:
+def time_op(profile: HardwareProfile, op: "Op", dtype: str, *, fp8_block: bool = False) -> OpTime:
     """:func:`op_time_s` with its terms and bound, for scalar sizes."""
-    c, m, o = (float(x) for x in op_terms(profile, op, dtype))
+    c, m, o = (float(x) for x in op_terms(profile, op, dtype, fp8_block=fp8_block))
     body = max(c, m)
     bound: Bound = "latency" if o > body else ("compute" if c >= m else "memory")
     return OpTime(time_s=body + o, compute_s=c, memory_s=m, overhead_s=o, bound=bound)

@@ -180,8 +180,10 @@ class _Timer:
     the same expert operations at every length).
     """
 
-    def __init__(self, hw: HardwareProfile, par: Parallel, dtype: str):
+    def __init__(self, hw: HardwareProfile, par: Parallel, dtype: str, fp8_block: bool = False):
         self.hw, self.par, self.dtype = hw, par, dtype
+        # block-scaled FP8 GEMMs: only a profile whose tensor cores lack block scales tells them apart
+        self.fp8_block = fp8_block and hw.efficiency.fp8_block_scaled_frac != 1.0
         self.hw_key = bridge._hw_key(hw)
         self.a2a: dict[OpKind, float] = {}
         self.memo: dict[Op, tuple[float, str]] = {}
@@ -196,10 +198,10 @@ class _Timer:
             if op.collective == "all_to_all":
                 return self.a2a.get(op.kind, 0.0)
             return bridge.collective_time_s(self.hw, self.par, op.collective, op.comm_bytes, op.group)
-        key = (self.hw_key, self.dtype, _op_key(op))
+        key = (self.hw_key, self.dtype, self.fp8_block, _op_key(op))
         hit = _OP_ARRAY_TIMES.get(key)
         if hit is None:
-            hit = op_time_s(self.hw, op, self.dtype)
+            hit = op_time_s(self.hw, op, self.dtype, fp8_block=self.fp8_block)
             if isinstance(hit, np.ndarray):
                 hit.flags.writeable = False  # shared by every later caller
             _OP_ARRAY_TIMES.put(key, hit)
@@ -214,10 +216,10 @@ class _Timer:
             return t, "communication"
         hit = self.memo.get(op)
         if hit is None:
-            key = (self.hw_key, self.dtype, op)
+            key = (self.hw_key, self.dtype, self.fp8_block, op)
             hit = _OP_TIMES.get(key)
             if hit is None:
-                ot = time_op(self.hw, op, self.dtype)
+                ot = time_op(self.hw, op, self.dtype, fp8_block=self.fp8_block)
                 hit = (ot.time_s, ot.bound)
                 _OP_TIMES.put(key, hit)
             self.memo[op] = hit
@@ -343,7 +345,7 @@ def _layer_pass(rt: RoutingSpec, sched: Schedule, model: ModelSpec, hw: Hardware
         n = np.asarray(n, dtype=float)
     if backward and grad_bytes is None:
         raise ValueError("a backward pass needs grad_bytes (the main gradient's bytes per element)")
-    timer = _Timer(hw, par, compute_dtype)
+    timer = _Timer(hw, par, compute_dtype, fp8_block=fp8_scaling == "block")
     launch = sched.launch
     if launch == "auto":
         graph = bool(decode_batch > 0) if _plain(decode_batch) else bool(np.any(np.asarray(decode_batch) > 0))
@@ -935,7 +937,7 @@ def _train(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Parallel, d
             mfu_bf16_frac=st.mfu_bf16_frac, model_flops_per_token=st.model_flops_per_token, step_s=step,
             step_p99_s=None, ttft_s=None, tpot_s=None, max_batch_size=None, time_by_stage_s={}, bound_by_stage={},
             ops=[], load=None, cost=_cost(sc, hw, tps, w.total_tokens), notes=[])
-    notes = _layout_notes(par) + _dtype_notes(hw, w.compute_dtype)
+    notes = _layout_notes(par) + _dtype_notes(hw, w.compute_dtype, fp8_scaling=w.fp8_scaling)
     if par.pp > 1:
         v = sc.layout.virtual_stages
         kind = ("DualPipe" if sc.schedule.pipeline == "dualpipe"
@@ -1071,7 +1073,7 @@ def serve_pass_dtypes(model: ModelSpec, w: ServeWorkload) -> dict[str, str | Non
     """The dtype arguments of :func:`layer_pass` for a serving workload (weights, experts, KV cache, GEMMs)."""
     wdt, edt = serve_weight_dtypes(model, w)
     return dict(weight_dtype=wdt, expert_weight_dtype=edt, kv_dtype=w.kv_dtype, compute_dtype=w.compute_dtype,
-                expert_compute_dtype=w.expert_compute_dtype)
+                expert_compute_dtype=w.expert_compute_dtype, fp8_scaling=w.lowp_fp8_scaling)
 
 
 def prefill_batch(w: ServeWorkload, b):
@@ -1273,7 +1275,7 @@ def _serve_notes(sc: Scenario, w: ServeWorkload, par: Parallel, hw: HardwareProf
         if it.drafted:
             notes.append(f"MTP speculative decoding: {it.drafted} draft token(s), {it.tokens_per_iteration:.3g} tokens "
                          f"per sequence per iteration at acceptance {w.mtp_acceptance_rate:g}")
-    notes += _layout_notes(par) + _dtype_notes(hw, w.compute_dtype, w.expert_compute_dtype)
+    notes += _layout_notes(par) + _dtype_notes(hw, w.compute_dtype, w.expert_compute_dtype, fp8_scaling=w.fp8_scaling)
     if sc.workspace_bytes is None:
         notes.append(f"workspace {workspace_bytes(sc, hw) / 1e9:.3g} GB per GPU: the {1 - w.memory_utilization_frac:.0%} "
                      f"of device memory the engine leaves unused (workload.memory_utilization_frac = "
@@ -1287,14 +1289,20 @@ def _layout_notes(par: Parallel) -> list[str]:
     return []
 
 
-def _dtype_notes(hw: HardwareProfile, *dtypes: str | None) -> list[str]:
-    """A note for each GEMM dtype the device has no peak for (it runs at the nearest wider format's)."""
+def _dtype_notes(hw: HardwareProfile, *dtypes: str | None, fp8_scaling: str = "block") -> list[str]:
+    """A note for each GEMM dtype the device has no peak for (it runs at the nearest wider format's), and for
+    block-scaled FP8 GEMMs on a device that runs them below the per-tensor speed."""
     notes = []
     peaks = hw.accelerator.peak_flops_per_s
     for d in dict.fromkeys(x for x in dtypes if x):
         if d not in peaks:
             notes.append(f"{hw.name} has no {d} peak: {d} GEMMs are timed at its {hw.accelerator.peak_dtype_for(d)} "
                          "peak")
+    frac = hw.efficiency.fp8_block_scaled_frac
+    if "fp8" in dtypes and fp8_scaling == "block" and frac != 1.0:
+        notes.append(f"FP8 GEMMs with block scales (workload.fp8_scaling = block) run at {frac:g} of the per-tensor "
+                     f"FP8 speed on {hw.name} (efficiency.fp8_block_scaled_frac: its tensor cores apply no block "
+                     "scales)")
     return notes
 
 

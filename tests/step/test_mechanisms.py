@@ -158,7 +158,9 @@ def test_current_scaling_slows_an_fp8_step_and_is_refused_without_fp8(run_cli):
     for s in ("block", "delayed", "current"):
         raw["workload"]["fp8_scaling"] = s
         steps[s] = estimate(scenario_from_dict(raw, "test")).step_s
-    assert steps["current"] > steps["block"] > steps["delayed"]  # an extra read; 1/32 byte of scales per element
+    # an extra read of every input; block scales add 1/32 byte per element and, on Hopper, slower GEMMs (the
+    # profile's fp8_block_scaled_frac)
+    assert steps["current"] > steps["delayed"] and steps["block"] > steps["delayed"]
     r = run_cli("estimate", "mixtral-8x22b-train-h100", "--set", "workload.fp8_scaling=current")
     assert r.exit_code == 2 and "fp8_scaling 'current' applies to compute_dtype 'fp8'" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
@@ -571,3 +573,57 @@ def test_a_host_step_binds_a_small_decode_batch_and_its_note_says_how(run_cli):
 ])
 def test_bad_host_steps_exit_2_with_one_line(run_cli, scenario, overrides, needle):
     _exits_2_with_one_line(run_cli, scenario, overrides, needle)
+
+
+def _fp8_gemm(kind: str = "grouped_matmul", **fields) -> Op:
+    g = GemmShape(m=4096, n=4096, k=7168, groups=8)
+    return Op(OpKind.EXPERTS, name="experts_up", flops=2.0 * 8 * 4096 * 4096 * 7168, bytes_moved=0.0,
+              compute_kind=kind, gemm=g,
+              **fields)
+
+
+def test_block_scaled_fp8_gemms_run_at_the_profiles_share_of_per_tensor_speed():
+    from moesim.hardware import load_hardware
+    from moesim.timing import op_terms
+
+    h100, b200 = load_hardware("h100-sxm"), load_hardware("b200")
+    frac = h100.efficiency.fp8_block_scaled_frac
+    assert frac == pytest.approx(1.75 / 2)  # cuBLAS 12.9's block-scaled FP8 over BF16 on Hopper, against the peaks' 2x
+    assert b200.efficiency.fp8_block_scaled_frac == 1.0  # Blackwell's tensor cores apply the block scales
+    for kind in ("matmul", "grouped_matmul"):
+        op = _fp8_gemm(kind)
+        tensor = op_terms(h100, op, "fp8")[0]
+        assert op_terms(h100, op, "fp8", fp8_block=True)[0] == pytest.approx(tensor / frac)
+        assert op_terms(b200, op, "fp8", fp8_block=True)[0] == op_terms(b200, op, "fp8")[0]
+        # BF16 GEMMs (the router, the LM head) and FP4 experts are not FP8 block-scaled GEMMs
+        for dt in ("bf16", "fp4"):
+            assert op_terms(h100, op.replaced(dtype=dt), "fp8", fp8_block=True) == op_terms(h100, op.replaced(dtype=dt), "fp8")
+    # a quantisation pass (elementwise) is not slowed
+    cast = Op(OpKind.EXPERTS, name="q", flops=1e9, bytes_moved=1e9, compute_kind="elementwise")
+    assert op_terms(h100, cast, "fp8", fp8_block=True) == op_terms(h100, cast, "fp8")
+
+
+def test_serving_fp8_scaling_sets_the_gemm_speed_and_the_casts():
+    base = "deepseek-v3-prefill-h800"
+    est = {s: estimate(load_scenario(base, [f"workload.fp8_scaling={s}"])) for s in ("block", "static", "dynamic")}
+    ttft = {s: e.ttft_s for s, e in est.items()}
+    # block scales on Hopper: slower GEMMs and 1/32 byte of scales; dynamic per-tensor scales: an amax read per cast
+    assert ttft["block"] > ttft["static"] and ttft["dynamic"] > ttft["static"]
+    # on Blackwell the block-scaled GEMMs run at the per-tensor speed: only the scale bytes differ
+    b = {s: estimate(load_scenario(base, ["hardware=b200", f"workload.fp8_scaling={s}"])).ttft_s
+         for s in ("block", "static")}
+    assert 1.0 < b["block"] / b["static"] < 1.01
+    # on Hopper the compute-bound expert GEMMs take 1 / fp8_block_scaled_frac as long (their casts change little)
+    experts = est["block"].time_by_stage_s["experts"] / est["static"].time_by_stage_s["experts"]
+    assert 1.05 < experts <= 1 / 0.875 + 1e-9
+
+
+def test_serving_fp8_scaling_is_refused_without_fp8(run_cli):
+    r = run_cli("estimate", MIXTRAL_SERVE, "--set", "workload.fp8_scaling=static")
+    assert r.exit_code == 2 and "fp8_scaling 'static' applies to FP8 GEMMs" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+    r = run_cli("estimate", MIXTRAL_SERVE, "--set", "workload.fp8_scaling=delayed")
+    assert r.exit_code == 2 and "'block', 'static' or 'dynamic'" in r.stderr
+    # the experts alone in FP8 are FP8 GEMMs
+    assert run_cli("estimate", MIXTRAL_SERVE, "--set", "workload.expert_compute_dtype=fp8",
+                   "--set", "workload.fp8_scaling=static").exit_code == 0
