@@ -205,3 +205,10 @@ def test_every_shipped_efficiency_curve_stays_a_fraction():
         for curve in (e.matmul_frac, e.grouped, e.memory_frac):
             for size in (1.0, 1e6, 1e9, 1e15):
                 assert 0 < curve(size) <= 1 and math.isfinite(curve(size))
+
+
+def test_block_scaled_fp8_speed_is_shown_where_a_profile_sets_it(run_cli):
+    hopper = run_cli("hardware", "show", "h800")
+    assert hopper.exit_code == 0 and "block-scaled FP8 GEMMs at 0.875 of the per-tensor speed" in hopper.stdout
+    blackwell = run_cli("hardware", "show", "b200")
+    assert blackwell.exit_code == 0 and "block-scaled FP8" not in blackwell.stdout

@@ -64,7 +64,10 @@ def render_hardware(p) -> None:
     c.print(t)
     e = p.efficiency
     c.print(f"efficiency ({e.source}): matmul {e.matmul_frac.points}, memory {e.memory_frac.points}, "
-            f"scale-up {e.scale_up_frac:.0%}, scale-out {e.scale_out_frac:.0%}, kernel {seconds(e.kernel_overhead_s)}")
+            f"scale-up {e.scale_up_frac:.0%}, scale-out {e.scale_out_frac:.0%}, kernel {seconds(e.kernel_overhead_s)}"
+            + (f", host issue {seconds(e.host_issue_s)}" if e.host_issue_s else "")
+            + (f", block-scaled FP8 GEMMs at {e.fp8_block_scaled_frac:g} of the per-tensor speed"
+               if e.fp8_block_scaled_frac != 1.0 else ""))
     for a in e.attention:
         c.print(f"attention kernel, head dim {a.head_dim}, over keys per query: forward {a.forward_frac.points}, "
                 f"backward {a.backward_frac.points} ({a.source})")
