@@ -479,7 +479,7 @@ def low_precision_ops(ops: Sequence[Op], dtype: str, *, training: bool, element_
     ``R`` is rows per group times groups, as the ``fused`` plan's GEMMs state them. One kernel per pass.
 
     ``fp8_scaling`` (:attr:`moesim.scenario.TrainWorkload.fp8_scaling`; serving's static and dynamic scales come
-    as ``"delayed"`` and ``"current"``, :attr:`moesim.scenario.ServeWorkload.lowp_fp8_scaling`) for FP8 GEMMs:
+    as ``"delayed"`` and ``"current"``, :func:`moesim.step.estimate.serve_pass_dtypes`) for FP8 GEMMs:
     ``"block"`` as above;
     ``"delayed"`` and ``"current"`` keep one scale per tensor, so ``q = element_bytes``. ``"current"`` computes the
     scale from the tensor being cast (Transformer Engine's ``Float8CurrentScalingQuantizer``: an amax kernel, a

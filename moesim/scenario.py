@@ -244,12 +244,6 @@ class ServeWorkload(_Spec):
         """Tokens one sequence holds at the end: the prompt, plus the output unless only prefilled."""
         return self.prompt_tokens + (self.output_tokens if self.phase != "prefill" else 0)
 
-    @property
-    def lowp_fp8_scaling(self) -> str:
-        """:attr:`fp8_scaling` in the terms of :func:`moesim.layer.low_precision_ops` (a static per-tensor scale
-        is cast in one kernel, as training's delayed scaling; a dynamic one takes an amax pass, as current)."""
-        return {"block": "block", "static": "delayed", "dynamic": "current"}[self.fp8_scaling]
-
     @model_validator(mode="after")
     def _tokens(self) -> "ServeWorkload":
         if ("fp8_scaling" in self.model_fields_set and self.fp8_scaling != "block"

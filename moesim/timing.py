@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from .hardware import HardwareProfile
+from .layer import GEMM_KINDS
 
 if TYPE_CHECKING:  # pragma: no cover
     from .layer import Op
@@ -65,9 +66,6 @@ class OpTime:
 def _scalar(x: Any) -> bool:
     return isinstance(x, (int, float))
 
-
-#: compute kinds timed as GEMMs on the FLOPs curve or a shape table (the fused attention core has its own tables)
-_GEMM_KINDS = frozenset({"matmul", "grouped_matmul", "batched_matmul"})
 
 #: formats whose FLOPs-curve efficiency is read at the BF16-equivalent size (:func:`curve_size_scale`)
 SUB_BF16_FORMATS = ("fp8", "fp4")
@@ -118,7 +116,7 @@ def op_terms(profile: HardwareProfile, op: "Op", dtype: str, *, fp8_block: bool 
     acc = profile.accelerator
     d = op.dtype or dtype
     peak = acc.peak_for(d)
-    if fp8_block and d == "fp8" and op.compute_kind in _GEMM_KINDS:
+    if fp8_block and d == "fp8" and op.compute_kind in GEMM_KINDS:
         peak = peak * eff.fp8_block_scaled_frac
     flops = op.flops
     if op.compute_kind == "attention" and eff.attention:

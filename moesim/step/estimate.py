@@ -1069,11 +1069,16 @@ def serve_weight_dtypes(model: ModelSpec, w: ServeWorkload) -> tuple[str, str | 
     return model.weight_dtype, model.expert_weight_dtype
 
 
+#: serving's fp8_scaling in the terms of moesim.layer.low_precision_ops: a static per-tensor scale is cast in one
+#: kernel, as training's delayed scaling; a dynamic one takes an amax pass first, as current scaling
+_SERVE_FP8_SCALING = {"block": "block", "static": "delayed", "dynamic": "current"}
+
+
 def serve_pass_dtypes(model: ModelSpec, w: ServeWorkload) -> dict[str, str | None]:
     """The dtype arguments of :func:`layer_pass` for a serving workload (weights, experts, KV cache, GEMMs)."""
     wdt, edt = serve_weight_dtypes(model, w)
     return dict(weight_dtype=wdt, expert_weight_dtype=edt, kv_dtype=w.kv_dtype, compute_dtype=w.compute_dtype,
-                expert_compute_dtype=w.expert_compute_dtype, fp8_scaling=w.lowp_fp8_scaling)
+                expert_compute_dtype=w.expert_compute_dtype, fp8_scaling=_SERVE_FP8_SCALING[w.fp8_scaling])
 
 
 def prefill_batch(w: ServeWorkload, b):

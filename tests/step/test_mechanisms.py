@@ -575,11 +575,10 @@ def test_bad_host_steps_exit_2_with_one_line(run_cli, scenario, overrides, needl
     _exits_2_with_one_line(run_cli, scenario, overrides, needle)
 
 
-def _fp8_gemm(kind: str = "grouped_matmul", **fields) -> Op:
+def _fp8_gemm(kind: str = "grouped_matmul") -> Op:
     g = GemmShape(m=4096, n=4096, k=7168, groups=8)
     return Op(OpKind.EXPERTS, name="experts_up", flops=2.0 * 8 * 4096 * 4096 * 7168, bytes_moved=0.0,
-              compute_kind=kind, gemm=g,
-              **fields)
+              compute_kind=kind, gemm=g)
 
 
 def test_block_scaled_fp8_gemms_run_at_the_profiles_share_of_per_tensor_speed():
