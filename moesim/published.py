@@ -469,7 +469,7 @@ def fmt_value(v: float, unit: str) -> str:
     """A published or predicted value for humans: fractions as %, large numbers with separators."""
     if unit == "":
         return f"{v:.1%}" if v < 1 else f"{v:.3g}"
-    if abs(v) >= 1000:
+    if abs(v) >= 999.5:  # what three significant digits would round to 1,000 (printed "1e+03")
         return f"{v:,.0f} {unit}"
     return f"{v:.3g} {unit}"
 

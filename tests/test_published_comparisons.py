@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from moesim.errors import InputError
-from moesim.published import FIGURES, GroupSummary, load_comparisons, run_published, summarise
+from moesim.published import FIGURES, GroupSummary, fmt_value, load_comparisons, run_published, summarise
 
 REPO = Path(__file__).resolve().parents[1]
 E2E = REPO / "scenarios" / "validation-e2e"
@@ -97,3 +97,9 @@ def test_the_wheel_ships_every_file_of_validation_e2e():
     for name in ("comparisons.toml", "published.toml", *(p.name for p in E2E.glob("*.toml"))):
         rel = f"validation-e2e/{name}"
         assert any(fnmatch.fnmatch(rel, pat) and pat.count("/") == rel.count("/") for pat in patterns), rel
+
+
+@pytest.mark.parametrize("value,unit,want", [(999.6, "tok/s", "1,000 tok/s"), (999.4, "tok/s", "999 tok/s"),
+                                             (1296.8, "tok/s", "1,297 tok/s"), (0.0242, "s", "0.0242 s")])
+def test_values_that_round_to_a_thousand_print_with_a_separator_not_an_exponent(value, unit, want):
+    assert fmt_value(value, unit) == want
