@@ -120,6 +120,9 @@ class Op:
     keys_per_query: Any = None
     head_dim: float = 128.0  #: fused attention core: the head dimension its kernel runs at
     is_backward: bool = False  #: this is the backward pass of the operation (attention reads its backward curve)
+    #: a forward operation that selective recomputation runs again inside the backward pass: it runs there as it
+    #: is, not as its backward (moesim.step.estimate)
+    recomputed: bool = False
 
     @property
     def total_bytes(self) -> Any:
@@ -451,8 +454,9 @@ def moe_ffn_ops(s: MoEShape, *, tokens: Any, rows: RowsPerExpert, plan: KernelPl
 #: close) or one fp32 scale per 128 (DeepSeek-V3's 1 x 128 tiles) are both 1/32 byte per element.
 SCALE_BYTES_PER_ELEMENT = 1.0 / 32.0
 #: GEMM inputs that are the output of a norm: the quantisation is fused into the norm kernel (Transformer
-#: Engine's LayerNormLinear / LayerNormMLP), so the forward pays no separate pass for them.
-NORM_FED_GEMMS = frozenset({"dense_ffn_up", "shared_up", "router_logits"})
+#: Engine's LayerNormLinear / LayerNormMLP), so the forward pays no separate pass for them. MLA's up-projections
+#: read the latents' RMSNorm outputs (timed on their own only where selective recomputation runs them again).
+NORM_FED_GEMMS = frozenset({"dense_ffn_up", "shared_up", "router_logits", "attention_q_up", "attention_kv_up"})
 #: GEMMs that low-precision recipes keep in BF16: the router (Megatron-Core's router is not a Transformer
 #: Engine module; DeepSeek-V3 keeps "the gating module" in higher precision, section 3.3.1) and the output
 #: layer (the same for Megatron's output_layer; inference engines leave lm_head unquantised).

@@ -141,7 +141,12 @@ class TrainWorkload(_Spec):
     seq_len: Tokens = Field(description="Tokens per sequence.")
     global_batch_size: Sequences = Field(description="Sequences per optimizer step.")
     micro_batch_size: Sequences = Field(1, description="Sequences per micro-batch per data-parallel rank.")
-    recompute: Literal["none", "selective", "full"] = Field("selective", description="Activation recomputation.")
+    recompute: Literal["none", "selective", "full"] = Field(
+        "selective",
+        description="Activation recomputation: 'none' (every activation kept), 'selective' (the backward runs the "
+        "FFN activations and MLA's up-projections again; memory keeps neither their outputs nor MLA's per-head "
+        "q, k, v: Megatron-Core's moe_act and mla_up_proj modules) or 'full' (each layer keeps its input and runs "
+        "its whole forward again).")
     compute_dtype: Literal["bf16", "fp8"] = Field("bf16", description="GEMM precision.")
     fp8_scaling: Literal["block", "delayed", "current"] = Field(
         "block",

@@ -65,6 +65,7 @@ from .ops import (
     embedding_op,
     lm_head_op,
     moe_ops,
+    recomputed_ops,
 )
 from .memo import by_model
 from .parallel import Parallel
@@ -279,8 +280,11 @@ def layer_pass(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Paralle
                expert_weight_dtype: str | None = None,
                compute_dtype: str, expert_compute_dtype: str | None = None, backward: bool = False,
                training: bool = False, lm_tokens=None, detail: bool = True,
-               grad_bytes: float | None = None, fp8_scaling: str = "block") -> Pass:
+               grad_bytes: float | None = None, fp8_scaling: str = "block", recompute: str = "none") -> Pass:
     """Time of one MoE and one dense layer for ``n`` tokens per DP rank (forward, or backward).
+
+    ``recompute`` (:attr:`moesim.scenario.TrainWorkload.recompute`) matters to a training backward only: under
+    ``"selective"`` it runs again the forward operations the memory model does not keep (:func:`_layer_pass`).
 
     With ``detail=False`` (searches) ``n`` may be a numpy array of token counts: the
     times come back as arrays, without per-operation records, bounds or the p99 pass.
@@ -300,12 +304,13 @@ def layer_pass(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Paralle
                            decode_tokens=decode_tokens, weight_dtype=weight_dtype, kv_dtype=kv_dtype,
                            expert_weight_dtype=expert_weight_dtype, compute_dtype=compute_dtype,
                            expert_compute_dtype=expert_compute_dtype, backward=backward, training=training,
-                           lm_tokens=lm_tokens, detail=detail, grad_bytes=grad_bytes, fp8_scaling=fp8_scaling)
+                           lm_tokens=lm_tokens, detail=detail, grad_bytes=grad_bytes, fp8_scaling=fp8_scaling,
+                           recompute=recompute)
 
     key = (model.fingerprint, bridge._hw_key(hw), lpar, rt, sched, _value_key(n), _value_key(keys),
            _value_key(decode_batch), _value_key(context), _value_key(decode_tokens), _value_key(lm_tokens),
            weight_dtype, kv_dtype, expert_weight_dtype, compute_dtype, expert_compute_dtype, backward, training,
-           detail, grad_bytes if backward else None, fp8_scaling)
+           detail, grad_bytes if backward else None, fp8_scaling, recompute if backward and training else None)
     hit = _PASSES.get(key)
     if hit is None:
         hit = run()
@@ -338,8 +343,15 @@ def _layer_pass(rt: RoutingSpec, sched: Schedule, model: ModelSpec, hw: Hardware
                 keys: float, decode_batch, context: float, decode_tokens, weight_dtype: str, kv_dtype: str,
                 expert_weight_dtype: str | None, compute_dtype: str, expert_compute_dtype: str | None,
                 backward: bool, training: bool, lm_tokens, detail: bool, grad_bytes: float | None,
-                fp8_scaling: str = "block") -> Pass:
-    """:func:`layer_pass` itself, from the routing and schedule alone of the scenario."""
+                fp8_scaling: str = "block", recompute: str = "none") -> Pass:
+    """:func:`layer_pass` itself, from the routing and schedule alone of the scenario.
+
+    A training backward under selective recomputation also runs, as forward operations, what the memory model
+    does not keep (``moesim.step.memory.layer_activation_bytes``): every FFN activation of the layer (experts,
+    shared experts, dense FFN) and MLA's up-projections after their latent norms
+    (:func:`moesim.step.ops.recomputed_ops`), each at its own forward time and kernels, in the stage it belongs
+    to.
+    """
     vector = not detail and np.ndim(n) > 0  # token counts as a numpy array: time every op for all at once
     if vector:
         n = np.asarray(n, dtype=float)
@@ -366,6 +378,16 @@ def _layer_pass(rt: RoutingSpec, sched: Schedule, model: ModelSpec, hw: Hardware
                                  expert_dtype=expert_compute_dtype, fp8_scaling=fp8_scaling,
                                  dispatched_quantised=rt.dispatch_dtype == "fp8")
 
+    again = recomputed_ops(model, par, n, weight_bytes=wb) if backward and training and recompute == "selective" \
+        else None
+
+    def pass_ops(ops: list[Op]) -> list[Op]:
+        """``ops`` in the pass's precision, with what selective recomputation runs again in a backward."""
+        if again is None:
+            return lowp(ops)
+        redo = again + [op for op in ops if op.compute_kind == "elementwise" and op.name.endswith("_act")]
+        return lowp(ops) + [op.replaced(recomputed=True) for op in lowp(redo)]
+
     overlap_shared = sched.overlap_shared_experts
     comm_overlap = sched.overlap_comm_with_compute
     slowdown = sched.overlap_slowdown_frac
@@ -375,7 +397,15 @@ def _layer_pass(rt: RoutingSpec, sched: Schedule, model: ModelSpec, hw: Hardware
     def parts(op: Op) -> tuple[Op, ...]:
         """What ``op`` runs in this pass: itself, or its backward (a GEMM's dgrad and wgrad at their own shapes;
         the attention core states its own, 2.5); communication runs again as it is."""
-        return backward_ops(op, grad_bytes) if backward and op.compute_kind != "comm" else (op,)
+        return backward_ops(op, grad_bytes) if backward and op.compute_kind != "comm" and not op.recomputed else (op,)
+
+    def issued(ops: list[Op]):
+        """Kernels the host issues for ``ops`` in this pass: a backward issues a GEMM's dgrad and wgrad, and a
+        recomputed forward operation its own kernels once."""
+        if not backward:
+            return num_kernels(ops)
+        redo = [op for op in ops if op.recomputed]
+        return issue_factor * num_kernels([op for op in ops if not op.recomputed]) + num_kernels(redo)
 
     def run_fast(kind: str, ops: list[Op]):
         dur: dict = {}
@@ -388,7 +418,7 @@ def _layer_pass(rt: RoutingSpec, sched: Schedule, model: ModelSpec, hw: Hardware
         else:
             total = critical_path_s(kind, dur, overlap_shared=overlap_shared, comm_overlap=comm_overlap,
                                     overlap_slowdown_frac=slowdown)[0]
-        total = host_bound_s(hw, total, issue_factor * num_kernels(ops), graph=graph)
+        total = host_bound_s(hw, total, issued(ops), graph=graph)
         return total, {}, dur
 
     def run(kind: str, ops: list[Op], record: bool = True) -> tuple[float, dict[str, float], dict[str, float]]:
@@ -405,7 +435,7 @@ def _layer_pass(rt: RoutingSpec, sched: Schedule, model: ModelSpec, hw: Hardware
         total, path = critical_path_s(kind, dur, overlap_shared=overlap_shared, comm_overlap=comm_overlap,
                                       overlap_slowdown_frac=slowdown)
         device_total = total
-        total = host_bound_s(hw, total, issue_factor * num_kernels(ops), graph=graph)
+        total = host_bound_s(hw, total, issued(ops), graph=graph)
         if total > device_total:
             bound["host_issue"] = "latency"
         by_stage: dict[str, float] = {}
@@ -437,20 +467,21 @@ def _layer_pass(rt: RoutingSpec, sched: Schedule, model: ModelSpec, hw: Hardware
         d, c = bridge.a2a_times_s(rt, model, hw, par, n_src, bpc, mean_load)
         timer.a2a = {OpKind.DISPATCH: d, OpKind.COMBINE: c}
         a2a = a2a_p99 = d + c
-        moe_ops_mean = lowp(attn + moe_ops(model, par, n, mean_load, bytes_per_copy=bpc, weight_bytes=wb,
-                                           expert_weight_bytes=ewb, plan=plan, gather_in_gemm=gather))
+        moe_ops_mean = pass_ops(attn + moe_ops(model, par, n, mean_load, bytes_per_copy=bpc, weight_bytes=wb,
+                                               expert_weight_bytes=ewb, plan=plan, gather_in_gemm=gather))
         moe_s, by_moe, _ = run("moe", moe_ops_mean)
     if detail and model.moe is not None and model.num_moe_layers:
         d, c = bridge.a2a_times_s(rt, model, hw, par, n_src, bpc, p99_load)
         timer.a2a = {OpKind.DISPATCH: d, OpKind.COMBINE: c}
         a2a_p99 = d + c
-        moe_ops_p99 = lowp(attn + moe_ops(model, par, n, p99_load, bytes_per_copy=bpc, weight_bytes=wb,
-                                          expert_weight_bytes=ewb, plan=plan, gather_in_gemm=gather))
+        moe_ops_p99 = pass_ops(attn + moe_ops(model, par, n, p99_load, bytes_per_copy=bpc, weight_bytes=wb,
+                                              expert_weight_bytes=ewb, plan=plan, gather_in_gemm=gather))
         moe_p99_s, _, _ = run("moe", moe_ops_p99, record=False)
     dense_s = 0.0
     by_dense: dict[str, float] = {}
     if model.num_dense_layers:
-        dense_s, by_dense, _ = run("dense", lowp(attn + dense_ffn_ops(model, par, n, weight_bytes=wb, plan=plan)))
+        dense_ops = pass_ops(attn + dense_ffn_ops(model, par, n, weight_bytes=wb, plan=plan))
+        dense_s, by_dense, _ = run("dense", dense_ops)
     lm = lowp([lm_head_op(model, par, n if lm_tokens is None else lm_tokens, weight_bytes=wb)])[0]
     lm_parts = parts(lm)
     if not detail:
@@ -683,8 +714,8 @@ def _layer_cost(forward_s, backward_s, recompute: float):
 
 
 def _recompute(w: TrainWorkload) -> float:
-    """How many more times the forward runs in the backward: 1 under full recomputation, else 0 (selective
-    recomputation is charged in memory only)."""
+    """How many more times the whole forward runs in the backward: 1 under full recomputation, else 0 (what
+    selective recomputation runs again is in the backward pass itself, :func:`_layer_pass`)."""
     return 1.0 if w.recompute == "full" else 0.0
 
 
@@ -881,13 +912,16 @@ def _train_step(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Parall
                       microbatch_gat, t_opt, step, step_p99, tps, mfu, mfu_bf16, model_flops, mem)
 
 
-def _train_passes(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Parallel, detail: bool) -> tuple[Pass, Pass]:
-    """The forward and the backward layer pass of a training scenario's micro-batch."""
+def _train_passes(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Parallel, detail: bool,
+                  n=None) -> tuple[Pass, Pass]:
+    """The forward and the backward layer pass of a training scenario's micro-batch (``n`` tokens per DP rank:
+    the scenario's micro-batch when None, or an array of them for :func:`train_curve`)."""
     w: TrainWorkload = sc.workload  # type: ignore[assignment]
-    kw = dict(n=w.micro_batch_size * w.seq_len, keys=(w.seq_len + 1) / 2, weight_dtype="bf16", kv_dtype="bf16",
-              compute_dtype=w.compute_dtype, training=True, detail=detail, fp8_scaling=w.fp8_scaling)
+    kw = dict(n=w.micro_batch_size * w.seq_len if n is None else n, keys=(w.seq_len + 1) / 2, weight_dtype="bf16",
+              kv_dtype="bf16", compute_dtype=w.compute_dtype, training=True, detail=detail, fp8_scaling=w.fp8_scaling)
     fwd = layer_pass(sc, model, hw, par, **kw)
-    bwd = layer_pass(sc, model, hw, par, backward=True, grad_bytes=w.grad_bytes_per_element, **kw)
+    bwd = layer_pass(sc, model, hw, par, backward=True, grad_bytes=w.grad_bytes_per_element, recompute=w.recompute,
+                     **kw)
     return fwd, bwd
 
 
@@ -1014,14 +1048,14 @@ def train_memory_table(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par:
     ``_stages_key(stages)`` when the caller has it."""
     w: TrainWorkload = sc.workload  # type: ignore[assignment]
     ab = 1.0 if w.compute_dtype == "fp8" else 2.0
-    act_moe = layer_activation_bytes(model, par, n, w.seq_len, w.recompute, copies, True, ab) if model.moe_layer_indices else 0.0
-    act_dense = layer_activation_bytes(model, par, n, w.seq_len, w.recompute, copies, False, ab)
+    act_moe = layer_activation_bytes(model, par, n, w.recompute, copies, True, ab) if model.moe_layer_indices else 0.0
+    act_dense = layer_activation_bytes(model, par, n, w.recompute, copies, False, ab)
     num = len(stages)
     per_microbatch_bytes = []
     for n_moe, n_layers, last_is_moe in _stage_shape(model, stages_key if stages_key is not None else _stages_key(stages)):
         acts_per_microbatch_bytes = n_moe * act_moe + (n_layers - n_moe) * act_dense
         if w.recompute == "full" and n_layers:
-            acts_per_microbatch_bytes += layer_activation_bytes(model, par, n, w.seq_len, "selective", copies, last_is_moe, ab)
+            acts_per_microbatch_bytes += layer_activation_bytes(model, par, n, "selective", copies, last_is_moe, ab)
         per_microbatch_bytes.append(acts_per_microbatch_bytes)
     if _vec(par.dp):  # stages down, layouts across
         col = (slice(None), None)
@@ -1457,11 +1491,8 @@ def train_curve(sc: Scenario, model: ModelSpec, hw: HardwareProfile, candidates)
         mbs_values = sorted({mbs for _, mbs, _ in members})
         one = Parallel(1, tp, 1, 1, ep, etp, 1, 0, seq_par, gpn)
         n_arr = np.array([mbs * w.seq_len for mbs in mbs_values], dtype=float)
-        kw = dict(n=n_arr, keys=(w.seq_len + 1) / 2, weight_dtype="bf16", kv_dtype="bf16",
-                  compute_dtype=w.compute_dtype, training=True, detail=False, fp8_scaling=w.fp8_scaling)
         try:
-            fwd_all = layer_pass(sc, model, hw, one, **kw)
-            bwd_all = layer_pass(sc, model, hw, one, backward=True, grad_bytes=w.grad_bytes_per_element, **kw)
+            fwd_all, bwd_all = _train_passes(sc, model, hw, one, False, n=n_arr)
         except InputError:  # the layer cannot run (e.g. a node limit the EP group cannot meet)
             out["valid"][[i for idx in members.values() for i in idx]] = False
             continue

@@ -11,9 +11,9 @@ Per GPU, for the pipeline stage that needs the most:
 * activations (training), per layer per micro-batch of ``n`` tokens, ``a``
   bytes per element (2, or 1 for FP8 training): attention
   ``a*n*(2h + qkv + out)`` (qkv = q, k, v widths for GQA; for MLA the latents,
-  plus the per-head q, k, v without recomputation); with ``recompute = "none"``
-  the ``5*H*s*n`` bytes of scores and masks of Korthikanti et al. 2022 are
-  added (selective recomputation and flash attention keep none); dense FFN
+  plus the per-head q, k, v without recomputation; the fused attention kernel keeps
+  its fp32 log-sum-exp, ``4*H*n``, not the ``5*H*s*n`` bytes of scores and masks
+  Korthikanti et al. 2022 count for an unfused one); dense FFN
   ``a*n*(h + (m-1)*F)`` (``m*F`` without recomputation of the activation
   function), MoE ``a*c*(2h + (m-1)*F/etp)`` for ``c`` routed copies on the most
   loaded rank (top-k copies of each token, or the padded capacity) plus router
@@ -140,7 +140,7 @@ def param_state_bytes(p: StageParams, par: Parallel, *, master_weights_fp32: boo
             "optimizer": ob * (p.dense / d1 + p.expert / e1)}
 
 
-def layer_activation_bytes(model: ModelSpec, par: Parallel, n: float, seq_len: float, recompute: str,
+def layer_activation_bytes(model: ModelSpec, par: Parallel, n: float, recompute: str,
                            moe_copies: float, is_moe: bool, act_bytes: float = ACT) -> float:
     """Activation bytes one layer keeps for backward, ``n`` tokens per DP rank (see module docstring).
 
@@ -162,9 +162,8 @@ def layer_activation_bytes(model: ModelSpec, par: Parallel, n: float, seq_len: f
     else:
         qkv = (a.q_dim + 2 * a.kv_dim) / par.tp
         out = a.q_dim / par.tp
-    attn = act_bytes * n * (2 * h / sp + qkv + out)
-    if recompute == "none":
-        attn += 5.0 * a.num_heads * seq_len * n / par.tp
+    # the fused attention kernel the step model times keeps the softmax's fp32 log-sum-exp per head and query
+    attn = act_bytes * n * (2 * h / sp + qkv + out) + 4.0 * a.num_heads * n / par.tp
     m = model.ffn_matrices
     # gated FFN keeps its input and the gate/up outputs; selective recomputation redoes the activation function
     inter = m if recompute == "none" else m - 1

@@ -19,6 +19,9 @@ Symbols: ``n`` tokens per data-parallel rank in this pass, ``h`` hidden size,
 * dense FFN and shared experts: :func:`moesim.layer.ffn_gemm_ops` over ``n`` rows.
 * LM head: ``2 * V * h / tp * n`` (vocabulary-parallel), logits written in fp32.
 * TP all-reduce of ``a * n * h`` after attention and after the FFN.
+* selective recomputation (training backward, :func:`recomputed_ops`): MLA's up-projections run again,
+  ``2 n (q_in H d_qk + d_c H (d_nope + d_v)) / tp`` FLOPs, with ``q_in`` the query latent's rank (the hidden
+  size without one); the FFN activations are their forward ops again.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ ACT_BYTES = 2.0  # bf16 activations
 ATTENTION_BACKWARD_FACTOR = 2.5
 
 __all__ = ["ACT_BYTES", "ATTENTION_BACKWARD_FACTOR", "ExpertRankLoad", "Op", "attention_ops", "dense_ffn_ops", "dispatch_bytes_per_copy",
-           "embedding_op", "lm_head_op", "moe_ops"]
+           "embedding_op", "lm_head_op", "moe_ops", "recomputed_ops"]
 
 
 @dataclass(frozen=True)
@@ -93,6 +96,29 @@ def attention_ops(model: ModelSpec, par: Parallel, n: float, keys: float, *, dec
         ops.append(Op(OpKind.TP_COMM, "attention_tp_all_reduce", comm_bytes=ACT_BYTES * n * h, group="tp",
                       compute_kind="comm", collective="all_reduce"))
     return ops
+
+
+def recomputed_ops(model: ModelSpec, par: Parallel, n, *, weight_bytes: float = 2.0) -> list[Op]:
+    """The attention operations selective recomputation runs again in the backward pass (forward ops; the
+    caller adds the FFN activations of its layer): MLA's query and key/value up-projections from the latents
+    the memory model keeps (``moesim.step.memory.layer_activation_bytes``; DeepSeek-V3, arXiv 2412.19437,
+    section 3.2.3, and Megatron-Core's ``mla_up_proj`` recompute module), after the latents' RMSNorms
+    (``2 a n (d_cq + d_c)`` bytes). Grouped-query attention keeps its
+    q, k and v, so nothing of it runs again."""
+    a = model.attention
+    if not isinstance(a, MLAAttention):
+        return []
+    heads = a.num_heads / par.tp
+    q_in = a.q_lora_rank or model.hidden_size
+    q_out = heads * a.qk_head_dim
+    kv_out = heads * (a.qk_nope_head_dim + a.v_head_dim)
+    latents = (a.q_lora_rank or 0) + a.kv_lora_rank
+    # the latents' RMSNorms run again too and feed the up-projections (norm-fed GEMM inputs, moesim.layer)
+    return [Op(OpKind.ATTENTION, "attention_latent_norm", bytes_moved=2.0 * ACT_BYTES * n * latents,
+               compute_kind="elementwise", num_kernels=2 if a.q_lora_rank else 1)] + [
+        Op(OpKind.ATTENTION, name, flops=2.0 * n * k * width, bytes_moved=ACT_BYTES * n * (k + width),
+           weight_bytes=k * width * weight_bytes, gemm=GemmShape(m=n, n=width, k=k))
+        for name, k, width in (("attention_q_up", q_in, q_out), ("attention_kv_up", a.kv_lora_rank, kv_out))]
 
 
 def _core(name: str, flops, bytes_moved, kernels, keys_per_query, head_dim: float) -> Op:

@@ -22,7 +22,8 @@ def _passes(sc):
     kw = dict(n=w.micro_batch_size * w.seq_len, keys=(w.seq_len + 1) / 2, weight_dtype="bf16", kv_dtype="bf16",
               compute_dtype=w.compute_dtype, training=True, fp8_scaling=w.fp8_scaling)
     fwd = layer_pass(sc, model, hw, par, **kw)
-    bwd = layer_pass(sc, model, hw, par, backward=True, grad_bytes=w.grad_bytes_per_element, **kw)
+    bwd = layer_pass(sc, model, hw, par, backward=True, grad_bytes=w.grad_bytes_per_element, recompute=w.recompute,
+                     **kw)
     return fwd, bwd
 
 
@@ -31,8 +32,16 @@ def test_the_layer_cost_is_its_forward_and_backward_pass_and_full_recompute_adds
     fwd, bwd = _passes(sc)
     assert fwd.moe_s > 0 and bwd.moe_s > fwd.moe_s  # the backward runs dgrad and wgrad
     assert moe_layer_cost_s(sc) == pytest.approx(fwd.moe_s + bwd.moe_s, rel=1e-12)
+    none = moesim.load_scenario(SCENARIO, ["workload.recompute=none"])
+    fwd_none, bwd_none = _passes(none)
+    assert fwd_none.moe_s == fwd.moe_s  # recomputation is a matter of the backward
+    assert moe_layer_cost_s(none) == pytest.approx(fwd.moe_s + bwd_none.moe_s, rel=1e-12)
+    # selective recomputation runs MLA's up-projections and the activations again: part of a forward, not all
+    assert 0 < bwd.moe_s - bwd_none.moe_s < 0.25 * fwd.moe_s
     full = moesim.load_scenario(SCENARIO, ["workload.recompute=full"])
-    assert moe_layer_cost_s(full) == pytest.approx(2 * fwd.moe_s + bwd.moe_s, rel=1e-12)
+    fwd_full, bwd_full = _passes(full)
+    assert bwd_full.moe_s == bwd_none.moe_s  # the whole forward again instead, added once
+    assert moe_layer_cost_s(full) == pytest.approx(2 * fwd.moe_s + bwd_none.moe_s, rel=1e-12)
 
 
 def test_the_layer_cost_grows_with_the_micro_batch_and_bounds_the_step_from_below():

@@ -10,7 +10,9 @@ import pytest
 from moesim.layer import SCALE_BYTES_PER_ELEMENT, GemmShape, Op, low_precision_ops
 from moesim.ops import OpKind
 from moesim.scenario import Layout, load_scenario, scenario_from_dict
-from moesim.step.estimate import _in_flight_microbatches, estimate, estimate_resolved
+from moesim.step.estimate import _in_flight_microbatches, _train_passes, estimate, estimate_resolved
+from moesim.step.ops import recomputed_ops
+from moesim.step.parallel import Parallel
 
 DSV3_TRAIN = "deepseek-v3-train-h800"
 MIXTRAL_SERVE = "mixtral-8x7b-serve-h100"
@@ -186,6 +188,69 @@ def _grads(**workload):
     return estimate(scenario_from_dict(raw, "test"))
 
 
+# ----------------------------------------------------------------------------- recomputation
+
+
+def _recompute_passes(model: str, recompute: str, **layout):
+    raw = {"name": "t", "model": model, "hardware": "h800", "num_gpus": 64,
+           "layout": {"tp": 1, "pp": 1, "ep": 8, **layout},
+           "workload": {"kind": "train", "seq_len": 4096, "global_batch_size": 256, "compute_dtype": "bf16",
+                        "recompute": recompute}}
+    sc = scenario_from_dict(raw, "test")
+    model_, hw = sc.resolve_model(), sc.resolve_hardware()
+    par = Parallel.of(sc, hw.node.accelerators_per_node)
+    return sc, model_, par, _train_passes(sc, model_, hw, par, True)
+
+
+def test_mla_up_projections_run_again_at_their_forward_flops():
+    sc, model, par, _ = _recompute_passes("deepseek-v3", "selective", tp=2)
+    a = model.attention
+    ops = {op.name: op for op in recomputed_ops(model, par, 4096.0)}
+    heads = a.num_heads / 2
+    assert ops["attention_q_up"].flops == 2 * 4096 * a.q_lora_rank * heads * (a.qk_nope_head_dim + a.qk_rope_head_dim)
+    assert ops["attention_kv_up"].flops == 2 * 4096 * a.kv_lora_rank * heads * (a.qk_nope_head_dim + a.v_head_dim)
+    assert ops["attention_latent_norm"].flops == 0 and ops["attention_latent_norm"].bytes_moved > 0
+    gqa = load_scenario("mixtral-8x22b-train-h100")
+    assert recomputed_ops(gqa.resolve_model(), par, 4096.0) == []  # GQA keeps its q, k and v
+
+
+@pytest.mark.parametrize("model", ["deepseek-v3", "mixtral-8x7b"])
+def test_selective_recomputation_adds_part_of_a_forward_to_the_backward_only(model):
+    *_, (fwd_s, bwd_s) = _recompute_passes(model, "selective")
+    *_, (fwd_n, bwd_n) = _recompute_passes(model, "none")
+    assert fwd_s.moe_s == fwd_n.moe_s
+    extra = bwd_s.moe_s - bwd_n.moe_s
+    assert 0 < extra < 0.25 * fwd_n.moe_s
+    # the recomputed operations are timed in the stage they belong to
+    assert bwd_s.by_stage_moe_s["experts"] > bwd_n.by_stage_moe_s["experts"]
+    if model == "deepseek-v3":
+        assert bwd_s.by_stage_moe_s["attention"] > bwd_n.by_stage_moe_s["attention"]
+    else:
+        assert bwd_s.by_stage_moe_s["attention"] == bwd_n.by_stage_moe_s["attention"]
+
+
+def test_selective_recomputation_slows_the_step_and_saves_memory():
+    def est(recompute: str):
+        raw = _train()
+        raw = {**raw, "model": "deepseek-v3", "num_gpus": 256, "layout": {"tp": 2, "pp": 8, "ep": 16},
+               "workload": {**raw["workload"], "recompute": recompute}}
+        return _est(raw)
+    none, sel, full = est("none"), est("selective"), est("full")
+    assert none.step_s < sel.step_s < full.step_s
+    acts = [e.memory.by_category_bytes["activations"] for e in (none, sel, full)]
+    assert acts[0] > acts[1] > acts[2]
+
+
+def test_without_recomputation_activations_do_not_grow_with_the_sequence_at_fixed_tokens():
+    """The fused attention kernel keeps a log-sum-exp per query, not the scores: at the same tokens per
+    micro-batch, one 8192-token sequence keeps what two of 4096 keep."""
+    def acts(seq: int, mbs: int) -> float:
+        raw = _train()
+        raw = {**raw, "workload": {**raw["workload"], "recompute": "none", "seq_len": seq, "micro_batch_size": mbs}}
+        return _est(raw).memory.by_category_bytes["activations"]
+    assert acts(8192, 1) == pytest.approx(acts(4096, 2), rel=1e-12)
+
+
 def test_the_main_gradient_defaults_to_fp32_beside_fp32_masters_and_bf16_without():
     assert _grads().model_dump() == _grads(grad_dtype="fp32").model_dump()
     assert (_grads(master_weights_fp32=False).model_dump()
@@ -300,7 +365,7 @@ def test_an_overlapped_collective_hides_only_where_the_all_to_all_leaves_the_sha
     par = Parallel.of(sc, hw.node.accelerators_per_node)
     kw = dict(n=4096, keys=4097 / 2, weight_dtype="bf16", kv_dtype="bf16", compute_dtype="bf16", training=True)
     fwd = layer_pass(sc, model, hw, par, **kw)
-    bwd = layer_pass(sc, model, hw, par, backward=True, grad_bytes=4.0, **kw)
+    bwd = layer_pass(sc, model, hw, par, backward=True, grad_bytes=4.0, recompute=sc.workload.recompute, **kw)
     assert fwd.a2a_s > 0 and bwd.a2a_s == pytest.approx(fwd.a2a_s, rel=1e-12)  # the transfers run again as they are
     rs, ag = _dp_seconds("reduce_scatter", 4.0, etp=2), _dp_seconds("all_gather", 2.0, etp=2)
     L = model.num_layers
