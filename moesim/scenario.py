@@ -12,7 +12,7 @@ import os
 import tomllib
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal, Union, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -134,6 +134,12 @@ class Schedule(_Spec):
     )
 
 
+#: Megatron-Core's recompute modules (``--recompute-modules``) that the step model runs again (docs/step-model.md,
+#: section 2); its "moe" (the whole MoE layer, all-to-all included) is not among them
+RecomputeModule = Literal["core_attn", "layernorm", "mla_up_proj", "moe_act", "mlp", "shared_experts"]
+RECOMPUTE_MODULES: tuple[str, ...] = get_args(RecomputeModule)
+
+
 class TrainWorkload(_Spec):
     """One optimizer step of pre-training."""
 
@@ -147,6 +153,14 @@ class TrainWorkload(_Spec):
         "FFN activations and MLA's up-projections again; memory keeps neither their outputs nor MLA's per-head "
         "q, k, v: Megatron-Core's moe_act and mla_up_proj modules) or 'full' (each layer keeps its input and runs "
         "its whole forward again).")
+    recompute_modules: list[RecomputeModule] | None = Field(
+        None,
+        description="With recompute 'selective': the modules that run again in the backward, by Megatron-Core's "
+        "names (--recompute-modules): 'core_attn' (the attention core), 'layernorm' (the input and pre-FFN norms), "
+        "'mla_up_proj' (MLA's query and key/value up-projections), 'moe_act' (the routed experts' activation), "
+        "'mlp' (the dense layers' whole FFN), 'shared_experts' (the shared experts' whole FFN). Default: "
+        "DeepSeek-V3's selective recomputation, MLA's up-projections and every FFN's activation "
+        "(docs/step-model.md, section 2).")
     compute_dtype: Literal["bf16", "fp8"] = Field("bf16", description="GEMM precision.")
     fp8_scaling: Literal["block", "delayed", "current"] = Field(
         "block",
@@ -175,6 +189,17 @@ class TrainWorkload(_Spec):
 
     @model_validator(mode="after")
     def _tokens(self) -> "TrainWorkload":
+        mods = self.recompute_modules
+        if mods is not None:
+            if self.recompute != "selective":
+                raise ValueError(f"recompute_modules applies to recompute 'selective' (this workload has "
+                                 f"{self.recompute!r}); set recompute = 'selective' or drop recompute_modules")
+            if not mods:
+                raise ValueError("recompute_modules is empty; list one or more of "
+                                 f"{', '.join(map(repr, RECOMPUTE_MODULES))}, or set recompute = 'none'")
+            twice = sorted({m for m in mods if mods.count(m) > 1})
+            if twice:
+                raise ValueError(f"recompute_modules lists {', '.join(map(repr, twice))} more than once")
         if "fp8_scaling" in self.model_fields_set and self.compute_dtype != "fp8" and self.fp8_scaling != "block":
             raise ValueError(f"fp8_scaling {self.fp8_scaling!r} applies to compute_dtype 'fp8' (this workload "
                              f"computes in {self.compute_dtype!r}); set compute_dtype = 'fp8' or drop fp8_scaling")

@@ -65,6 +65,8 @@ from .ops import (
     embedding_op,
     lm_head_op,
     moe_ops,
+    picks_for_recompute,
+    recompute_units,
     recomputed_ops,
 )
 from .memo import by_model
@@ -280,11 +282,12 @@ def layer_pass(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Paralle
                expert_weight_dtype: str | None = None,
                compute_dtype: str, expert_compute_dtype: str | None = None, backward: bool = False,
                training: bool = False, lm_tokens=None, detail: bool = True,
-               grad_bytes: float | None = None, fp8_scaling: str = "block", recompute: str = "none") -> Pass:
+               grad_bytes: float | None = None, fp8_scaling: str = "block",
+               recompute: frozenset[str] = frozenset()) -> Pass:
     """Time of one MoE and one dense layer for ``n`` tokens per DP rank (forward, or backward).
 
-    ``recompute`` (:attr:`moesim.scenario.TrainWorkload.recompute`) matters to a training backward only: under
-    ``"selective"`` it runs again the forward operations the memory model does not keep (:func:`_layer_pass`).
+    ``recompute`` (:func:`moesim.step.ops.recompute_units` of the workload) matters to a training backward only:
+    the parts of the layer selective recomputation runs again, as forward operations (:func:`_layer_pass`).
 
     With ``detail=False`` (searches) ``n`` may be a numpy array of token counts: the
     times come back as arrays, without per-operation records, bounds or the p99 pass.
@@ -343,14 +346,15 @@ def _layer_pass(rt: RoutingSpec, sched: Schedule, model: ModelSpec, hw: Hardware
                 keys: float, decode_batch, context: float, decode_tokens, weight_dtype: str, kv_dtype: str,
                 expert_weight_dtype: str | None, compute_dtype: str, expert_compute_dtype: str | None,
                 backward: bool, training: bool, lm_tokens, detail: bool, grad_bytes: float | None,
-                fp8_scaling: str = "block", recompute: str = "none") -> Pass:
+                fp8_scaling: str = "block", recompute: frozenset[str] = frozenset()) -> Pass:
     """:func:`layer_pass` itself, from the routing and schedule alone of the scenario.
 
-    A training backward under selective recomputation also runs, as forward operations, what the memory model
-    does not keep (``moesim.step.memory.layer_activation_bytes``): every FFN activation of the layer (experts,
-    shared experts, dense FFN) and MLA's up-projections after their latent norms
-    (:func:`moesim.step.ops.recomputed_ops`), each at its own forward time and kernels, in the stage it belongs
-    to.
+    A training backward under selective recomputation also runs, as forward operations, the parts of the layer
+    in ``recompute`` (:func:`moesim.step.ops.recompute_units`), which the memory model does not keep
+    (``moesim.step.memory.layer_activation_bytes``): by default every FFN activation of the layer and MLA's
+    up-projections after their latent norms (:func:`moesim.step.ops.recomputed_ops`,
+    :func:`moesim.step.ops.picks_for_recompute`), each at its own forward time and kernels, in the stage it
+    belongs to.
     """
     vector = not detail and np.ndim(n) > 0  # token counts as a numpy array: time every op for all at once
     if vector:
@@ -378,14 +382,14 @@ def _layer_pass(rt: RoutingSpec, sched: Schedule, model: ModelSpec, hw: Hardware
                                  expert_dtype=expert_compute_dtype, fp8_scaling=fp8_scaling,
                                  dispatched_quantised=rt.dispatch_dtype == "fp8")
 
-    again = recomputed_ops(model, par, n, weight_bytes=wb) if backward and training and recompute == "selective" \
-        else None
+    units = recompute if backward and training else frozenset()
+    again = recomputed_ops(model, par, n, units, weight_bytes=wb) if units else []
 
-    def pass_ops(ops: list[Op]) -> list[Op]:
+    def pass_ops(ops: list[Op], dense_layer: bool = False) -> list[Op]:
         """``ops`` in the pass's precision, with what selective recomputation runs again in a backward."""
-        if again is None:
+        if not units:
             return lowp(ops)
-        redo = again + [op for op in ops if op.compute_kind == "elementwise" and op.name.endswith("_act")]
+        redo = again + [op for op in ops if picks_for_recompute(op, units, dense_layer=dense_layer)]
         return lowp(ops) + [op.replaced(recomputed=True) for op in lowp(redo)]
 
     overlap_shared = sched.overlap_shared_experts
@@ -480,7 +484,7 @@ def _layer_pass(rt: RoutingSpec, sched: Schedule, model: ModelSpec, hw: Hardware
     dense_s = 0.0
     by_dense: dict[str, float] = {}
     if model.num_dense_layers:
-        dense_ops = pass_ops(attn + dense_ffn_ops(model, par, n, weight_bytes=wb, plan=plan))
+        dense_ops = pass_ops(attn + dense_ffn_ops(model, par, n, weight_bytes=wb, plan=plan), dense_layer=True)
         dense_s, by_dense, _ = run("dense", dense_ops)
     lm = lowp([lm_head_op(model, par, n if lm_tokens is None else lm_tokens, weight_bytes=wb)])[0]
     lm_parts = parts(lm)
@@ -920,8 +924,8 @@ def _train_passes(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Para
     kw = dict(n=w.micro_batch_size * w.seq_len if n is None else n, keys=(w.seq_len + 1) / 2, weight_dtype="bf16",
               kv_dtype="bf16", compute_dtype=w.compute_dtype, training=True, detail=detail, fp8_scaling=w.fp8_scaling)
     fwd = layer_pass(sc, model, hw, par, **kw)
-    bwd = layer_pass(sc, model, hw, par, backward=True, grad_bytes=w.grad_bytes_per_element, recompute=w.recompute,
-                     **kw)
+    bwd = layer_pass(sc, model, hw, par, backward=True, grad_bytes=w.grad_bytes_per_element,
+                     recompute=recompute_units(w.recompute, w.recompute_modules), **kw)
     return fwd, bwd
 
 
@@ -1048,8 +1052,10 @@ def train_memory_table(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par:
     ``_stages_key(stages)`` when the caller has it."""
     w: TrainWorkload = sc.workload  # type: ignore[assignment]
     ab = 1.0 if w.compute_dtype == "fp8" else 2.0
-    act_moe = layer_activation_bytes(model, par, n, w.recompute, copies, True, ab) if model.moe_layer_indices else 0.0
-    act_dense = layer_activation_bytes(model, par, n, w.recompute, copies, False, ab)
+    units = recompute_units(w.recompute, w.recompute_modules)
+    act_moe = (layer_activation_bytes(model, par, n, w.recompute, copies, True, ab, units)
+               if model.moe_layer_indices else 0.0)
+    act_dense = layer_activation_bytes(model, par, n, w.recompute, copies, False, ab, units)
     num = len(stages)
     per_microbatch_bytes = []
     for n_moe, n_layers, last_is_moe in _stage_shape(model, stages_key if stages_key is not None else _stages_key(stages)):

@@ -44,6 +44,7 @@ from ..dtypes import bytes_per_element
 from ..model import MLAAttention, ModelSpec
 from ..params import attention_params, expert_params, ffn_params, norm_params, router_params, shared_expert_params
 from .memo import by_model
+from .ops import recompute_units
 from .parallel import Parallel
 
 ACT = 2.0
@@ -141,39 +142,49 @@ def param_state_bytes(p: StageParams, par: Parallel, *, master_weights_fp32: boo
 
 
 def layer_activation_bytes(model: ModelSpec, par: Parallel, n: float, recompute: str,
-                           moe_copies: float, is_moe: bool, act_bytes: float = ACT) -> float:
+                           moe_copies: float, is_moe: bool, act_bytes: float = ACT,
+                           units: frozenset[str] | None = None) -> float:
     """Activation bytes one layer keeps for backward, ``n`` tokens per DP rank (see module docstring).
 
     ``act_bytes`` is the element size of cached linear-layer inputs: 2 (bf16), or 1
     for FP8 training, which caches them in FP8 (DeepSeek-V3 report, section 3.3.3).
+    ``units`` are the parts selective recomputation runs again (:func:`moesim.step.ops.recompute_units`;
+    default: those of ``recompute`` with no modules named): each is not kept.
     """
     h = model.hidden_size
     a = model.attention
     sp = par.tp if par.sequence_parallel else 1
     if recompute == "full":
         return ACT * n * h / sp
+    if units is None:
+        units = recompute_units(recompute)
     if isinstance(a, MLAAttention):
-        # selective recomputation keeps the compressed latents and recomputes the up-projections
-        # (DeepSeek-V3 section 3.2.3); without it the per-head q, k, v are kept too
+        # recomputing the up-projections keeps only the compressed latents (DeepSeek-V3 section 3.2.3);
+        # otherwise the per-head q, k, v are kept too
         lat = (a.q_lora_rank or 0) + a.kv_lora_rank + a.qk_rope_head_dim
         heads = a.num_heads * (2 * a.qk_head_dim + a.v_head_dim) / par.tp
-        qkv = lat + (heads if recompute == "none" else 0.0)
+        qkv = lat + (0.0 if "mla_up_proj" in units else heads)
         out = a.num_heads * a.v_head_dim / par.tp
     else:
         qkv = (a.q_dim + 2 * a.kv_dim) / par.tp
         out = a.q_dim / par.tp
-    # the fused attention kernel the step model times keeps the softmax's fp32 log-sum-exp per head and query
-    attn = act_bytes * n * (2 * h / sp + qkv + out) + 4.0 * a.num_heads * n / par.tp
+    # the layer's input and its norm's output (the norm runs again under "layernorm"); the fused attention
+    # kernel the step model times keeps the softmax's fp32 log-sum-exp per head and query
+    norms = 1.0 if "layernorm" in units else 2.0
+    attn = act_bytes * n * (norms * h / sp + qkv + out) + 4.0 * a.num_heads * n / par.tp
     m = model.ffn_matrices
-    # gated FFN keeps its input and the gate/up outputs; selective recomputation redoes the activation function
-    inter = m if recompute == "none" else m - 1
+    # a gated FFN keeps its input, the gate/up outputs and the activation's output, unless that runs again
+    inter_experts = m - 1 if "moe_act" in units else m
+    inter = m - 1 if "ffn_act" in units else m
     if is_moe:
         moe = model.moe
         assert moe is not None
         F = moe.expert_ffn_dim / par.etp
-        ffn = act_bytes * moe_copies * (2 * h + inter * F) + 4.0 * par.moe_tokens(n) * moe.num_experts
-        if moe.num_shared_experts:
+        ffn = act_bytes * moe_copies * (2 * h + inter_experts * F) + 4.0 * par.moe_tokens(n) * moe.num_experts
+        if moe.num_shared_experts and "shared_experts" not in units:  # recomputed whole, it keeps nothing
             ffn += act_bytes * n * inter * moe.num_shared_experts * moe.shared_expert_ffn_dim / par.tp
+    elif "mlp" in units:  # recomputed whole: only its input is kept
+        ffn = act_bytes * n * h / sp
     else:
         ffn = act_bytes * n * (h / sp + inter * model.dense_ffn_dim / par.tp)
     return attn + ffn

@@ -19,9 +19,10 @@ Symbols: ``n`` tokens per data-parallel rank in this pass, ``h`` hidden size,
 * dense FFN and shared experts: :func:`moesim.layer.ffn_gemm_ops` over ``n`` rows.
 * LM head: ``2 * V * h / tp * n`` (vocabulary-parallel), logits written in fp32.
 * TP all-reduce of ``a * n * h`` after attention and after the FFN.
-* selective recomputation (training backward, :func:`recomputed_ops`): MLA's up-projections run again,
-  ``2 n (q_in H d_qk + d_c H (d_nope + d_v)) / tp`` FLOPs, with ``q_in`` the query latent's rank (the hidden
-  size without one); the FFN activations are their forward ops again.
+* selective recomputation (training backward, :func:`recompute_units`, :func:`recomputed_ops`,
+  :func:`picks_for_recompute`): by default MLA's up-projections run again, ``2 n (q_in H d_qk + d_c H
+  (d_nope + d_v)) / tp`` FLOPs, with ``q_in`` the query latent's rank (the hidden size without one), and
+  the FFN activations are their forward ops again; Megatron-Core's module names choose others.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ ACT_BYTES = 2.0  # bf16 activations
 ATTENTION_BACKWARD_FACTOR = 2.5
 
 __all__ = ["ACT_BYTES", "ATTENTION_BACKWARD_FACTOR", "ExpertRankLoad", "Op", "attention_ops", "dense_ffn_ops", "dispatch_bytes_per_copy",
-           "embedding_op", "lm_head_op", "moe_ops", "recomputed_ops"]
+           "embedding_op", "lm_head_op", "moe_ops", "picks_for_recompute", "recompute_units", "recomputed_ops"]
 
 
 @dataclass(frozen=True)
@@ -98,27 +99,66 @@ def attention_ops(model: ModelSpec, par: Parallel, n: float, keys: float, *, dec
     return ops
 
 
-def recomputed_ops(model: ModelSpec, par: Parallel, n, *, weight_bytes: float = 2.0) -> list[Op]:
-    """The attention operations selective recomputation runs again in the backward pass (forward ops; the
-    caller adds the FFN activations of its layer): MLA's query and key/value up-projections from the latents
-    the memory model keeps (``moesim.step.memory.layer_activation_bytes``; DeepSeek-V3, arXiv 2412.19437,
-    section 3.2.3, and Megatron-Core's ``mla_up_proj`` recompute module), after the latents' RMSNorms
-    (``2 a n (d_cq + d_c)`` bytes). Grouped-query attention keeps its
-    q, k and v, so nothing of it runs again."""
+#: What selective recomputation runs again when the workload names no modules: DeepSeek-V3's (report, arXiv
+#: 2412.19437, sections 3.2.3 and 3.3.3): MLA's up-projections and every FFN's activation ("ffn_act", the dense
+#: FFN's and the shared experts' beside the routed experts' "moe_act"; not a Megatron-Core module name)
+DEFAULT_SELECTIVE = frozenset({"mla_up_proj", "moe_act", "ffn_act"})
+
+
+def recompute_units(recompute: str, modules=None) -> frozenset[str]:
+    """The parts of a layer that run again in the backward (:attr:`moesim.scenario.TrainWorkload.recompute` and
+    ``recompute_modules``): none unless ``recompute`` is ``"selective"`` (``"full"`` runs the whole forward
+    again, which the step composes itself), then ``modules`` or :data:`DEFAULT_SELECTIVE`."""
+    if recompute != "selective":
+        return frozenset()
+    return DEFAULT_SELECTIVE if modules is None else frozenset(modules)
+
+
+def recomputed_ops(model: ModelSpec, par: Parallel, n, units: frozenset[str], *,
+                   weight_bytes: float = 2.0) -> list[Op]:
+    """The forward operations selective recomputation adds to a layer's backward that the layer's own forward
+    operations do not state apart (the caller adds those it picks from them, :func:`picks_for_recompute`):
+
+    * ``mla_up_proj``: MLA's query and key/value up-projections from the latents the memory model keeps
+      (``moesim.step.memory.layer_activation_bytes``; DeepSeek-V3, section 3.2.3, and Megatron-Core's
+      ``mla_up_proj`` module), after the latents' RMSNorms (``2 a n (d_cq + d_c)`` bytes). Grouped-query
+      attention keeps its q, k and v, so nothing of it runs again.
+    * ``layernorm``: the input and pre-FFN RMSNorms, ``2 x 2 a n h / sp`` bytes (read the input, write the
+      output).
+    """
+    ops: list[Op] = []
     a = model.attention
-    if not isinstance(a, MLAAttention):
-        return []
-    heads = a.num_heads / par.tp
-    q_in = a.q_lora_rank or model.hidden_size
-    q_out = heads * a.qk_head_dim
-    kv_out = heads * (a.qk_nope_head_dim + a.v_head_dim)
-    latents = (a.q_lora_rank or 0) + a.kv_lora_rank
-    # the latents' RMSNorms run again too and feed the up-projections (norm-fed GEMM inputs, moesim.layer)
-    return [Op(OpKind.ATTENTION, "attention_latent_norm", bytes_moved=2.0 * ACT_BYTES * n * latents,
-               compute_kind="elementwise", num_kernels=2 if a.q_lora_rank else 1)] + [
-        Op(OpKind.ATTENTION, name, flops=2.0 * n * k * width, bytes_moved=ACT_BYTES * n * (k + width),
-           weight_bytes=k * width * weight_bytes, gemm=GemmShape(m=n, n=width, k=k))
-        for name, k, width in (("attention_q_up", q_in, q_out), ("attention_kv_up", a.kv_lora_rank, kv_out))]
+    if "mla_up_proj" in units and isinstance(a, MLAAttention):
+        heads = a.num_heads / par.tp
+        q_in = a.q_lora_rank or model.hidden_size
+        q_out = heads * a.qk_head_dim
+        kv_out = heads * (a.qk_nope_head_dim + a.v_head_dim)
+        latents = (a.q_lora_rank or 0) + a.kv_lora_rank
+        # the latents' RMSNorms run again too and feed the up-projections (norm-fed GEMM inputs, moesim.layer)
+        ops.append(Op(OpKind.ATTENTION, "attention_latent_norm", bytes_moved=2.0 * ACT_BYTES * n * latents,
+                      compute_kind="elementwise", num_kernels=2 if a.q_lora_rank else 1))
+        ops += [Op(OpKind.ATTENTION, name, flops=2.0 * n * k * width, bytes_moved=ACT_BYTES * n * (k + width),
+                   weight_bytes=k * width * weight_bytes, gemm=GemmShape(m=n, n=width, k=k))
+                for name, k, width in (("attention_q_up", q_in, q_out), ("attention_kv_up", a.kv_lora_rank, kv_out))]
+    if "layernorm" in units:
+        sp = par.tp if par.sequence_parallel else 1
+        ops.append(Op(OpKind.ATTENTION, "layernorm_recompute", bytes_moved=2.0 * 2.0 * ACT_BYTES * n * model.hidden_size
+                      / sp, compute_kind="elementwise", num_kernels=2))
+    return ops
+
+
+def picks_for_recompute(op: Op, units: frozenset[str], *, dense_layer: bool) -> bool:
+    """Whether selective recomputation with ``units`` runs ``op``, one of a layer's forward operations, again in
+    the backward: the routed experts' activation (``moe_act``), the dense FFN's and the shared experts'
+    (``ffn_act``), a dense layer's FFN whole with its TP collective (``mlp``), the shared experts whole
+    (``shared_experts``), the attention core (``core_attn``)."""
+    if op.name == "experts_act":
+        return "moe_act" in units
+    if op.kind == OpKind.DENSE_FFN or (dense_layer and op.name == "ffn_tp_all_reduce"):
+        return "mlp" in units or (op.name == "dense_ffn_act" and "ffn_act" in units)
+    if op.kind == OpKind.SHARED_EXPERTS:
+        return "shared_experts" in units or (op.name == "shared_act" and "ffn_act" in units)
+    return op.compute_kind == "attention" and "core_attn" in units
 
 
 def _core(name: str, flops, bytes_moved, kernels, keys_per_query, head_dim: float) -> Op:

@@ -10,6 +10,7 @@ import moesim
 from moesim.errors import InputError
 from moesim.published import FIGURES
 from moesim.step.estimate import layer_pass, moe_layer_cost_s
+from moesim.step.ops import recompute_units
 from moesim.step.parallel import Parallel
 
 SCENARIO = "deepseek-v3-train-h800"
@@ -22,8 +23,8 @@ def _passes(sc):
     kw = dict(n=w.micro_batch_size * w.seq_len, keys=(w.seq_len + 1) / 2, weight_dtype="bf16", kv_dtype="bf16",
               compute_dtype=w.compute_dtype, training=True, fp8_scaling=w.fp8_scaling)
     fwd = layer_pass(sc, model, hw, par, **kw)
-    bwd = layer_pass(sc, model, hw, par, backward=True, grad_bytes=w.grad_bytes_per_element, recompute=w.recompute,
-                     **kw)
+    bwd = layer_pass(sc, model, hw, par, backward=True, grad_bytes=w.grad_bytes_per_element,
+                     recompute=recompute_units(w.recompute, w.recompute_modules), **kw)
     return fwd, bwd
 
 

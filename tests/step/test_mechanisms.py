@@ -11,7 +11,8 @@ from moesim.layer import SCALE_BYTES_PER_ELEMENT, GemmShape, Op, low_precision_o
 from moesim.ops import OpKind
 from moesim.scenario import Layout, load_scenario, scenario_from_dict
 from moesim.step.estimate import _in_flight_microbatches, _train_passes, estimate, estimate_resolved
-from moesim.step.ops import recomputed_ops
+from moesim.step.memory import layer_activation_bytes
+from moesim.step.ops import recompute_units, recomputed_ops
 from moesim.step.parallel import Parallel
 
 DSV3_TRAIN = "deepseek-v3-train-h800"
@@ -205,13 +206,13 @@ def _recompute_passes(model: str, recompute: str, **layout):
 def test_mla_up_projections_run_again_at_their_forward_flops():
     sc, model, par, _ = _recompute_passes("deepseek-v3", "selective", tp=2)
     a = model.attention
-    ops = {op.name: op for op in recomputed_ops(model, par, 4096.0)}
+    ops = {op.name: op for op in recomputed_ops(model, par, 4096.0, frozenset({"mla_up_proj"}))}
     heads = a.num_heads / 2
     assert ops["attention_q_up"].flops == 2 * 4096 * a.q_lora_rank * heads * (a.qk_nope_head_dim + a.qk_rope_head_dim)
     assert ops["attention_kv_up"].flops == 2 * 4096 * a.kv_lora_rank * heads * (a.qk_nope_head_dim + a.v_head_dim)
     assert ops["attention_latent_norm"].flops == 0 and ops["attention_latent_norm"].bytes_moved > 0
     gqa = load_scenario("mixtral-8x22b-train-h100")
-    assert recomputed_ops(gqa.resolve_model(), par, 4096.0) == []  # GQA keeps its q, k and v
+    assert recomputed_ops(gqa.resolve_model(), par, 4096.0, frozenset({"mla_up_proj"})) == []  # GQA keeps q, k, v
 
 
 @pytest.mark.parametrize("model", ["deepseek-v3", "mixtral-8x7b"])
@@ -238,6 +239,74 @@ def test_selective_recomputation_slows_the_step_and_saves_memory():
     none, sel, full = est("none"), est("selective"), est("full")
     assert none.step_s < sel.step_s < full.step_s
     acts = [e.memory.by_category_bytes["activations"] for e in (none, sel, full)]
+    assert acts[0] > acts[1] > acts[2]
+
+
+def _module_passes(modules):
+    over = {"recompute_modules": modules} if modules is not None else {}
+    raw = {"name": "t", "model": "deepseek-v3", "hardware": "h800", "num_gpus": 64,
+           "layout": {"tp": 2, "pp": 1, "ep": 8, "sequence_parallel": True},
+           "workload": {"kind": "train", "seq_len": 4096, "global_batch_size": 256, "compute_dtype": "bf16",
+                        "recompute": "selective", **over},
+           # the shared experts on the critical path (overlapped with the dispatch they may hide under it)
+           "schedule": {"overlap_shared_experts": False}}
+    sc = scenario_from_dict(raw, "test")
+    model, hw = sc.resolve_model(), sc.resolve_hardware()
+    par = Parallel.of(sc, hw.node.accelerators_per_node)
+    return sc, model, par, _train_passes(sc, model, hw, par, True)
+
+
+def test_each_recompute_module_runs_its_own_part_of_the_layer_again():
+    *_, (fwd0, bwd0) = _module_passes(["moe_act"])
+    base = {"moe": bwd0.moe_s, "dense": bwd0.dense_s}
+    def extra(modules):
+        *_, (fwd, bwd) = _module_passes(["moe_act"] + modules)
+        assert fwd.moe_s == fwd0.moe_s and fwd.dense_s == fwd0.dense_s  # the forward is the same
+        return bwd.moe_s - base["moe"], bwd.dense_s - base["dense"]
+    moe, dense = extra(["mlp"])  # the dense layers' FFN whole: the three dense layers only
+    assert moe == 0 and dense > 0
+    moe, dense = extra(["shared_experts"])  # the MoE layers' shared experts only
+    assert moe > 0 and dense == 0
+    for modules in (["core_attn"], ["layernorm"], ["mla_up_proj"]):  # attention parts: every layer
+        moe, dense = extra(modules)
+        assert moe > 0 and dense > 0, modules
+    # the default is DeepSeek-V3's: the up-projections and every FFN's activation, dense and shared included
+    *_, (_, default) = _module_passes(None)
+    *_, (_, named) = _module_passes(["mla_up_proj", "moe_act"])
+    assert default.moe_s > named.moe_s and default.dense_s > named.dense_s
+
+
+def test_each_recompute_module_drops_what_it_runs_again_from_memory():
+    sc, model, par, _ = _module_passes(["moe_act"])
+    n, copies, ab = 4096.0, 40000.0, 2.0
+    h, a, moe = model.hidden_size, model.attention, model.moe
+    sp = par.tp
+
+    def acts(units, is_moe=True):
+        return layer_activation_bytes(model, par, n, "selective", copies, is_moe, ab, frozenset(units))
+    heads = a.num_heads * (2 * a.qk_head_dim + a.v_head_dim) / par.tp
+    assert acts({"mla_up_proj"}) == pytest.approx(acts(set()) - ab * n * heads, rel=1e-12)
+    assert acts({"layernorm"}) == pytest.approx(acts(set()) - ab * n * h / sp, rel=1e-12)
+    assert acts({"moe_act"}) == pytest.approx(acts(set()) - ab * copies * moe.expert_ffn_dim / par.etp, rel=1e-12)
+    shared = ab * n * model.ffn_matrices * moe.num_shared_experts * moe.shared_expert_ffn_dim / par.tp
+    assert acts({"shared_experts"}) == pytest.approx(acts(set()) - shared, rel=1e-12)
+    dense_ffn = ab * n * model.ffn_matrices * model.dense_ffn_dim / par.tp
+    assert acts({"mlp"}, False) == pytest.approx(acts(set(), False) - dense_ffn, rel=1e-12)
+    assert acts({"mlp"}) == acts(set())  # MoE layers have no dense FFN
+    assert acts(set()) == layer_activation_bytes(model, par, n, "none", copies, True, ab)
+
+
+def test_recompute_modules_choose_what_the_step_runs_again_and_keeps():
+    def est(**workload):
+        raw = _train()
+        raw = {**raw, "model": "deepseek-v3", "num_gpus": 256, "layout": {"tp": 2, "pp": 8, "ep": 16},
+               "workload": {**raw["workload"], **workload}}
+        return _est(raw)
+    none = est(recompute="none")
+    moe_act = est(recompute="selective", recompute_modules=["moe_act"])
+    more = est(recompute="selective", recompute_modules=["moe_act", "mla_up_proj", "core_attn"])
+    assert none.step_s < moe_act.step_s < more.step_s
+    acts = [e.memory.by_category_bytes["activations"] for e in (none, moe_act, more)]
     assert acts[0] > acts[1] > acts[2]
 
 
@@ -365,7 +434,7 @@ def test_an_overlapped_collective_hides_only_where_the_all_to_all_leaves_the_sha
     par = Parallel.of(sc, hw.node.accelerators_per_node)
     kw = dict(n=4096, keys=4097 / 2, weight_dtype="bf16", kv_dtype="bf16", compute_dtype="bf16", training=True)
     fwd = layer_pass(sc, model, hw, par, **kw)
-    bwd = layer_pass(sc, model, hw, par, backward=True, grad_bytes=4.0, recompute=sc.workload.recompute, **kw)
+    bwd = layer_pass(sc, model, hw, par, backward=True, grad_bytes=4.0, recompute=recompute_units(sc.workload.recompute), **kw)
     assert fwd.a2a_s > 0 and bwd.a2a_s == pytest.approx(fwd.a2a_s, rel=1e-12)  # the transfers run again as they are
     rs, ag = _dp_seconds("reduce_scatter", 4.0, etp=2), _dp_seconds("all_gather", 2.0, etp=2)
     L = model.num_layers
@@ -501,6 +570,10 @@ def test_bad_new_fields_exit_2_with_one_line_naming_the_field(run_cli, overrides
 @pytest.mark.parametrize("overrides,needle", [
     (["workload.grad_dtype=fp16"], "workload.grad_dtype"),
     (["workload.grad_dtype=fp8"], "'fp32' or 'bf16'"),
+    (['workload.recompute_modules=["moe"]'], "'core_attn', 'layernorm', 'mla_up_proj', 'moe_act', 'mlp' or"),
+    (['workload.recompute_modules=[]'], "recompute_modules is empty"),
+    (['workload.recompute_modules=["moe_act","moe_act"]'], "lists 'moe_act' more than once"),
+    (['workload.recompute_modules=["moe_act"]', "workload.recompute=full"], "applies to recompute 'selective'"),
 ])
 def test_bad_training_fields_exit_2_with_one_line_naming_the_field(run_cli, overrides, needle):
     _exits_2_with_one_line(run_cli, DSV3_TRAIN, overrides, needle)
