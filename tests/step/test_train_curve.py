@@ -63,7 +63,8 @@ def test_one_candidate_is_the_same_as_many() -> None:
 
 
 @pytest.mark.parametrize("overrides,virtual_stages", [(["schedule.pipeline=dualpipe", "workload.recompute=full"], 1),
-                                                      ([], 2)])
+                                                      ([], 2),
+                                                      (['workload.recompute_modules=["core_attn", "layernorm"]'], 1)])
 def test_micro_batch_sizes_sharing_a_step_composition_equal_the_scalar_estimate(overrides, virtual_stages) -> None:
     """Layouts of different micro-batch sizes with the same stage split are composed in one call (the passes'
     times taken per layout): every valid candidate of a small space equals its scalar estimate."""
