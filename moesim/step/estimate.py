@@ -42,7 +42,7 @@ from ..dtypes import bytes_per_element
 from ..errors import InputError
 from ..flops import forward_flops_per_token
 from ..hardware import HardwareProfile
-from ..model import ModelSpec
+from ..model import MLAAttention, ModelSpec
 from ..ops import OpKind
 from ..scenario import RoutingSpec, Schedule, Scenario, ServeWorkload, ServingSpec, TrainWorkload, load_scenario
 from ..layer import backward_ops, low_precision_ops, num_kernels
@@ -147,6 +147,10 @@ class Pass:
     #: the time the EP group's links are busy, whether or not the schedule hides it under computation
     a2a_s: float = 0.0
     a2a_p99_s: float = 0.0
+    #: device seconds of the operations selective recomputation runs again in one MoE / dense layer's backward
+    #: (detail passes; on the critical path or not)
+    recompute_moe_s: float = 0.0
+    recompute_dense_s: float = 0.0
 
 
 _NODE = {
@@ -425,6 +429,8 @@ def _layer_pass(rt: RoutingSpec, sched: Schedule, model: ModelSpec, hw: Hardware
         total = host_bound_s(hw, total, issued(ops), graph=graph)
         return total, {}, dur
 
+    redo_s: dict[str, float] = {}
+
     def run(kind: str, ops: list[Op], record: bool = True) -> tuple[float, dict[str, float], dict[str, float]]:
         if not detail:
             return run_fast(kind, ops)
@@ -451,6 +457,8 @@ def _layer_pass(rt: RoutingSpec, sched: Schedule, model: ModelSpec, hw: Hardware
             if t >= longest.get(stage, -1.0):  # a stage's bound is its longest operation's
                 longest[stage] = t
                 bound[stage] = b
+            if op.recomputed and record:
+                redo_s[kind] = redo_s.get(kind, 0.0) + t
             if record and not backward:
                 timings.append(built(OpTiming,
                     kind=stage, layer=kind, time_s=t, flops=op.flops, bytes_moved=op.total_bytes,
@@ -502,7 +510,8 @@ def _layer_pass(rt: RoutingSpec, sched: Schedule, model: ModelSpec, hw: Hardware
     if not backward:
         timings.append(built(OpTiming, kind="lm_head", layer="model", time_s=lm_t, flops=lm.flops, bytes_moved=lm.total_bytes,
                                 comm_bytes=0.0, group="", bound=lm_b, on_critical_path=True))
-    return Pass(moe_s, moe_p99_s, dense_s, by_moe, by_dense, bound, timings, load_summary, emb_t, lm_t, a2a, a2a_p99)
+    return Pass(moe_s, moe_p99_s, dense_s, by_moe, by_dense, bound, timings, load_summary, emb_t, lm_t, a2a, a2a_p99,
+                redo_s.get("moe", 0.0), redo_s.get("dense", 0.0))
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -560,6 +569,12 @@ def _stage_time(p: Pass, n_moe: int, n_dense: int, first: bool, last: bool, mtp:
     if last:
         t += p.lm_head_s * (1 + mtp)
     return t
+
+
+def _recompute_s(p: Pass, counts: list[tuple[int, int, bool, bool]], mtp: int) -> float:
+    """Device seconds selective recomputation adds to one micro-batch's backward over every stage's layers (the MTP
+    modules count as MoE layers)."""
+    return (sum(c[0] for c in counts) + mtp) * p.recompute_moe_s + sum(c[1] for c in counts) * p.recompute_dense_s
 
 
 def _stage_a2a(p: Pass, n_moe: int, n_dense: int, first: bool, last: bool, mtp: int, *, p99: bool = False) -> float:
@@ -982,6 +997,17 @@ def _train(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Parallel, d
                 else f"interleaved 1F1B ({v} virtual stages per GPU)" if v > 1 else "1F1B")
         notes.append(f"{kind} pipeline: {m} micro-batches over {par.pp} stages, bubble "
                      f"{by_stage['pipeline_bubble']:.3g} s")
+    redo = _recompute_s(bwd, counts, mtp) * m / par.pp
+    if redo > 0:
+        mods = w.recompute_modules
+        if mods is not None:
+            what = f"{', '.join(mods)} (workload.recompute_modules)"
+        else:
+            parts = "MLA's up-projections and every FFN activation" if isinstance(model.attention, MLAAttention) \
+                else "every FFN activation"
+            what = f"{parts} (the default; workload.recompute_modules names others)"
+        notes.append(f"selective recomputation runs {what} again in the backward: {redo:.3g} s of device time per "
+                     f"step per GPU")
     sched = sc.schedule
     if (sched.overlap_grad_reduce or sched.overlap_param_gather) and fwd.a2a_s > 0 and bridge.shares_links_with_ep(par):
         busy = (fwd.a2a_s + bwd.a2a_s) / (fwd.moe_s + bwd.moe_s)

@@ -4,6 +4,8 @@ the frameworks (experts sharded over TP, the engine's memory share)."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -308,6 +310,26 @@ def test_recompute_modules_choose_what_the_step_runs_again_and_keeps():
     assert none.step_s < moe_act.step_s < more.step_s
     acts = [e.memory.by_category_bytes["activations"] for e in (none, moe_act, more)]
     assert acts[0] > acts[1] > acts[2]
+
+
+def test_the_estimate_notes_what_selective_recomputation_runs_again_and_its_time():
+    """With nothing overlapped, a one-stage step grows by exactly the recomputed operations' device time."""
+    def est(recompute: str, **workload):
+        raw = {"name": "t", "model": "mixtral-8x7b", "hardware": "h100-sxm", "num_gpus": 16,
+               "layout": {"tp": 1, "pp": 1, "ep": 8},
+               "workload": {"kind": "train", "seq_len": 4096, "global_batch_size": 64, "compute_dtype": "bf16",
+                            "recompute": recompute, **workload},
+               "schedule": {"overlap_shared_experts": False, "overlap_comm_with_compute": False,
+                            "overlap_grad_reduce": False, "overlap_param_gather": False}}
+        return estimate(scenario_from_dict(raw, "t"))
+    none, sel = est("none"), est("selective")
+    assert not [x for x in none.notes if "recomputation" in x]
+    note = next(x for x in sel.notes if "selective recomputation" in x)
+    assert "every FFN activation (the default" in note
+    seconds = float(re.search(r"([0-9.e+-]+) s of device time per step per GPU", note).group(1))
+    assert seconds == pytest.approx(sel.step_s - none.step_s, rel=2e-3)  # the note prints 3 digits
+    named = est("selective", recompute_modules=["moe_act", "core_attn"])
+    assert "moe_act, core_attn (workload.recompute_modules)" in next(x for x in named.notes if "recomputation" in x)
 
 
 def test_without_recomputation_activations_do_not_grow_with_the_sequence_at_fixed_tokens():
