@@ -24,6 +24,9 @@ from .common import Bounded, emit_json, json_option, writable
               help="What to optimise: USD per million tokens, tokens/s, or TPOT (TTFT for prefill).")
 @click.option("--top", type=Bounded(L.PLAN_TOP), default=5, show_default=True,
               help="How many of the best to print (1 or more).")
+@click.option("--recompute", "recompute", metavar="A,B,...",
+              help="Training: also search these recomputation settings (none, selective, full; default: the "
+              "scenario's workload.recompute).")
 @click.option("--set", "overrides", multiple=True, metavar="FIELD=VALUE", help="Override a scenario field first.")
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False, path_type=Path), help="Write every feasible candidate.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE.png",
@@ -41,7 +44,7 @@ from .common import Bounded, emit_json, json_option, writable
               help="With --rate: also try separate prefill and decode pools.")
 @json_option
 def plan(scenario, hardware, max_gpus, max_ttft_s, max_tpot_s, min_tokens_per_s, max_usd_per_hour, objective, top,
-         overrides, csv_path, plot_path, rate, max_ttft_p99_s, max_tpot_p99_s, num_requests, prompt_tokens,
+         recompute, overrides, csv_path, plot_path, rate, max_ttft_p99_s, max_tpot_p99_s, num_requests, prompt_tokens,
          output_tokens, arrival, disaggregated, as_json) -> None:
     """Search the scenario's model and workload over hardware, cluster sizes, layouts and batch sizes.
 
@@ -53,6 +56,10 @@ def plan(scenario, hardware, max_gpus, max_ttft_s, max_tpot_s, min_tokens_per_s,
     rate_flags = {"--max-ttft-p99-s": max_ttft_p99_s, "--max-tpot-p99-s": max_tpot_p99_s,
                   "--prompt-tokens": prompt_tokens, "--output-tokens": output_tokens}
     if rate is not None:
+        if recompute is not None:
+            from ..errors import InputError
+
+            raise InputError("searches training scenarios; request-rate mode plans serving", source="--recompute")
         return _plan_rate(scenario, hardware, max_gpus, max_ttft_s, max_tpot_s, min_tokens_per_s, max_usd_per_hour,
                           objective, top, overrides, csv_path, plot_path, rate, max_ttft_p99_s, max_tpot_p99_s,
                           num_requests, prompt_tokens, output_tokens, arrival, disaggregated, as_json)
@@ -97,18 +104,24 @@ def plan(scenario, hardware, max_gpus, max_ttft_s, max_tpot_s, min_tokens_per_s,
 
     sc = load_scenario(scenario, overrides)  # bad fields fail here, before the search
     _check_search_size(sc, sc.resolve_model(), max_gpus)
+    settings = None if recompute is None else [v.strip() for v in recompute.split(",")]
+    if settings is not None:
+        from ..plan.search import _recompute_variants
+
+        _recompute_variants(sc, settings)  # a bad list fails here, before the search
     scenario, overrides = sc, ()
     feasible: list[dict] = []
     if as_json:
         result = run_plan(scenario, hardware=names, constraints=cons, objective=objective, top=top,
-                          overrides=overrides, collect=feasible if (csv_path or plot_path) else None)
+                          overrides=overrides, collect=feasible if (csv_path or plot_path) else None,
+                          recompute=settings)
     else:
         from .render.plan import progress_bar
 
         with progress_bar() as advance:
             result = run_plan(scenario, hardware=names, constraints=cons, objective=objective, top=top,
                               overrides=overrides, progress=advance,
-                              collect=feasible if (csv_path or plot_path) else None)
+                              collect=feasible if (csv_path or plot_path) else None, recompute=settings)
     if not result.best:
         raise InputError(empty_reason(result), source="moesim plan")
     if csv_path:

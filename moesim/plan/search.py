@@ -13,7 +13,10 @@ The search space for a scenario's model and workload:
   together with numpy (:func:`moesim.step.estimate.serve_curve`); training
   micro-batch sizes {1, 2, 4} at the scenario's global batch, every layout and
   micro-batch size of a profile evaluated together with numpy
-  (:func:`moesim.step.estimate.train_curve`).
+  (:func:`moesim.step.estimate.train_curve`);
+* recomputation (training, ``recompute``): the scenario's ``workload.recompute`` (with its
+  ``recompute_modules``), or each of the values asked for ("none", "selective", "full"; a
+  "selective" other than the scenario's own takes the default modules).
 
 Every candidate is checked against the constraints in a fixed order (memory,
 TTFT, TPOT, throughput, budget) and counted under the first one it fails, so
@@ -81,6 +84,8 @@ class PlanResult(BaseModel):
     frontier: list[dict[str, Any]] = Field(description="Pareto frontier of the feasible candidates.")
     elapsed_s: float
     candidates_per_s: float = Field(description="Timed candidates per second of search.")
+    recompute: list[str] = Field(default_factory=list,
+                                 description="Training: the recomputation settings searched (workload.recompute).")
 
     def records(self) -> list[dict[str, Any]]:
         return [dict(r) for r in self.best]
@@ -273,7 +278,8 @@ def _train_candidates(sc: Scenario, model: ModelSpec, hw: HardwareProfile, jobs:
         gpu_h = n / 3600.0 / tps * 1e6 if tps > 0 else math.inf
         acc.feasible.append({
             "hardware": hw.name, "num_gpus": n, "tp": lay.tp, "pp": lay.pp, "dp": n // (lay.tp * lay.pp),
-            "ep": lay.ep, "etp": lay.etp, "zero_stage": lay.zero_stage, "batch_size": mbs, "fits": True,
+            "ep": lay.ep, "etp": lay.etp, "zero_stage": lay.zero_stage, "batch_size": mbs,
+            "recompute": w.recompute, "fits": True,
             "memory_per_gpu_bytes": mem[i], "step_s": step[i], "ttft_s": None, "tpot_s": None, "tokens_per_s": tps,
             "tokens_per_s_per_gpu": tps / n, "mfu_frac": mfu[i], "usd_per_hour": price * n if price else None,
             "usd_per_million_tokens": gpu_h * price if price else None, "gpu_hours_per_million_tokens": gpu_h,
@@ -295,7 +301,7 @@ def _distinct(ranked: list[dict[str, Any]], top: int) -> list[dict[str, Any]]:
     out, seen = [], set()
     for r in ranked:
         sig = (r["hardware"], r["tp"], r["pp"], r["ep"], r["etp"], r["zero_stage"], r["batch_size"],
-               round(r["tokens_per_s_per_gpu"], 6))
+               r.get("recompute"), round(r["tokens_per_s_per_gpu"], 6))
         if sig in seen:
             continue
         seen.add(sig)
@@ -330,15 +336,17 @@ def pareto(records: list[dict[str, Any]], x: str, y: str, *, x_low: bool = True,
 def plan(scenario: Scenario | str | None = None, *, hardware: list[str] | None = None,
          constraints: Constraints | None = None, objective: Objective = "cost", top: int = 5,
          overrides: tuple[str, ...] = (), progress: Callable[[int, int], None] | None = None,
-         collect: list[dict[str, Any]] | None = None) -> PlanResult:
+         collect: list[dict[str, Any]] | None = None, recompute: list[str] | None = None) -> PlanResult:
     """Search hardware x GPUs x layout x batch for ``scenario``'s model and workload (see module docstring).
 
-    ``collect``, when given, receives every feasible candidate's record (for CSV output).
+    ``collect``, when given, receives every feasible candidate's record (for CSV output). ``recompute`` (training):
+    the recomputation settings to search, each of "none", "selective", "full" (default: the scenario's).
     """
     sc = scenario if isinstance(scenario, Scenario) else load_scenario(scenario, overrides)
     cons = constraints or Constraints()
     training = isinstance(sc.workload, TrainWorkload)
     _check_objective(objective, training)
+    variants = _recompute_variants(sc, recompute)
     model = sc.resolve_model()
     if hardware:
         profiles = [load_hardware(n) for n in hardware]
@@ -367,22 +375,24 @@ def plan(scenario: Scenario | str | None = None, *, hardware: list[str] | None =
                 progress(i, len(jobs))
             if training and batch and (i == 0 or jobs[i - 1][0] is not hw):
                 prev = jobs[i - 1]
-                _train_candidates(sc, model, prev[0], batch, prev[3], cons, acc)
+                for v in variants:
+                    _train_candidates(v, model, prev[0], batch, prev[3], cons, acc)
                 batch = []
             if not _weights_fit(model, hw, lay, n, training, wb, master, grad_bytes):
-                acc.count += per_job
-                acc.rejected["memory"] += per_job
+                acc.count += per_job * len(variants)
+                acc.rejected["memory"] += per_job * len(variants)
                 continue
             if objective == "cost" and price is None:
-                acc.count += per_job
-                acc.rejected["no_price"] += per_job
+                acc.count += per_job * len(variants)
+                acc.rejected["no_price"] += per_job * len(variants)
                 continue
             if training:
                 batch.append((n, lay))
             else:
                 _serve_candidates(sc, model, hw, lay, n, price, cons, acc)
         if training and batch:
-            _train_candidates(sc, model, jobs[-1][0], batch, jobs[-1][3], cons, acc)
+            for v in variants:
+                _train_candidates(v, model, jobs[-1][0], batch, jobs[-1][3], cons, acc)
         if progress is not None:
             progress(len(jobs), len(jobs))
     elapsed = time.perf_counter() - t0
@@ -397,7 +407,37 @@ def plan(scenario: Scenario | str | None = None, *, hardware: list[str] | None =
         num_candidates=acc.count, num_timed=acc.timed, num_feasible=len(acc.feasible), rejected={k: v for k, v in acc.rejected.items() if v},
         best=best, frontier=front, elapsed_s=elapsed,
         candidates_per_s=acc.timed / elapsed if elapsed > 0 else math.inf,
+        recompute=[v.workload.recompute for v in variants] if training else [],  # type: ignore[union-attr]
     )
+
+
+RECOMPUTE_CHOICES = ("none", "selective", "full")
+
+
+def _recompute_variants(sc: Scenario, recompute: list[str] | None) -> list[Scenario]:
+    """The scenario once per recomputation setting to search (training; see the module docstring)."""
+    if recompute is None:
+        return [sc]
+    if not isinstance(sc.workload, TrainWorkload):
+        raise InputError("searching recomputation applies to a training scenario (workload.kind = 'train')",
+                         source="--recompute")
+    values = list(recompute)
+    bad = [v for v in values if v not in RECOMPUTE_CHOICES]
+    if not values or bad:
+        got = f"got {', '.join(map(repr, bad))}; " if bad else ""
+        raise InputError(f"{got}give one or more of {', '.join(RECOMPUTE_CHOICES)} (e.g. --recompute selective,full)",
+                         source="--recompute")
+    if len(set(values)) < len(values):
+        raise InputError(f"a setting is listed twice in {', '.join(values)}", source="--recompute")
+    w: TrainWorkload = sc.workload
+    out = []
+    for v in values:
+        if v == w.recompute:
+            out.append(sc)
+        else:
+            out.append(sc.model_copy(update={"workload": w.model_copy(update={"recompute": v,
+                                                                              "recompute_modules": None})}))
+    return out
 
 
 def first_rejection(rejected: dict[str, int]) -> tuple[str, int, str]:

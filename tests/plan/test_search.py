@@ -163,3 +163,38 @@ def test_an_empty_plan_names_the_missing_price_before_the_memory_rejections():
     free = plan("scenarios/validation-e2e/qwen3-30b-train-h100-megatron-bridge.toml", hardware=["h800"],
                 constraints=Constraints(max_gpus=16), objective="throughput")
     assert free.num_feasible > 0
+
+
+def test_a_training_plan_searches_the_recomputation_settings_asked_for():
+    cons = Constraints(max_gpus=64)
+    one = plan("mixtral-8x22b-train-h100", hardware=["h100-sxm"], constraints=cons, objective="throughput")
+    assert one.recompute == ["selective"]  # the scenario's own
+    both = plan("mixtral-8x22b-train-h100", hardware=["h100-sxm"], constraints=cons, objective="throughput",
+                recompute=["selective", "full"], collect=(found := []))
+    assert both.recompute == ["selective", "full"] and both.num_candidates == 2 * one.num_candidates
+    assert {r["recompute"] for r in found} == {"selective", "full"}
+    # each setting's records are that setting's estimates
+    for setting in ("selective", "full"):
+        r = next(x for x in found if x["recompute"] == setting)
+        sc = load_scenario("mixtral-8x22b-train-h100", [
+            f"num_gpus={r['num_gpus']}", f"layout.tp={r['tp']}", f"layout.pp={r['pp']}", f"layout.ep={r['ep']}",
+            f"layout.etp={r['etp']}", f"layout.zero_stage={r['zero_stage']}", f"workload.micro_batch_size={r['batch_size']}",
+            f"workload.recompute={setting}"])
+        est = estimate_resolved(sc, sc.resolve_model(), sc.resolve_hardware())
+        assert est.step_s == pytest.approx(r["step_s"], rel=1e-9)
+        assert est.memory_per_gpu_bytes == pytest.approx(r["memory_per_gpu_bytes"], rel=1e-9)
+    # full recomputation keeps less, so at least as many layouts fit
+    fit = {s: sum(1 for x in found if x["recompute"] == s) for s in ("selective", "full")}
+    assert fit["full"] >= fit["selective"]
+
+
+@pytest.mark.parametrize("args, needle", [
+    (("--recompute", "partial"), "got 'partial'; give one or more of none, selective, full"),
+    (("--recompute", "full,full"), "listed twice"),
+])
+def test_cli_plan_bad_recomputation_settings(args, needle):
+    out = _cli("plan", "mixtral-8x22b-train-h100", "--hardware", "h100-sxm", "--max-gpus", "64", *args)
+    assert out.returncode == 2
+    assert needle in out.stderr and "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1
+    serve = _cli("plan", "mixtral-8x7b-serve-h100", "--recompute", "full")
+    assert serve.returncode == 2 and "training scenario" in serve.stderr

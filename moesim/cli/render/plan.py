@@ -12,7 +12,11 @@ from .plots import pyplot, save_png
 from .fmt import gib, seconds
 
 
-def _row(r: dict, training: bool) -> list[str]:
+#: workload.recompute as the plan tables print it (narrow: the tables fill a terminal)
+_RECOMPUTE_LABEL = {"none": "none", "selective": "sel", "full": "full"}
+
+
+def _row(r: dict, training: bool, recompute: bool = False) -> list[str]:
     def s(x):
         return "-" if x is None else seconds(x)
 
@@ -21,30 +25,35 @@ def _row(r: dict, training: bool) -> list[str]:
     return [
         r["hardware"], str(r["num_gpus"]),
         f"{r['tp']}/{r['pp']}/{r['dp']}/{r['ep']}/{r['etp']}" + (f" Z{r['zero_stage']}" if r["zero_stage"] else ""),
-        str(r["batch_size"]), *lat, f"{r['tokens_per_s']:,.0f}", f"{r['tokens_per_s_per_gpu']:,.0f}",
-        f"{r['mfu_frac']:.1%}", gib(r["memory_per_gpu_bytes"]), "-" if usd is None else f"{usd:.4g}",
+        str(r["batch_size"]), *([_RECOMPUTE_LABEL.get(r["recompute"], r["recompute"])] if recompute else []), *lat, f"{r['tokens_per_s']:,.0f}",
+        f"{r['tokens_per_s_per_gpu']:,.0f}", f"{r['mfu_frac']:.1%}", gib(r["memory_per_gpu_bytes"]),
+        "-" if usd is None else f"{usd:.4g}",
     ]
 
 
-def _table(title: str, rows: list[dict], batch_label: str) -> Table:
+def _table(title: str, rows: list[dict], batch_label: str, recompute: bool = False) -> Table:
     training = batch_label == "micro-batch"
     t = Table(title=title, title_justify="left")
     lat = ("step",) if training else ("TTFT", "TPOT")
-    for c in ("hardware", "GPUs", "TP/PP/DP/EP/ETP", batch_label, *lat, "tokens/s", "tok/s/GPU", "MFU", "mem/GPU",
-              "USD/Mtok"):
-        t.add_column(c, justify="left" if c in ("hardware", "TP/PP/DP/EP/ETP") else "right", no_wrap=True)
+    shown = "mbs" if recompute else batch_label  # the recomputation column's room: the table fills a terminal
+    for c in ("hardware", "GPUs", "TP/PP/DP/EP/ETP", shown, *(("recomp",) if recompute else ()), *lat,
+              "tokens/s", "tok/s/GPU", "MFU", "mem/GPU", "USD/Mtok"):
+        t.add_column(c, justify="left" if c in ("hardware", "TP/PP/DP/EP/ETP", "recomp") else "right",
+                     no_wrap=True)
     for r in rows:
-        t.add_row(*_row(r, training))
+        t.add_row(*_row(r, training, recompute))
     return t
 
 
 def render_plan(result) -> None:
     c = console()
     batch = "micro-batch" if result.workload == "train" else "batch"
+    searched = len(result.recompute) > 1  # the column only where recomputation was searched
+    over = f" x recompute {', '.join(result.recompute)}" if searched else ""
     c.print(f"[bold]plan[/bold] {result.scenario}: objective {result.objective}, {result.num_candidates:,} candidates "
-            f"over {', '.join(result.hardware)} in {result.elapsed_s:.2f} s, {result.num_feasible:,} feasible")
-    c.print(_table(f"Best {len(result.best)} by {result.objective}", result.best, batch))
-    c.print(_table(f"Pareto frontier ({len(result.frontier)})", result.frontier[:20], batch))
+            f"over {', '.join(result.hardware)}{over} in {result.elapsed_s:.2f} s, {result.num_feasible:,} feasible")
+    c.print(_table(f"Best {len(result.best)} by {result.objective}", result.best, batch, searched))
+    c.print(_table(f"Pareto frontier ({len(result.frontier)})", result.frontier[:20], batch, searched))
     if result.rejected:
         rj = ", ".join(f"{k}: {v:,}" for k, v in sorted(result.rejected.items(), key=lambda kv: -kv[1]))
         c.print(f"rejected (first failed constraint): {rj}")
