@@ -149,10 +149,9 @@ class TrainWorkload(_Spec):
     micro_batch_size: Sequences = Field(1, description="Sequences per micro-batch per data-parallel rank.")
     recompute: Literal["none", "selective", "full"] = Field(
         "selective",
-        description="Activation recomputation: 'none' (every activation kept), 'selective' (the backward runs the "
-        "FFN activations and MLA's up-projections again; memory keeps neither their outputs nor MLA's per-head "
-        "q, k, v: Megatron-Core's moe_act and mla_up_proj modules) or 'full' (each layer keeps its input and runs "
-        "its whole forward again).")
+        description="Activation recomputation: 'none' (every activation kept), 'selective' (the backward runs "
+        "recompute_modules again and memory does not keep them; by default the FFN activations and MLA's "
+        "up-projections) or 'full' (each layer keeps its input and runs its whole forward again).")
     recompute_modules: list[RecomputeModule] | None = Field(
         None,
         description="With recompute 'selective': the modules that run again in the backward, by Megatron-Core's "
