@@ -134,6 +134,9 @@ class Schedule(_Spec):
     )
 
 
+#: Activation recomputation (TrainWorkload.recompute)
+Recompute = Literal["none", "selective", "full"]
+RECOMPUTE_CHOICES: tuple[str, ...] = get_args(Recompute)
 #: Megatron-Core's recompute modules (``--recompute-modules``) that the step model runs again (docs/step-model.md,
 #: section 2); its "moe" (the whole MoE layer, all-to-all included) is not among them
 RecomputeModule = Literal["core_attn", "layernorm", "mla_up_proj", "moe_act", "mlp", "shared_experts"]
@@ -147,7 +150,7 @@ class TrainWorkload(_Spec):
     seq_len: Tokens = Field(description="Tokens per sequence.")
     global_batch_size: Sequences = Field(description="Sequences per optimizer step.")
     micro_batch_size: Sequences = Field(1, description="Sequences per micro-batch per data-parallel rank.")
-    recompute: Literal["none", "selective", "full"] = Field(
+    recompute: Recompute = Field(
         "selective",
         description="Activation recomputation: 'none' (every activation kept), 'selective' (the backward runs "
         "recompute_modules again and memory does not keep them; by default the FFN activations and MLA's "

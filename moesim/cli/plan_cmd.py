@@ -106,9 +106,9 @@ def plan(scenario, hardware, max_gpus, max_ttft_s, max_tpot_s, min_tokens_per_s,
     _check_search_size(sc, sc.resolve_model(), max_gpus)
     settings = None if recompute is None else [v.strip() for v in recompute.split(",")]
     if settings is not None:
-        from ..plan.search import _recompute_variants
+        from ..plan.search import recompute_variants
 
-        _recompute_variants(sc, settings)  # a bad list fails here, before the search
+        recompute_variants(sc, settings)  # a bad list fails here, before the progress bar starts
     scenario, overrides = sc, ()
     feasible: list[dict] = []
     if as_json:

@@ -43,7 +43,7 @@ from ..caches import collection_paused
 from ..errors import InputError
 from ..hardware import HardwareProfile, bundled_hardware, load_hardware
 from ..model import ModelSpec
-from ..scenario import Layout, Scenario, ServeWorkload, TrainWorkload, load_scenario
+from ..scenario import RECOMPUTE_CHOICES, Layout, Scenario, ServeWorkload, TrainWorkload, load_scenario
 from ..step.estimate import check_layout, price_usd_per_gpu_hour, serve_curve, train_curve
 from ..step.memo import by_model
 from ..step.memory import StageParams, param_state_bytes, stage_params
@@ -346,7 +346,7 @@ def plan(scenario: Scenario | str | None = None, *, hardware: list[str] | None =
     cons = constraints or Constraints()
     training = isinstance(sc.workload, TrainWorkload)
     _check_objective(objective, training)
-    variants = _recompute_variants(sc, recompute)
+    variants = recompute_variants(sc, recompute)
     model = sc.resolve_model()
     if hardware:
         profiles = [load_hardware(n) for n in hardware]
@@ -411,10 +411,7 @@ def plan(scenario: Scenario | str | None = None, *, hardware: list[str] | None =
     )
 
 
-RECOMPUTE_CHOICES = ("none", "selective", "full")
-
-
-def _recompute_variants(sc: Scenario, recompute: list[str] | None) -> list[Scenario]:
+def recompute_variants(sc: Scenario, recompute: list[str] | None) -> list[Scenario]:
     """The scenario once per recomputation setting to search (training; see the module docstring)."""
     if recompute is None:
         return [sc]

@@ -305,6 +305,7 @@ def layer_pass(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Paralle
     """
     lpar = par.layer_view()
     rt, sched = sc.routing, sc.schedule
+    recompute = recompute if backward and training else frozenset()  # only a training backward runs anything again
 
     def run() -> Pass:
         return _layer_pass(rt, sched, model, hw, lpar, n=n, keys=keys, decode_batch=decode_batch, context=context,
@@ -317,7 +318,7 @@ def layer_pass(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Paralle
     key = (model.fingerprint, bridge._hw_key(hw), lpar, rt, sched, _value_key(n), _value_key(keys),
            _value_key(decode_batch), _value_key(context), _value_key(decode_tokens), _value_key(lm_tokens),
            weight_dtype, kv_dtype, expert_weight_dtype, compute_dtype, expert_compute_dtype, backward, training,
-           detail, grad_bytes if backward else None, fp8_scaling, recompute if backward and training else None)
+           detail, grad_bytes if backward else None, fp8_scaling, recompute)
     hit = _PASSES.get(key)
     if hit is None:
         hit = run()
@@ -375,7 +376,6 @@ def _layer_pass(rt: RoutingSpec, sched: Schedule, model: ModelSpec, hw: Hardware
     # vLLM's / SGLang's fused MoE at EP 1 gathers each copy's row inside the up GEMM (moesim.layer.moe_ffn_ops)
     gather = plan == "fused" and par.ep == 1 and (sched.gather_in_gemm == "on"
                                                   or (sched.gather_in_gemm == "auto" and not training))
-    issue_factor = 2.0 if backward else 1.0  # dgrad and wgrad kernels
     wb = bytes_per_element(weight_dtype)
     ewb = bytes_per_element(expert_weight_dtype) if expert_weight_dtype else wb
     attn = attention_ops(model, par, n, keys, decode_batch=decode_batch, context=context,
@@ -386,7 +386,7 @@ def _layer_pass(rt: RoutingSpec, sched: Schedule, model: ModelSpec, hw: Hardware
                                  expert_dtype=expert_compute_dtype, fp8_scaling=fp8_scaling,
                                  dispatched_quantised=rt.dispatch_dtype == "fp8")
 
-    units = recompute if backward and training else frozenset()
+    units = recompute  # layer_pass passes none outside a training backward
     again = recomputed_ops(model, par, n, units, weight_bytes=wb) if units else []
 
     def pass_ops(ops: list[Op], dense_layer: bool = False) -> list[Op]:
@@ -413,7 +413,7 @@ def _layer_pass(rt: RoutingSpec, sched: Schedule, model: ModelSpec, hw: Hardware
         if not backward:
             return num_kernels(ops)
         redo = [op for op in ops if op.recomputed]
-        return issue_factor * num_kernels([op for op in ops if not op.recomputed]) + num_kernels(redo)
+        return 2.0 * num_kernels([op for op in ops if not op.recomputed]) + num_kernels(redo)  # dgrad and wgrad
 
     def run_fast(kind: str, ops: list[Op]):
         dur: dict = {}
@@ -571,10 +571,15 @@ def _stage_time(p: Pass, n_moe: int, n_dense: int, first: bool, last: bool, mtp:
     return t
 
 
+def _layer_counts(counts: list[tuple[int, int, bool, bool]], mtp: int) -> tuple[int, int]:
+    """(MoE, dense) layers over every stage (:func:`_stage_layers`), the MTP modules counted as MoE layers."""
+    return sum(c[0] for c in counts) + mtp, sum(c[1] for c in counts)
+
+
 def _recompute_s(p: Pass, counts: list[tuple[int, int, bool, bool]], mtp: int) -> float:
-    """Device seconds selective recomputation adds to one micro-batch's backward over every stage's layers (the MTP
-    modules count as MoE layers)."""
-    return (sum(c[0] for c in counts) + mtp) * p.recompute_moe_s + sum(c[1] for c in counts) * p.recompute_dense_s
+    """Device seconds selective recomputation adds to one micro-batch's backward over every stage's layers."""
+    n_moe, n_dense = _layer_counts(counts, mtp)
+    return n_moe * p.recompute_moe_s + n_dense * p.recompute_dense_s
 
 
 def _stage_a2a(p: Pass, n_moe: int, n_dense: int, first: bool, last: bool, mtp: int, *, p99: bool = False) -> float:
@@ -584,8 +589,7 @@ def _stage_a2a(p: Pass, n_moe: int, n_dense: int, first: bool, last: bool, mtp: 
 
 def _by_stage_total(p: Pass, counts: list[tuple[int, int, bool, bool]], mtp: int) -> dict[str, float]:
     out: dict[str, float] = {}
-    n_moe = sum(c[0] for c in counts) + mtp
-    n_dense = sum(c[1] for c in counts)
+    n_moe, n_dense = _layer_counts(counts, mtp)
     for k, v in p.by_stage_moe_s.items():
         out[k] = out.get(k, 0.0) + v * n_moe
     for k, v in p.by_stage_dense_s.items():

@@ -12,10 +12,6 @@ from .plots import pyplot, save_png
 from .fmt import gib, seconds
 
 
-#: workload.recompute as the plan tables print it (narrow: the tables fill a terminal)
-_RECOMPUTE_LABEL = {"none": "none", "selective": "sel", "full": "full"}
-
-
 def _row(r: dict, training: bool, recompute: bool = False) -> list[str]:
     def s(x):
         return "-" if x is None else seconds(x)
@@ -25,9 +21,11 @@ def _row(r: dict, training: bool, recompute: bool = False) -> list[str]:
     return [
         r["hardware"], str(r["num_gpus"]),
         f"{r['tp']}/{r['pp']}/{r['dp']}/{r['ep']}/{r['etp']}" + (f" Z{r['zero_stage']}" if r["zero_stage"] else ""),
-        str(r["batch_size"]), *([_RECOMPUTE_LABEL.get(r["recompute"], r["recompute"])] if recompute else []), *lat, f"{r['tokens_per_s']:,.0f}",
-        f"{r['tokens_per_s_per_gpu']:,.0f}", f"{r['mfu_frac']:.1%}", gib(r["memory_per_gpu_bytes"]),
-        "-" if usd is None else f"{usd:.4g}",
+        str(r["batch_size"]),
+        # workload.recompute, "selective" shortened: the table fills a terminal
+        *([r["recompute"].replace("selective", "sel")] if recompute else []),
+        *lat, f"{r['tokens_per_s']:,.0f}", f"{r['tokens_per_s_per_gpu']:,.0f}", f"{r['mfu_frac']:.1%}",
+        gib(r["memory_per_gpu_bytes"]), "-" if usd is None else f"{usd:.4g}",
     ]
 
 
