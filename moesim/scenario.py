@@ -162,7 +162,8 @@ class TrainWorkload(_Spec):
         "'mla_up_proj' (MLA's query and key/value up-projections), 'moe_act' (the routed experts' activation), "
         "'mlp' (the dense layers' whole FFN), 'shared_experts' (the shared experts' whole FFN). Default: "
         "DeepSeek-V3's selective recomputation, MLA's up-projections and every FFN's activation "
-        "(docs/step-model.md, section 2).")
+        "(docs/step-model.md, section 2). A --set or --vary that turns recompute to 'none' or 'full' drops the "
+        "list the file names.")
     compute_dtype: Literal["bf16", "fp8"] = Field("bf16", description="GEMM precision.")
     fp8_scaling: Literal["block", "delayed", "current"] = Field(
         "block",
@@ -596,6 +597,25 @@ def apply_overrides(raw: dict[str, Any], overrides: list[tuple[list[str], Any]])
                 raise InputError(f"{'.'.join(path)}: {k} is not a table", source="--set")
             node = nxt
         node[path[-1]] = value
+    return drop_unused_recompute_modules(raw, [path for path, _ in overrides])
+
+
+#: Where an override sets the recomputation and its module list
+_RECOMPUTE_PATH, _MODULES_PATH = ["workload", "recompute"], ["workload", "recompute_modules"]
+
+
+def drop_unused_recompute_modules(raw: dict[str, Any], paths: list[list[str]]) -> dict[str, Any]:
+    """``raw`` (overridden at ``paths``) without the module list it inherited, where an override turned
+    recomputation to 'none' or 'full' and did not set ``workload.recompute_modules`` itself: the list names
+    what a selective recomputation runs again and means nothing to the other two (Megatron-Core reads
+    ``--recompute-modules`` only with ``--recompute-granularity selective``). A file that states both is
+    still refused (:class:`TrainWorkload`); ``moesim plan --recompute`` builds its settings the same way.
+    The workload table must be the caller's own copy (it is changed in place)."""
+    if _RECOMPUTE_PATH not in paths or _MODULES_PATH in paths:
+        return raw
+    w = raw.get("workload")
+    if isinstance(w, dict) and w.get("recompute") in ("none", "full"):
+        w.pop("recompute_modules", None)
     return raw
 
 

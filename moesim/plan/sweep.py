@@ -41,6 +41,7 @@ from ..scenario import (
     Scenario,
     TrainWorkload,
     apply_overrides,
+    drop_unused_recompute_modules,
     parse_set,
     read_scenario_raw,
     scenario_from_dict,
@@ -299,7 +300,7 @@ def _with_values(raw: dict[str, Any], paths: list[list[str]], values: Sequence[A
             node[k] = nxt
             node = nxt
         node[path[-1]] = copy.deepcopy(value) if isinstance(value, (dict, list)) else value
-    return out
+    return drop_unused_recompute_modules(out, paths)
 
 
 def _batch(sc: Scenario) -> int:

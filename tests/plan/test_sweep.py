@@ -12,6 +12,7 @@ from moesim.errors import InputError
 from moesim.plan.records import RECORD_FIELDS
 from moesim.plan.sweep import SweepResult, parse_vary, split_values, sweep
 from moesim.scenario import Scenario, load_scenario, scenario_from_dict
+from moesim.step.estimate import estimate
 
 #: the default scenario, reshaped so EP can vary over the 8 GPUs of the node (a few ms per point)
 MIXTRAL = "mixtral-8x7b-serve-h100"
@@ -352,3 +353,18 @@ def test_skew_costs_more_with_wider_expert_parallelism():
     res = sweep(_train_scenario(), {"layout.ep": [2, 8], "routing.distribution": ["uniform", "zipf:1.2"]})
     s = {(p.values["layout.ep"], p.values["routing.distribution"]): p.record["step_s"] for p in res.points}
     assert s[(8, "zipf:1.2")] / s[(8, "uniform")] > s[(2, "zipf:1.2")] / s[(2, "uniform")] >= 1.0
+
+
+def test_recomputation_can_be_swept_on_a_scenario_that_lists_its_modules():
+    """'none' and 'full' points drop the module list of a selective scenario (as --set and plan --recompute
+    do); the 'selective' point keeps it."""
+    base = ("workload.recompute=selective", 'workload.recompute_modules=["moe_act"]')
+    res = sweep("deepseek-v3-train-h800", {"workload.recompute": ["none", "selective", "full"]}, base)
+    assert res.num_errors == 0
+    plain = {v: estimate(load_scenario("deepseek-v3-train-h800", [f"workload.recompute={v}"])).step_s
+             for v in ("none", "full")}
+    assert res.points[0].record["step_s"] == plain["none"] and res.points[2].record["step_s"] == plain["full"]
+    listed = estimate(load_scenario("deepseek-v3-train-h800", list(base))).step_s
+    assert res.points[1].record["step_s"] == listed
+    steps = [p.record["step_s"] for p in res.points]
+    assert steps[0] < steps[1] < steps[2]

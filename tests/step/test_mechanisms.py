@@ -786,3 +786,29 @@ def test_serving_fp8_scaling_is_refused_without_fp8(run_cli):
     # the experts alone in FP8 are FP8 GEMMs
     assert run_cli("estimate", MIXTRAL_SERVE, "--set", "workload.expert_compute_dtype=fp8",
                    "--set", "workload.fp8_scaling=static").exit_code == 0
+
+
+def test_setting_recompute_to_none_or_full_drops_the_module_list_the_file_names():
+    """A scenario that lists its selective modules can be asked for 'none' or 'full' with --set, as plan
+    --recompute does; the modules the file named mean nothing there. A list given with the override is kept
+    (and refused with 'full', as in a file)."""
+    listed = load_scenario("deepseek-v3-train-h800", ['workload.recompute_modules=["moe_act"]'])
+    assert listed.workload.recompute_modules == ["moe_act"]
+    base = listed.model_dump(mode="python")
+    from moesim.scenario import apply_overrides, drop_unused_recompute_modules
+
+    for setting in ("none", "full"):
+        raw = apply_overrides(base, [(["workload", "recompute"], setting)])
+        assert "recompute_modules" not in raw["workload"]
+        sc = scenario_from_dict(raw, "test")
+        assert sc.workload.recompute == setting and sc.workload.recompute_modules is None
+        plain = load_scenario("deepseek-v3-train-h800", [f"workload.recompute={setting}"])
+        assert estimate(sc).step_s == estimate(plain).step_s
+    kept = apply_overrides(base, [(["workload", "recompute"], "selective")])
+    assert kept["workload"]["recompute_modules"] == ["moe_act"]
+    both = apply_overrides(base, [(["workload", "recompute"], "full"), (["workload", "recompute_modules"], ["mlp"])])
+    assert both["workload"]["recompute_modules"] == ["mlp"]
+    # another override leaves the list alone
+    other = drop_unused_recompute_modules({"workload": {"recompute": "full", "recompute_modules": ["mlp"]}},
+                                          [["workload", "seq_len"]])
+    assert other["workload"]["recompute_modules"] == ["mlp"]
