@@ -9,7 +9,10 @@ order given, the last axis varying fastest (``itertools.product``), so
 Every point is the base scenario (plus ``overrides``) with that point's values
 applied, validated as a :class:`~moesim.scenario.Scenario` and estimated with
 :func:`~moesim.step.estimate.estimate_resolved`. Model and hardware are loaded
-once per distinct reference. A point whose combination cannot run (EP not
+once per distinct reference. Serving points that differ only in
+``workload.batch_size`` are timed together (:func:`~moesim.step.estimate.serve_figures`,
+the same figures to the last bits of rounding); their full estimates are built
+when :attr:`SweepPoint.estimate` is first read. A point whose combination cannot run (EP not
 dividing the experts, GPUs not a multiple of TP x PP, more GPUs than the
 profile describes) becomes a row with an ``error`` (one line) instead of
 stopping the sweep. Problems with the grid itself (an unknown field, a value
@@ -30,7 +33,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
 from .. import limits as L
 from ..caches import collection_paused
@@ -39,6 +42,7 @@ from ..hardware import HardwareProfile
 from ..model import ModelSpec
 from ..scenario import (
     Scenario,
+    ServeWorkload,
     TrainWorkload,
     apply_overrides,
     drop_unused_recompute_modules,
@@ -46,7 +50,7 @@ from ..scenario import (
     read_scenario_raw,
     scenario_from_dict,
 )
-from ..step.estimate import estimate_resolved
+from ..step.estimate import estimate_resolved, serve_figures
 from ..step.result import Estimate, built
 from .records import RECORD_FIELDS, record, to_dataframe
 
@@ -66,13 +70,32 @@ class SweepAxis(_Spec):
 
 
 class SweepPoint(_Spec):
-    """One grid point: its values and either the estimate or the reason it cannot run."""
+    """One grid point: its values and either its key figures and estimate or the reason it cannot run."""
 
     index: int = Field(ge=0, description="Position in grid order (last axis fastest).")
     values: dict[str, Any] = Field(description="Varied field -> value at this point.")
     record: dict[str, Any] | None = Field(description="Key figures (moesim.plan.records.record), units in the names; None on error.")
-    estimate: Estimate | None = Field(description="The full estimate; None on error.")
     error: str | None = Field(description="One-line reason this point cannot run; None when it ran.")
+    _estimate: Estimate | None = PrivateAttr(None)
+    _inputs: tuple[Scenario, ModelSpec, HardwareProfile] | None = PrivateAttr(None)
+
+    @property
+    def estimate(self) -> Estimate | None:
+        """The full estimate (:func:`~moesim.step.estimate.estimate_resolved` of the point's scenario); None on
+        error. A point of a serving sweep over ``workload.batch_size`` builds it on first access: its record
+        came from the batch sizes timed together (:func:`~moesim.step.estimate.serve_figures`)."""
+        if self._estimate is None and self._inputs is not None:
+            self._estimate = estimate_resolved(*self._inputs)
+            self._inputs = None
+        return self._estimate
+
+    @classmethod
+    def _of(cls, index: int, values: dict[str, Any], record: dict[str, Any] | None, error: str | None,
+            estimate: Estimate | None = None, inputs: tuple | None = None) -> "SweepPoint":
+        # every field built here with its type (the estimate is already a result): no revalidation per point
+        p = built(cls, index=index, values=values, record=record, error=error)
+        object.__setattr__(p, "__pydantic_private__", {"_estimate": estimate, "_inputs": inputs})
+        return p
 
 
 class SweepResult(_Spec):
@@ -352,22 +375,79 @@ def sweep(
     paths = [a.field.split(".") for a in axes]
     combos = list(itertools.product(*(a.values for a in axes)))
     frozen = apply_overrides(raw, [])  # a private copy: each point shares it but for the tables it sets
-    points = []
+    points: list[SweepPoint | None] = [None] * len(combos)
+    done = 0
+
+    def scenario_at(idx: int) -> tuple[Scenario | None, ModelSpec | None, str | None]:
+        try:
+            sc = scenario_from_dict(_with_values(frozen, paths, combos[idx]), f"{where} (grid point {idx})", base)
+            model = res.model(sc)
+            sc.check_model(model)
+            return sc, model, None
+        except InputError as exc:
+            return None, None, _one_line(exc)
+
+    def finish(idx: int, rec=None, est=None, err=None, inputs=None) -> None:
+        nonlocal done
+        values = {a.field: v for a, v in zip(axes, combos[idx])}
+        points[idx] = SweepPoint._of(idx, values, rec, err, est, inputs)
+        done += 1
+        if progress is not None:
+            progress(done, len(combos))
+
+    def one(idx: int, sc: Scenario | None = None, model: ModelSpec | None = None) -> None:
+        if sc is None:
+            sc, model, err = scenario_at(idx)
+            if err is not None:
+                return finish(idx, err=err)
+        try:
+            est = estimate_resolved(sc, model, res.hw(sc))
+        except InputError as exc:
+            return finish(idx, err=_one_line(exc))
+        finish(idx, rec=record(est, _batch(sc)), est=est)
+
     with collection_paused():  # the caches a sweep fills hold no cycles (moesim.caches)
-        for idx, combo in enumerate(combos):
-            values = {a.field: v for a, v in zip(axes, combo)}
-            rec = est = err = None
-            try:
-                sc = scenario_from_dict(_with_values(frozen, paths, combo), f"{where} (grid point {idx})", base)
-                model = res.model(sc)
-                sc.check_model(model)
-                est = estimate_resolved(sc, model, res.hw(sc))
-                rec = record(est, _batch(sc))
-            except InputError as exc:
-                err = _one_line(exc)
-            # every field built here with its type (the estimate is already a result): no revalidation per point
-            points.append(built(SweepPoint, index=idx, values=values, record=rec, estimate=est, error=err))
-            if progress is not None:
-                progress(idx + 1, len(combos))
+        for group in _batch_groups(axes, len(combos)):
+            if len(group) == 1:
+                one(group[0])
+                continue
+            # points that differ only in the batch size: their serving passes are timed together
+            built_points = [(idx, *scenario_at(idx)) for idx in group]
+            ok = [(idx, sc, model) for idx, sc, model, err in built_points
+                  if err is None and isinstance(sc.workload, ServeWorkload)]
+            figs = None
+            if len(ok) > 1:
+                first = ok[0][1]
+                try:
+                    figs = serve_figures(first, ok[0][2], res.hw(first), [sc.workload.batch_size for _, sc, _ in ok])
+                except InputError:
+                    figs = None  # the points report it one by one below
+            by_idx = {idx: i for i, (idx, _, _) in enumerate(ok)} if figs is not None else {}
+            for idx, sc, model, err in built_points:
+                if err is not None:
+                    finish(idx, err=err)
+                elif idx in by_idx:
+                    finish(idx, rec=record(figs[by_idx[idx]], _batch(sc)), inputs=(sc, model, res.hw(sc)))
+                else:
+                    one(idx, sc, model)
     name = str(raw.get("name", "scenario"))
     return SweepResult(scenario=name, grid=axes, points=points)
+
+
+#: the field whose values a serving sweep times together (moesim.step.estimate.serve_figures)
+BATCH_FIELD = "workload.batch_size"
+
+
+def _batch_groups(axes: list[SweepAxis], num_points: int) -> list[list[int]]:
+    """Grid indices in groups that share every value but ``workload.batch_size`` (one group per combination of
+    the other axes, in grid order); each index alone when the batch size is not varied."""
+    b = next((i for i, a in enumerate(axes) if a.field == BATCH_FIELD), None)
+    if b is None or len(axes[b].values) < 2:
+        return [[i] for i in range(num_points)]
+    stride = 1
+    for a in axes[b + 1:]:
+        stride *= len(a.values)  # grid order: the last axis fastest
+    n_b = len(axes[b].values)
+    block = stride * n_b
+    return [[start + inner + j * stride for j in range(n_b)]
+            for start in range(0, num_points, block) for inner in range(stride)]

@@ -1300,22 +1300,53 @@ def _serve(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Parallel) -
     st = _serve_times(sc, model, hw, par, b, detail=True)
     main = st.decode if st.decode is not None else st.prefill
     assert main is not None
-    tps, flops_tok = st.tokens_per_s, st.flops_per_token
-    dt = w.compute_dtype
-    mfu = tps * flops_tok / (sc.num_gpus * hw.accelerator.peak_for(dt))
-    mfu_bf16 = tps * flops_tok / (sc.num_gpus * hw.accelerator.peak_for("bf16"))
-    by_stage = _by_stage_total(main, st.counts, 0)
     mem, max_batch = serve_memory(sc, model, hw, par)
     ctx = w.prompt_tokens + w.output_tokens / 2
     return built(Estimate,  # every field built here with its type: no validation on the hot path
-        scenario=sc.name, model=model.name, hardware=hw.name, num_gpus=sc.num_gpus, workload="serve", phase=w.phase,
-        layout=_layout_dict(sc, par), fits=mem.fits, memory_per_gpu_bytes=mem.total_bytes, memory=_memory_result(mem),
-        tokens_per_s=tps, tokens_per_s_per_gpu=tps / sc.num_gpus, mfu_frac=mfu, mfu_bf16_frac=mfu_bf16,
-        model_flops_per_token=flops_tok, ttft_s=st.ttft_s, tpot_s=st.tpot_s, tpot_p99_s=st.tpot_p99_s,
-        max_batch_size=max_batch, time_by_stage_s=by_stage, bound_by_stage=dict(main.bound), ops=list(main.timings),
-        load=main.load, cost=_cost(sc, hw, tps, None),
-        notes=_serve_notes(sc, w, par, hw, b, ctx, st.sampled),
+        **_serve_headline(sc, model, hw, par, st.tokens_per_s, st.flops_per_token, st.ttft_s, st.tpot_s,
+                          mem.total_bytes, mem.fits),
+        memory=_memory_result(mem), tpot_p99_s=st.tpot_p99_s, max_batch_size=max_batch,
+        time_by_stage_s=_by_stage_total(main, st.counts, 0), bound_by_stage=dict(main.bound), ops=list(main.timings),
+        load=main.load, notes=_serve_notes(sc, w, par, hw, b, ctx, st.sampled),
     )
+
+
+def _serve_headline(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Parallel, tps: float, flops_tok: float,
+                    ttft_s, tpot_s, memory_bytes: float, fits: bool) -> dict:
+    """The fields of a serving estimate that :func:`serve_figures` gives too (one place for both)."""
+    w: ServeWorkload = sc.workload  # type: ignore[assignment]
+    mfu = _mfu_frac(sc, hw, tps, flops_tok, w.compute_dtype)
+    mfu_bf16 = _mfu_frac(sc, hw, tps, flops_tok, "bf16")
+    return dict(
+        scenario=sc.name, model=model.name, hardware=hw.name, num_gpus=sc.num_gpus, workload="serve", phase=w.phase,
+        layout=_layout_dict(sc, par), fits=fits, memory_per_gpu_bytes=memory_bytes,
+        tokens_per_s=tps, tokens_per_s_per_gpu=tps / sc.num_gpus, mfu_frac=mfu, mfu_bf16_frac=mfu_bf16,
+        model_flops_per_token=flops_tok, ttft_s=ttft_s, tpot_s=tpot_s, cost=_cost(sc, hw, tps, None))
+
+
+def serve_figures(sc: Scenario, model: ModelSpec, hw: HardwareProfile, batches) -> list[Estimate]:
+    """The headline figures of a serving estimate for several batch sizes per replica at once (a sweep over
+    ``workload.batch_size``): entry ``i`` holds what :func:`estimate_resolved` gives for ``sc`` at
+    ``batch_size = batches[i]`` in the fields :func:`moesim.plan.records.record` reads. The passes are timed
+    as arrays over the batches, operation by operation with the scalar estimate's formulas, so the values agree
+    to the last bits of rounding (the expert all-to-all of several token counts is routed once and scaled,
+    :func:`moesim.step.bridge.a2a_times_s`; curves are interpolated by numpy). The per-operation detail is
+    left empty: ``memory``, ``ops``, ``load``, the time by stage and its bounds, ``tpot_p99_s``,
+    ``max_batch_size`` and the notes.
+    """
+    par, b, st, mem = _serve_batches(sc, model, hw, batches)
+    cap = hw.accelerator.memory_bytes
+
+    def at(x, i):
+        return None if x is None else float(np.broadcast_to(x, b.shape)[i])
+
+    out = []
+    for i in range(b.size):
+        m = at(mem, i)
+        out.append(built(Estimate, **_serve_headline(
+            sc, model, hw, par, at(st.tokens_per_s, i), st.flops_per_token, at(st.ttft_s, i), at(st.tpot_s, i),
+            m, m <= cap), memory=None, time_by_stage_s={}, bound_by_stage={}, ops=[], load=None))
+    return out
 
 
 def _serve_notes(sc: Scenario, w: ServeWorkload, par: Parallel, hw: HardwareProfile, b: int, ctx: float,
@@ -1435,12 +1466,8 @@ def serve_curve(sc: Scenario, model: ModelSpec, hw: HardwareProfile, batches) ->
     Same model as :func:`estimate_resolved` (expected straggler, no p99, no
     per-operation records); every value is an array over ``batches``.
     """
-    check_layout(sc, model, hw)
-    par = Parallel.of(sc, hw.node.accelerators_per_node)
-    b = np.asarray(batches, dtype=float)
-    st = _serve_times(sc, model, hw, par, b, detail=False)
-    stages = _serve_stage_memory(sc, model, hw, par, b)
-    mem = np.max([sum(cat.values()) for cat, _, _ in stages], axis=0)
+    par, b, st, mem = _serve_batches(sc, model, hw, batches)
+
     def full(x):
         return np.broadcast_to(np.nan if x is None else x, b.shape).astype(float)
 
@@ -1453,8 +1480,24 @@ def serve_curve(sc: Scenario, model: ModelSpec, hw: HardwareProfile, batches) ->
         "tokens_per_s": tps,
         "memory_per_gpu_bytes": mem,
         "fits": mem <= hw.accelerator.memory_bytes,
-        "mfu_frac": tps * st.flops_per_token / (sc.num_gpus * hw.accelerator.peak_for(sc.workload.compute_dtype)),
+        "mfu_frac": _mfu_frac(sc, hw, tps, st.flops_per_token, sc.workload.compute_dtype),
     }
+
+
+def _serve_batches(sc: Scenario, model: ModelSpec, hw: HardwareProfile, batches):
+    """(parallel layout, batches as an array, serving times over them, memory per GPU of the largest stage over
+    them) for :func:`serve_curve` and :func:`serve_figures`."""
+    check_layout(sc, model, hw)
+    par = Parallel.of(sc, hw.node.accelerators_per_node)
+    b = np.asarray(batches, dtype=float)
+    st = _serve_times(sc, model, hw, par, b, detail=False)
+    stages = _serve_stage_memory(sc, model, hw, par, b)
+    return par, b, st, np.max([sum(cat.values()) for cat, _, _ in stages], axis=0)
+
+
+def _mfu_frac(sc: Scenario, hw: HardwareProfile, tokens_per_s, flops_per_token: float, dtype: str):
+    """Model FLOPs over the GPUs' dense peak of ``dtype`` (scalars or arrays)."""
+    return tokens_per_s * flops_per_token / (sc.num_gpus * hw.accelerator.peak_for(dtype))
 
 
 def _pass_map(p: Pass, f) -> Pass:

@@ -9,10 +9,10 @@ import json
 import pytest
 
 from moesim.errors import InputError
-from moesim.plan.records import RECORD_FIELDS
+from moesim.plan.records import RECORD_FIELDS, record
 from moesim.plan.sweep import SweepResult, parse_vary, split_values, sweep
 from moesim.scenario import Scenario, load_scenario, scenario_from_dict
-from moesim.step.estimate import estimate
+from moesim.step.estimate import estimate, estimate_resolved
 
 #: the default scenario, reshaped so EP can vary over the 8 GPUs of the node (a few ms per point)
 MIXTRAL = "mixtral-8x7b-serve-h100"
@@ -368,3 +368,74 @@ def test_recomputation_can_be_swept_on_a_scenario_that_lists_its_modules():
     assert res.points[1].record["step_s"] == listed
     steps = [p.record["step_s"] for p in res.points]
     assert steps[0] < steps[1] < steps[2]
+
+
+# ----------------------------------------------------------------------------- batch sizes timed together
+
+
+def _rel_equal(a: dict, b: dict) -> bool:
+    """Records equal, floats to the last bits of rounding (the expert all-to-all of several token counts is
+    routed once and scaled: moesim.step.bridge.a2a_times_s)."""
+    return a.keys() == b.keys() and all(
+        (x == y) if not (isinstance(x, float) and isinstance(y, float)) else abs(x - y) <= 1e-14 * max(abs(x), abs(y))
+        for x, y in ((a[k], b[k]) for k in a))
+
+
+@pytest.mark.parametrize("name,vary,sets", [
+    ("deepseek-v3-decode-h800", {"workload.batch_size": [1, 8, 64, 256], "workload.prompt_tokens": [512, 4096]}, ()),
+    (MIXTRAL, {"layout.ep": [1, 8], "workload.batch_size": [1, 16, 128], "workload.output_tokens": [64, 1024]}, FLAT),
+    ("deepseek-v3-prefill-h800", {"workload.prompt_tokens": [1024, 8192], "workload.batch_size": [1, 3, 32]}, ()),
+])
+def test_a_batch_size_sweep_times_the_batches_together_with_the_figures_of_each_estimate(name, vary, sets):
+    """Points that differ only in the batch size get their records from one pass over the batches
+    (serve_figures); each equals the record of the point's own estimate, which the point builds on access
+    and which equals estimate_resolved of the point's scenario field for field."""
+    res = sweep(name, vary, sets)
+    base = load_scenario(name)
+    model, hw = base.resolve_model(), base.resolve_hardware()
+    assert res.num_errors == 0
+    for p in res.points:
+        sc = load_scenario(name, list(sets) + [f"{k}={v}" for k, v in p.values.items()])
+        own = estimate_resolved(sc, model, hw)
+        assert _rel_equal(p.record, record(own, sc.workload.batch_size)), p.values
+        assert p.estimate.model_dump() == own.model_dump()
+        assert p.estimate is p.estimate  # built once
+
+
+def test_a_batch_group_whose_layout_cannot_run_gives_error_rows_and_the_others_run():
+    """A group whose layout cannot run (EP 16 over 8 experts) gives one error row per batch size; the other
+    group is timed together; points stay in grid order and the progress callback counts every point once."""
+    seen = []
+    # 16 GPUs: EP16 divides them but not the 8 experts (the step model's layout check, for the whole group)
+    res = sweep(MIXTRAL, {"layout.ep": [16, 8], "workload.batch_size": [1, 64]}, FLAT + ("num_gpus=16",),
+                progress=lambda d, t: seen.append((d, t)))
+    assert [p.index for p in res.points] == [0, 1, 2, 3]
+    assert [p.error is None for p in res.points] == [False, False, True, True]
+    assert res.points[0].error == res.points[1].error == "layout.ep: layout.ep (16) must divide the 8 experts"
+    assert res.points[0].record is None and res.points[0].estimate is None
+    assert seen == [(1, 4), (2, 4), (3, 4), (4, 4)]
+    single = sweep(MIXTRAL, {"workload.batch_size": [64]}, FLAT + ("num_gpus=16", "layout.ep=8"))
+    assert _rel_equal(single.points[0].record, res.points[3].record)
+
+
+def test_batch_groups_follow_grid_order_with_the_batch_axis_anywhere():
+    from moesim.plan.sweep import SweepAxis, _batch_groups
+
+    def axes(*spec):
+        return [SweepAxis(field=f, values=list(range(n))) for f, n in spec]
+
+    assert _batch_groups(axes(("layout.ep", 2), ("workload.batch_size", 3)), 6) == [[0, 1, 2], [3, 4, 5]]
+    assert _batch_groups(axes(("workload.batch_size", 3), ("layout.ep", 2)), 6) == [[0, 2, 4], [1, 3, 5]]
+    assert _batch_groups(axes(("a.b", 2), ("workload.batch_size", 2), ("c.d", 2)), 8) == [
+        [0, 2], [1, 3], [4, 6], [5, 7]]
+    assert _batch_groups(axes(("layout.ep", 3)), 3) == [[0], [1], [2]]
+    assert _batch_groups(axes(("workload.batch_size", 1), ("layout.ep", 2)), 2) == [[0], [1]]
+
+
+def test_a_training_sweep_over_the_global_batch_is_estimated_point_by_point():
+    res = sweep(_train_scenario(), {"workload.global_batch_size": [64, 128]})
+    assert res.num_errors == 0
+    own = estimate(scenario_from_dict({**_train_scenario().model_dump(mode="python"),
+                                       "workload": {**_train_scenario().workload.model_dump(mode="python"),
+                                                    "global_batch_size": 128}}, "test"))
+    assert res.points[1].record == record(own, 128)
