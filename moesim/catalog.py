@@ -25,10 +25,11 @@ def bundled_models() -> dict[str, Path]:
 
 def model_from_toml(path: Path | str, _sig: Any = None) -> ModelSpec:
     """The model a TOML file describes: parsed and validated once per distinct content of the file
-    (:func:`moesim.filecache.parsed`); each call gets its own copy."""
+    (:func:`moesim.filecache.parsed`). Calls share the one frozen object of a content: ``model_copy(update=...)``
+    gives a changed copy; its tables are not to be changed in place."""
     if _sig is None:
-        return parsed(str(path), read_bytes, _parse_model).model_copy()
-    return parsed(str(path), read_bytes, _parse_model, _sig).model_copy()
+        return parsed(str(path), read_bytes, _parse_model)
+    return parsed(str(path), read_bytes, _parse_model, _sig)
 
 
 def _parse_model(where: str, data: bytes) -> ModelSpec:
@@ -46,7 +47,7 @@ def _parse_model(where: str, data: bytes) -> ModelSpec:
 
 
 def _prepared(spec: ModelSpec) -> ModelSpec:
-    """``spec`` with its derived values computed, so that every copy handed out carries them."""
+    """``spec`` with its derived values computed once, for every caller that gets it."""
     from .params import count_params
 
     for name, attr in vars(type(spec)).items():
@@ -69,11 +70,20 @@ def _bundled_model_file(name: str) -> str | None:
 
 def _bundled_model(name: str) -> tuple[str, tuple[int, ...]] | None:
     """(file, its stat signature) of bundled model ``name``, or None."""
-    if not name or name.startswith(".") or any(c in name for c in "/\\\0"):
+    p = _model_candidate(_models_dir(), name)
+    if p is None:
         return None
-    p = os.path.join(_models_dir(), name + ".toml")
     sig = signature(p)  # None for a name too long for the file system, as os.path.exists says False
     return (p, sig) if sig is not None else None
+
+
+@lru_cache(maxsize=1024)
+def _model_candidate(root: str, name: str) -> str | None:
+    """The file under ``root`` that bundled model ``name`` would be; None for a name that is not one plain
+    file-name stem."""
+    if not name or name.startswith(".") or any(c in name for c in "/\\\0"):
+        return None
+    return os.path.join(root, name + ".toml")
 
 
 @lru_cache(maxsize=1)

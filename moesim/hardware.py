@@ -26,6 +26,8 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 from . import limits as L
 from .data import hardware_dir
 from .errors import InputError, from_validation_error
+from .filecache import parsed, signature
+from .io import is_plain_name, name_suffix, read_bytes, stat_if_present
 from .units import parse_quantity
 
 
@@ -532,16 +534,20 @@ def _bundled_profile_file(name: str) -> str | None:
 
 def _bundled_profile(name: str) -> tuple[str, tuple[int, ...]] | None:
     """(file, its stat signature) of shipped profile ``name``, or None."""
-    from .filecache import signature
-
-    if not name or name.startswith(".") or any(c in name for c in "/\\\0"):
-        return None
-    root = _hardware_dir()
-    for p in (os.path.join(root, name + ".toml"), os.path.join(root, "calibrated", name + ".json")):
+    for p in _profile_candidates(_hardware_dir(), name):
         sig = signature(p)  # None for a name too long for the file system, as os.path.exists says False
         if sig is not None:
             return p, sig
     return None
+
+
+@lru_cache(maxsize=1024)
+def _profile_candidates(root: str, name: str) -> tuple[str, ...]:
+    """The files under ``root`` that shipped profile ``name`` may be (a TOML profile, else a calibrated JSON
+    one); none for a name that is not one plain file-name stem."""
+    if not name or name.startswith(".") or any(c in name for c in "/\\\0"):
+        return ()
+    return os.path.join(root, name + ".toml"), os.path.join(root, "calibrated", name + ".json")
 
 
 @lru_cache(maxsize=1)
@@ -551,13 +557,11 @@ def _hardware_dir() -> str:
 
 def read_profile_file(path: Path | str, _sig: Any = None) -> HardwareProfile:
     """The profile a TOML or JSON file describes: parsed, converted and validated once per distinct content of
-    the file (:func:`moesim.filecache.parsed`); each call gets its own copy."""
-    from .filecache import parsed
-    from .io import read_bytes
-
+    the file (:func:`moesim.filecache.parsed`). Calls share the one frozen object of a content:
+    ``model_copy(update=...)`` gives a changed copy; its tables are not to be changed in place."""
     if _sig is None:
-        return parsed(str(path), read_bytes, _parse_profile_file).model_copy()
-    return parsed(str(path), read_bytes, _parse_profile_file, _sig).model_copy()
+        return parsed(str(path), read_bytes, _parse_profile_file)
+    return parsed(str(path), read_bytes, _parse_profile_file, _sig)
 
 
 def _parse_profile_file(where: str, data: bytes) -> HardwareProfile:
@@ -568,7 +572,7 @@ def _parse_profile_file(where: str, data: bytes) -> HardwareProfile:
     if not isinstance(raw, dict):
         raise InputError("expected an object at the top level", source=where)
     profile = parse_profile(raw, where)
-    profile.fingerprint  # noqa: B018 - computed once here, carried by every copy handed out
+    profile.fingerprint  # noqa: B018 - computed once here, for every caller that gets it
     return profile
 
 
@@ -577,8 +581,6 @@ def load_hardware(name_or_path: str | Path) -> HardwareProfile:
     if not isinstance(name_or_path, (str, Path)):
         raise InputError(f"expected a profile name or path, got {L.short(name_or_path)}", field="hardware")
     L.PATH.check(str(name_or_path), field="hardware")
-    from .io import is_plain_name, name_suffix, stat_if_present
-
     # a bare name (most calls) is looked up as Path(name) would be, without building one
     plain = isinstance(name_or_path, str) and is_plain_name(name_or_path)
     p = None if plain else Path(name_or_path)

@@ -315,10 +315,10 @@ def layer_pass(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Paralle
                            lm_tokens=lm_tokens, detail=detail, grad_bytes=grad_bytes, fp8_scaling=fp8_scaling,
                            recompute=recompute)
 
-    key = (model.fingerprint, bridge._hw_key(hw), lpar, rt, sched, _value_key(n), _value_key(keys),
-           _value_key(decode_batch), _value_key(context), _value_key(decode_tokens), _value_key(lm_tokens),
-           weight_dtype, kv_dtype, expert_weight_dtype, compute_dtype, expert_compute_dtype, backward, training,
-           detail, grad_bytes if backward else None, fp8_scaling, recompute)
+    key = _HashedKey((model.fingerprint, bridge._hw_key(hw), lpar, rt, sched, _value_key(n), _value_key(keys),
+                      _value_key(decode_batch), _value_key(context), _value_key(decode_tokens), _value_key(lm_tokens),
+                      weight_dtype, kv_dtype, expert_weight_dtype, compute_dtype, expert_compute_dtype, backward,
+                      training, detail, grad_bytes if backward else None, fp8_scaling, recompute))
     hit = _PASSES.get(key)
     if hit is None:
         hit = run()
@@ -326,6 +326,23 @@ def layer_pass(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Paralle
             hit = _frozen(hit)
         _PASSES.put(key, hit)
     return hit
+
+
+class _HashedKey:
+    """A cache key hashed once: the pass cache looks a key up and then moves it to the end (two hashes of a
+    tuple that holds the routing and schedule specs, whose pydantic hash walks every field)."""
+
+    __slots__ = ("key", "hash")
+
+    def __init__(self, key: tuple):
+        self.key = key
+        self.hash = hash(key)
+
+    def __hash__(self) -> int:
+        return self.hash
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _HashedKey) and self.hash == other.hash and self.key == other.key
 
 
 def _value_key(x):
@@ -621,7 +638,8 @@ def _cost(sc: Scenario, hw: HardwareProfile, tokens_per_s: float, run_tokens: fl
 
 
 def _memory_result(m: MemoryBreakdown) -> MemoryResult:
-    return built(MemoryResult, by_category_bytes=m.by_category_bytes, total_bytes=m.total_bytes, capacity_bytes=m.capacity_bytes,
+    # the result's own dict: ``m`` may be shared by later estimates (serve_memory)
+    return built(MemoryResult, by_category_bytes=dict(m.by_category_bytes), total_bytes=m.total_bytes, capacity_bytes=m.capacity_bytes,
                         headroom_bytes=m.headroom_bytes, fits=m.fits, stage=m.stage)
 
 
@@ -826,29 +844,30 @@ def _train_step(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Parall
         return np.where(zero >= 3, red3, np.where(zero == 2, red2, 0.0)), np.where(zero >= 3, gat3, 0.0)
 
     comm_memo: dict[tuple, tuple] = {}
+    # stages of one shape and parameter count (most of them) take the same time: each stage's first such stage
+    first_of: dict[tuple, int] = {}
+    alike = [first_of.setdefault((c, sp[j]), j) for j, c in enumerate(counts)]
 
     def stage_comm(j: int, p99: bool = False) -> tuple:
         """:func:`microbatch_comm` of stage ``j`` (stages of one shape and parameter count share it)."""
-        key = (p99, counts[j], sp[j])
+        key = (p99, alike[j])
         hit = comm_memo.get(key)
         if hit is None:
             hit = comm_memo[key] = microbatch_comm(j, free(j, fwd, p99), free(j, bwd, p99))
         return hit
 
     def stage_times(p99: bool) -> list:
-        out, seen = [], {}
-        for j, c in enumerate(counts):  # stages of equal shape (most of them) take the same time
-            t = seen.get((c, sp[j]))
-            if t is None:
-                f = _stage_time(fwd, *c, mtp, p99=p99)
-                b = _stage_time(bwd, *c, mtp, p99=p99)
-                t = _layer_cost(f, b, recompute) + 2 * p2p
-                if per_microbatch:
-                    red, gat = stage_comm(j, p99)
-                    t = t + red + gat
-                seen[(c, sp[j])] = t
-            out.append(t)
-        return out
+        seen: dict[int, object] = {}
+        for j in first_of.values():
+            c = counts[j]
+            f = _stage_time(fwd, *c, mtp, p99=p99)
+            b = _stage_time(bwd, *c, mtp, p99=p99)
+            t = _layer_cost(f, b, recompute) + 2 * p2p
+            if per_microbatch:
+                red, gat = stage_comm(j, p99)
+                t = t + red + gat
+            seen[j] = t
+        return [seen[j] for j in alike]
 
     schedule = sc.schedule.pipeline
     v = sc.layout.virtual_stages
@@ -1079,7 +1098,34 @@ def train_memory_table(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par:
     """Bytes per GPU by category and stage: arrays ``[stages]`` for one layout, ``[stages, layouts]`` when
     ``par`` and ``m`` hold one value per layout (:func:`train_curve`). Every stage's figures are the same
     elementwise arithmetic (see the module docstring of :mod:`moesim.step.memory`). ``stages_key``:
-    ``_stages_key(stages)`` when the caller has it."""
+    ``_stages_key(stages)`` when the caller has it.
+
+    For one layout the table is computed once per distinct set of what it reads (the key below: the model and
+    profile by their content digests; ``sp`` follows from the model, the layout, the split and the redundant
+    experts) and shared: its arrays are read-only."""
+    skey = stages_key if stages_key is not None else _stages_key(stages)
+    if _vec(par.dp) or _vec(n) or _vec(copies) or _vec(m):
+        return _train_memory_table(sc, model, hw, par, copies, n, m, sp, stages, skey)
+    w: TrainWorkload = sc.workload  # type: ignore[assignment]
+    key = _HashedKey((model.fingerprint, bridge._hw_key(hw), par, copies, n, m, skey, w.compute_dtype, w.recompute,
+                      recompute_units(w.recompute, w.recompute_modules), w.master_weights_fp32,
+                      w.grad_bytes_per_element, sc.schedule.pipeline, sc.layout.virtual_stages,
+                      sc.routing.dispatch_dtype, sc.routing.redundant_experts, workspace_bytes(sc, hw)))
+    hit = _MEMORY_TABLES.get(key)
+    if hit is None:
+        hit = _train_memory_table(sc, model, hw, par, copies, n, m, sp, stages, skey)
+        for v in hit.values():
+            v.flags.writeable = False
+        _MEMORY_TABLES.put(key, hit)
+    return hit
+
+
+_MEMORY_TABLES = _PassCache(1024)
+
+
+def _train_memory_table(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Parallel, copies, n, m, sp,
+                        stages: list[list[int]], stages_key: tuple[tuple[int, ...], ...]) -> dict[str, np.ndarray]:
+    """:func:`train_memory_table` itself."""
     w: TrainWorkload = sc.workload  # type: ignore[assignment]
     ab = 1.0 if w.compute_dtype == "fp8" else 2.0
     units = recompute_units(w.recompute, w.recompute_modules)
@@ -1088,7 +1134,7 @@ def train_memory_table(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par:
     act_dense = layer_activation_bytes(model, par, n, w.recompute, copies, False, ab, units)
     num = len(stages)
     per_microbatch_bytes = []
-    for n_moe, n_layers, last_is_moe in _stage_shape(model, stages_key if stages_key is not None else _stages_key(stages)):
+    for n_moe, n_layers, last_is_moe in _stage_shape(model, stages_key):
         acts_per_microbatch_bytes = n_moe * act_moe + (n_layers - n_moe) * act_dense
         if w.recompute == "full" and n_layers:
             acts_per_microbatch_bytes += layer_activation_bytes(model, par, n, "selective", copies, last_is_moe, ab)
@@ -1445,7 +1491,23 @@ def _serve_stage_memory(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par
 
 
 def serve_memory(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Parallel) -> tuple[MemoryBreakdown, int]:
-    """Memory per GPU of the largest stage and the largest batch per replica that fits."""
+    """Memory per GPU of the largest stage and the largest batch per replica that fits: computed once per
+    distinct set of what it reads (the workload, the redundant experts, the workspace, the layout, the model and
+    profile by their content digests) and shared."""
+    key = _HashedKey((sc.workload, sc.routing.redundant_experts, sc.workspace_bytes, par, model.fingerprint,
+                      bridge._hw_key(hw)))
+    hit = _SERVE_MEMORY.get(key)
+    if hit is None:
+        hit = _serve_memory(sc, model, hw, par)
+        _SERVE_MEMORY.put(key, hit)
+    return hit
+
+
+_SERVE_MEMORY = _PassCache(1024)
+
+
+def _serve_memory(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Parallel) -> tuple[MemoryBreakdown, int]:
+    """:func:`serve_memory` itself."""
     w: ServeWorkload = sc.workload  # type: ignore[assignment]
     cap = hw.accelerator.memory_bytes
     best: MemoryBreakdown | None = None

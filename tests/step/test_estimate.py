@@ -238,7 +238,8 @@ def test_a_profile_loaded_again_hits_the_caches_of_the_first_load():
     from moesim.hardware import load_hardware
     from moesim.step import bridge
 
-    a, b = load_hardware("h800"), load_hardware("h800")
+    assert load_hardware("h800") is load_hardware("h800")  # one frozen object per content, shared
+    a, b = load_hardware("h800"), load_hardware("h800").model_copy()  # another object of the same content
     assert a is not b and a.fingerprint == b.fingerprint
     before = len(bridge._PROFILES)
     bridge._hw_key(a)
@@ -264,3 +265,41 @@ def test_a_layer_pass_over_token_arrays_is_kept_by_value_and_read_only():
     assert a.moe_s[:2].tolist() == c.moe_s[:2].tolist() and a.moe_s[2] < c.moe_s[2]
     with pytest.raises(ValueError):
         a.moe_s[0] = 0.0
+
+
+@pytest.mark.parametrize("override", [
+    "workload.grad_dtype=bf16", "workload.master_weights_fp32=false", "workspace_bytes=1e10",
+    "routing.dispatch_dtype=bf16", 'workload.recompute_modules=["moe_act"]', "workload.recompute=full",
+    "workload.compute_dtype=bf16", "schedule.pipeline=dualpipe",
+])
+def test_the_shared_training_memory_table_is_keyed_on_everything_it_reads(override):
+    """Estimates of one scenario share its memory table; a scenario that differs in any field the table reads
+    gets its own (the memory of a fresh computation, not the first one's)."""
+    from moesim.caches import clear_caches
+
+    base = load_scenario("deepseek-v3-train-h800")
+    estimate(base)  # the base's table is now shared
+    warm = estimate(load_scenario("deepseek-v3-train-h800", [override]))
+    clear_caches()
+    cold = estimate(load_scenario("deepseek-v3-train-h800", [override]))
+    assert warm.memory.by_category_bytes == cold.memory.by_category_bytes
+    assert warm.memory.by_category_bytes != estimate(base).memory.by_category_bytes
+
+
+def test_shared_memory_results_cannot_be_changed_through_an_estimate():
+    """The memory of repeated estimates is computed once (moesim.step.estimate.serve_memory,
+    train_memory_table); each estimate gets its own dict, and the shared training table is read-only."""
+    import numpy as np
+
+    from moesim.step import estimate as E
+
+    for name in ("mixtral-8x7b-serve-h100", "deepseek-v3-train-h800"):
+        sc = load_scenario(name)
+        first = estimate(sc)
+        expected = dict(first.memory.by_category_bytes)
+        first.memory.by_category_bytes["weights"] = 0.0
+        assert estimate(sc).memory.by_category_bytes == expected
+    tables = [v for v in E._MEMORY_TABLES.data.values()]
+    assert tables and all(not a.flags.writeable for t in tables for a in t.values())
+    with pytest.raises(ValueError):
+        tables[0]["weights"][0] = np.float64(0.0)
