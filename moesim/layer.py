@@ -123,6 +123,9 @@ class Op:
     #: a forward operation that selective recomputation runs again inside the backward pass: it runs there as it
     #: is, not as its backward (moesim.step.estimate)
     recomputed: bool = False
+    #: streams the operation's kernels are spread over (Transformer Engine's per-expert GEMMs: 4): their fixed
+    #: costs overlap, so the operation pays ``max(1, num_kernels / streams)`` of them (moesim.timing)
+    streams: int = 1
 
     @property
     def total_bytes(self) -> Any:
@@ -260,8 +263,14 @@ class MoEShape:
     ep_size: int = 1
 
 
+#: Compute streams Transformer Engine spreads a grouped linear's per-expert GEMMs over (``multi_stream_cublas_gemm``,
+#: ``num_compute_streams = 4`` in transformer_engine/common/util/multi_stream.cpp)
+TE_COMPUTE_STREAMS = 4
+
+
 def ffn_gemm_ops(kind: OpKind, name: str, rows: RowsPerExpert, D: float, F: float, m: int, *, plan: KernelPlan,
-                 act_bytes: float, weight_bytes_per_element: float, grouped: bool, batched: bool = False) -> list[Op]:
+                 act_bytes: float, weight_bytes_per_element: float, grouped: bool, batched: bool = False,
+                 per_expert: bool = False) -> list[Op]:
     """The GEMMs and activation of an expert (or dense) FFN over groups of rows.
 
     Gated (``m = 3``): ``up`` = gate and up projections (``K_in = D``, width
@@ -272,27 +281,35 @@ def ffn_gemm_ops(kind: OpKind, name: str, rows: RowsPerExpert, D: float, F: floa
     (per group for the loop) and 2 (gated) or 1 activation calls.
     Activation traffic per row: fused ``(2F + F) b`` gated / ``2 F b`` plain;
     eager gated ``5 F b`` (``silu`` writes a temporary the multiply reads).
+
+    ``per_expert`` (the fused plan's grouped GEMMs as Transformer Engine's grouped linear runs them in training,
+    Megatron-Core's default): each GEMM call is one cuBLAS GEMM per group, round-robin over
+    :data:`TE_COMPUTE_STREAMS` streams (``multi_stream_cublas_gemm`` in transformer_engine/common/gemm/
+    cublaslt_gemm.cu; its single-kernel grouped paths are opt-in: ``NVTE_USE_CUTLASS_GROUPED_GEMM``,
+    Megatron-Core's ``moe_use_grouped_tensor``). Each is a plain GEMM at its group's shape (``matmul``, one
+    group per call), a kernel the host issues, and the call pays ``max(1, groups / 4)`` kernels' fixed cost.
     """
     ops: list[Op] = []
     gated = m == 3
     up_width = 2.0 * F if gated else F
     fused = plan == "fused"
     up_calls = 1 if (fused or not gated) else 2
-    ck: ComputeKind = ("batched_matmul" if batched else "grouped_matmul") if grouped else "matmul"
+    per_expert = per_expert and fused and grouped and not batched
+    ck: ComputeKind = ("batched_matmul" if batched else "grouped_matmul") if grouped and not per_expert else "matmul"
     total_rows = rows.rows
     num_groups_total = rows.experts
     for r, count in rows.pairs:
         first = not ops
         for part, k_in, n_out, calls in (("up", D, up_width, up_calls), ("down", F, D, 1)):
-            # grouped: one call per GEMM for all groups; otherwise one per group
-            kernels = (calls if first else 0) if grouped else calls * count
+            # grouped: one call per GEMM for all groups; otherwise (and per expert) one per group
+            kernels = (calls if first else 0) if grouped and not per_expert else calls * count
             ops.append(Op(
                 kind, f"{name}_{part}", flops=2.0 * r * k_in * n_out * count,
                 bytes_moved=(r * k_in + r * n_out) * act_bytes * count,
                 weight_bytes=k_in * n_out * weight_bytes_per_element * count,
-                compute_kind=ck, num_kernels=kernels,
+                compute_kind=ck, num_kernels=kernels, streams=TE_COMPUTE_STREAMS if per_expert else 1,
                 gemm=GemmShape(m=r, n=n_out / calls, k=k_in, groups=count * calls,
-                               call_groups=num_groups_total if grouped else 1.0)))
+                               call_groups=num_groups_total if grouped and not per_expert else 1.0)))
     if fused:
         act_kernels = 1 if grouped else num_groups_total
     elif grouped:
@@ -319,7 +336,8 @@ def activation_op(kind: OpKind, name: str, num_elements: Any, act_bytes: float, 
 def moe_ffn_ops(s: MoEShape, *, tokens: Any, rows: RowsPerExpert, plan: KernelPlan, act_bytes: float,
                 weight_bytes_per_element: float, expert_weight_bytes_per_element: float | None = None,
                 bytes_per_copy: float | None = None, sent_rows: Any = None, capacity: int | None = None,
-                shared_tokens: Any = None, routed_rows: Any = None, gather_in_gemm: bool = False) -> list[Op]:
+                shared_tokens: Any = None, routed_rows: Any = None, gather_in_gemm: bool = False,
+                per_expert_gemms: bool = False) -> list[Op]:
     """Router, permute, dispatch, experts, combine, unpermute and shared experts of one rank's MoE FFN.
 
     ``tokens`` (``T``) enter the layer on the rank, ``rows`` are what its experts
@@ -417,7 +435,7 @@ def moe_ffn_ops(s: MoEShape, *, tokens: Any, rows: RowsPerExpert, plan: KernelPl
         expert_rows = rows
         grouped = plan != "loop"
     ops += ffn_gemm_ops(OpKind.EXPERTS, "experts", expert_rows, D, F, m, plan=plan, act_bytes=b,
-                        weight_bytes_per_element=ew, grouped=grouped, batched=batched)
+                        weight_bytes_per_element=ew, grouped=grouped, batched=batched, per_expert=per_expert_gemms)
 
     if ep:
         if not fused:
@@ -533,8 +551,13 @@ def low_precision_ops(ops: Sequence[Op], dtype: str, *, training: bool, element_
         else:
             fwd, kernels = rows * g.k * (amax + act_bytes + outs * q), 1 + extra
         bwd = rows * g.n * (amax + act_bytes + 2.0 * q)
+        # GEMMs issued one per group (Transformer Engine's grouped linear): the input of each is quantised on its
+        # own too (split_quantize, one quantiser per group: its kernels per group, on the current stream)
+        per = g.groups if op.streams > 1 else 1  # the fused plan: one call per GEMM, so a group per GEMM
+        before_dispatch = base == "experts_up" and dispatched_quantised and tokens is not None  # one pass, all tokens
         out.append(Op(op.kind, f"{base}_quantize", bytes_moved=fwd, compute_kind="elementwise",
-                      num_kernels=kernels, backward_bytes_moved=bwd, backward_kernels=1 + extra))
+                      num_kernels=kernels * (1 if before_dispatch else per), backward_bytes_moved=bwd,
+                      backward_kernels=(1 + extra) * per))
     return out
 
 

@@ -126,6 +126,14 @@ class Schedule(_Spec):
         description="Kernels of the MoE FFN (moesim/layer.py): 'fused' as training frameworks and inference engines "
         "run it, or one of the reference runner's eager PyTorch implementations.",
     )
+    grouped_gemm: Literal["auto", "per_expert", "grouped"] = Field(
+        "auto",
+        description="How the fused plan issues the routed experts' GEMMs: 'per_expert' (Transformer Engine's grouped "
+        "linear, Megatron-Core's default in training: one cuBLAS GEMM per local expert over 4 streams, each "
+        "expert's input quantised on its own), 'grouped' (one grouped kernel for all experts: vLLM's and SGLang's "
+        "fused MoE, DeepGEMM, torch._grouped_mm, Megatron-Core's moe_use_grouped_tensor), or 'auto' (per_expert for "
+        "training, grouped for serving).",
+    )
     gather_in_gemm: Literal["auto", "on", "off"] = Field(
         "auto",
         description="Fused plan at EP 1: the up GEMM gathers each token copy's row itself (vLLM's and SGLang's Triton "

@@ -22,7 +22,8 @@ over bytes moved: activations are read where the previous kernel left them (the
 curve at their size, cache regime when small), weights are streamed from device
 memory (each layer's weights were evicted by the other layers since their last
 use), at the curve's large-size end. ``t_kernel`` is the profile's fixed device
-cost per kernel.
+cost per kernel; ``n_kernels`` kernels spread over ``s`` streams (an operation's ``streams``: Transformer
+Engine's per-expert GEMMs) overlap theirs, ``max(1, n_kernels / s) * t_kernel``.
 
 Host issue (:func:`host_bound_s`): on an asynchronous device (a GPU) the host
 issues kernels while earlier ones run, so a pass takes
@@ -136,7 +137,10 @@ def op_terms(profile: HardwareProfile, op: "Op", dtype: str, *, fp8_block: bool 
         a = np.asarray(act, dtype=float)
         mem_a = a / (w * eff.memory_frac(np.maximum(a, 1e-30)))
     mem_w = wts / (w * eff.streaming_memory_frac)
-    overhead = op.num_kernels * eff.kernel_overhead_s
+    kernels = op.num_kernels
+    if op.streams > 1:  # kernels spread over streams overlap their fixed costs: max(1, k / s) of them
+        kernels = max(1.0, kernels / op.streams) if _scalar(kernels) else np.maximum(1.0, kernels / op.streams)
+    overhead = kernels * eff.kernel_overhead_s
     return compute, mem_a + mem_w, overhead
 
 

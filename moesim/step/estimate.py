@@ -263,7 +263,7 @@ _OP_ARRAY_TIMES = _PassCache(8192)  # about 3 kB an entry (the arrays in its key
 #: what :func:`moesim.timing.op_terms` reads of an operation and of its GEMM shape (tests/step/test_op_time_cache.py
 #: checks that it reads nothing else)
 OP_TIME_FIELDS = ("compute_kind", "dtype", "flops", "bytes_moved", "weight_bytes", "num_kernels", "keys_per_query",
-                  "head_dim", "is_backward")
+                  "head_dim", "is_backward", "streams")
 GEMM_TIME_FIELDS = ("m", "n", "k", "call_groups")
 
 
@@ -273,7 +273,7 @@ def _op_key(op: Op) -> tuple:
     g = op.gemm  # the fields of OP_TIME_FIELDS and GEMM_TIME_FIELDS, spelled out (a loop costs twice as much)
     v = _value_key
     return (op.compute_kind, op.dtype, v(op.flops), v(op.bytes_moved), v(op.weight_bytes), v(op.num_kernels),
-            v(op.keys_per_query), v(op.head_dim), op.is_backward,
+            v(op.keys_per_query), v(op.head_dim), op.is_backward, op.streams,
             None if g is None else (v(g.m), v(g.n), v(g.k), v(g.call_groups)))
 
 
@@ -393,6 +393,8 @@ def _layer_pass(rt: RoutingSpec, sched: Schedule, model: ModelSpec, hw: Hardware
     # vLLM's / SGLang's fused MoE at EP 1 gathers each copy's row inside the up GEMM (moesim.layer.moe_ffn_ops)
     gather = plan == "fused" and par.ep == 1 and (sched.gather_in_gemm == "on"
                                                   or (sched.gather_in_gemm == "auto" and not training))
+    # Transformer Engine's grouped linear (Megatron-Core training) issues the experts' GEMMs one per local expert
+    per_expert = sched.grouped_gemm == "per_expert" or (sched.grouped_gemm == "auto" and training)
     wb = bytes_per_element(weight_dtype)
     ewb = bytes_per_element(expert_weight_dtype) if expert_weight_dtype else wb
     attn = attention_ops(model, par, n, keys, decode_batch=decode_batch, context=context,
@@ -497,14 +499,16 @@ def _layer_pass(rt: RoutingSpec, sched: Schedule, model: ModelSpec, hw: Hardware
         timer.a2a = {OpKind.DISPATCH: d, OpKind.COMBINE: c}
         a2a = a2a_p99 = d + c
         moe_ops_mean = pass_ops(attn + moe_ops(model, par, n, mean_load, bytes_per_copy=bpc, weight_bytes=wb,
-                                               expert_weight_bytes=ewb, plan=plan, gather_in_gemm=gather))
+                                               expert_weight_bytes=ewb, plan=plan, gather_in_gemm=gather,
+                                               per_expert_gemms=per_expert))
         moe_s, by_moe, _ = run("moe", moe_ops_mean)
     if detail and model.moe is not None and model.num_moe_layers:
         d, c = bridge.a2a_times_s(rt, model, hw, par, n_src, bpc, p99_load)
         timer.a2a = {OpKind.DISPATCH: d, OpKind.COMBINE: c}
         a2a_p99 = d + c
         moe_ops_p99 = pass_ops(attn + moe_ops(model, par, n, p99_load, bytes_per_copy=bpc, weight_bytes=wb,
-                                              expert_weight_bytes=ewb, plan=plan, gather_in_gemm=gather))
+                                              expert_weight_bytes=ewb, plan=plan, gather_in_gemm=gather,
+                                              per_expert_gemms=per_expert))
         moe_p99_s, _, _ = run("moe", moe_ops_p99, record=False)
     dense_s = 0.0
     by_dense: dict[str, float] = {}

@@ -259,8 +259,10 @@ def moe_shape(model: ModelSpec, par: Parallel) -> MoEShape:
 
 def moe_ops(model: ModelSpec, par: Parallel, n: float, load: ExpertRankLoad, *, bytes_per_copy: float,
             weight_bytes: float = 2.0, expert_weight_bytes: float | None = None,
-            plan: KernelPlan = "fused", gather_in_gemm: bool = False) -> list[Op]:
+            plan: KernelPlan = "fused", gather_in_gemm: bool = False, per_expert_gemms: bool = False) -> list[Op]:
     """Router, dispatch, experts, combine and shared experts of one MoE layer (``n`` tokens per DP rank).
+
+    ``per_expert_gemms``: the experts' GEMMs one per local expert (:func:`moesim.layer.ffn_gemm_ops`).
 
     The expected straggler computes ``copies`` rows spread over the
     ``experts_touched`` experts that get any (:meth:`RowsPerExpert.expected`).
@@ -269,7 +271,8 @@ def moe_ops(model: ModelSpec, par: Parallel, n: float, load: ExpertRankLoad, *, 
     rows = RowsPerExpert.expected(load.copies, load.experts_touched)
     ops = moe_ffn_ops(moe_shape(model, par), tokens=n_src, rows=rows, plan=plan, act_bytes=ACT_BYTES,
                       weight_bytes_per_element=weight_bytes, expert_weight_bytes_per_element=expert_weight_bytes,
-                      bytes_per_copy=bytes_per_copy, shared_tokens=n, gather_in_gemm=gather_in_gemm)
+                      bytes_per_copy=bytes_per_copy, shared_tokens=n, gather_in_gemm=gather_in_gemm,
+                      per_expert_gemms=per_expert_gemms)
     if par.etp > 1:
         ops.append(Op(OpKind.TP_COMM, "experts_etp_all_reduce", comm_bytes=ACT_BYTES * n_src * model.hidden_size,
                       group="etp", compute_kind="comm", collective="all_reduce"))

@@ -4,6 +4,7 @@ the frameworks (experts sharded over TP, the engine's memory share)."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import numpy as np
@@ -812,3 +813,76 @@ def test_setting_recompute_to_none_or_full_drops_the_module_list_the_file_names(
     other = drop_unused_recompute_modules({"workload": {"recompute": "full", "recompute_modules": ["mlp"]}},
                                           [["workload", "seq_len"]])
     assert other["workload"]["recompute_modules"] == ["mlp"]
+
+
+# ----------------------------------------------------------------------------- Transformer Engine's per-expert GEMMs
+
+
+def _expert_ops(per_expert: bool, fp8_scaling: str | None = None, training: bool = True):
+    from moesim.layer import MoEShape, RowsPerExpert, moe_ffn_ops
+
+    shape = MoEShape(d_model=2048, expert_ffn=768, num_experts=128, top_k=8, num_local_experts=16, ep_size=8)
+    rows = RowsPerExpert(((2048.0, 16.0),))  # 16 local experts of 2048 rows
+    ops = moe_ffn_ops(shape, tokens=4096.0, rows=rows, plan="fused", act_bytes=2.0, weight_bytes_per_element=2.0,
+                      per_expert_gemms=per_expert)
+    if fp8_scaling is not None:
+        ops = low_precision_ops(ops, "fp8", training=training, element_bytes=1.0, fp8_scaling=fp8_scaling)
+    return {op.name: op for op in ops}
+
+
+def test_per_expert_gemms_issue_one_cublas_gemm_per_local_expert_over_four_streams():
+    """Transformer Engine's grouped linear: each of the up and down GEMM calls is one plain GEMM per local expert
+    (16 kernels, on 4 streams), the same FLOPs and bytes as the one grouped kernel; the device pays
+    max(1, 16 / 4) = 4 kernels' fixed cost per call, the host issues all 16."""
+    from moesim.hardware import load_hardware
+    from moesim.timing import op_terms
+
+    one, per = _expert_ops(False), _expert_ops(True)
+    hw = load_hardware("h100-sxm")
+    t_k = hw.efficiency.kernel_overhead_s
+    for name in ("experts_up", "experts_down"):
+        a, b = one[name], per[name]
+        assert (a.num_kernels, a.streams, a.compute_kind) == (1, 1, "grouped_matmul")
+        assert (b.num_kernels, b.streams, b.compute_kind) == (16, 4, "matmul")
+        assert (b.flops, b.bytes_moved, b.weight_bytes) == (a.flops, a.bytes_moved, a.weight_bytes)
+        assert b.gemm.groups == 16 and b.gemm.call_groups == 1.0
+        assert op_terms(hw, b, "bf16")[2] == pytest.approx(4 * t_k)
+        assert op_terms(hw, a, "bf16")[2] == pytest.approx(t_k)
+    assert per["experts_act"].num_kernels == one["experts_act"].num_kernels == 1  # one activation kernel
+    # fewer experts than streams still pay one kernel's fixed cost
+    few = dataclasses.replace(per["experts_up"], num_kernels=2)
+    assert op_terms(hw, few, "bf16")[2] == pytest.approx(t_k)
+
+
+@pytest.mark.parametrize("scaling,kernels_per_expert", [("current", 3), ("block", 1), ("delayed", 1)])
+def test_per_expert_gemms_quantise_each_experts_input_on_its_own(scaling, kernels_per_expert):
+    """split_quantize gives every expert its own quantiser: per-tensor current scaling runs its amax, scale and
+    cast kernels per expert (3 x 16), a block-scaled or delayed-scaling cast one per expert, forward and
+    backward; the bytes are those of the one pass over all rows."""
+    one, per = _expert_ops(False, scaling), _expert_ops(True, scaling)
+    for name in ("experts_up_quantize", "experts_down_quantize"):
+        a, b = one[name], per[name]
+        assert a.num_kernels == kernels_per_expert and b.num_kernels == 16 * kernels_per_expert
+        assert b.backward_kernels == 16 * a.backward_kernels
+        assert (b.bytes_moved, b.backward_bytes_moved) == (a.bytes_moved, a.backward_bytes_moved)
+
+
+def test_training_runs_the_experts_per_local_expert_and_serving_as_one_grouped_kernel():
+    """schedule.grouped_gemm 'auto': Megatron-Core's per-expert loop in training, the engines' grouped kernel in
+    serving; 'grouped' makes a training step faster (fewer kernels, fewer fixed costs), 'per_expert' a serving
+    iteration slower, and Mixtral at EP 8 (one local expert) does not change."""
+    qwen = "scenarios/validation-e2e/qwen3-30b-train-h100-megatron-bridge.toml"
+    auto = estimate(load_scenario(qwen))
+    grouped = estimate(load_scenario(qwen, ["schedule.grouped_gemm=grouped"]))
+    assert estimate(load_scenario(qwen, ["schedule.grouped_gemm=per_expert"])).step_s == auto.step_s
+    assert grouped.step_s < auto.step_s
+    serve = estimate(load_scenario(MIXTRAL_SERVE))  # all 8 experts on every GPU (TP 8 = ETP 8)
+    assert estimate(load_scenario(MIXTRAL_SERVE, ["schedule.grouped_gemm=grouped"])).tpot_s == serve.tpot_s
+    assert estimate(load_scenario(MIXTRAL_SERVE, ["schedule.grouped_gemm=per_expert"])).tpot_s > serve.tpot_s
+    one_expert = "scenarios/validation-e2e/mixtral-8x22b-train-h100-folding.toml"
+    assert (estimate(load_scenario(one_expert)).step_s
+            == estimate(load_scenario(one_expert, ["schedule.grouped_gemm=grouped"])).step_s)
+
+
+def test_a_bad_grouped_gemm_setting_exits_2_with_one_line(run_cli):
+    _exits_2_with_one_line(run_cli, DSV3_TRAIN, ["schedule.grouped_gemm=loop"], "schedule.grouped_gemm")

@@ -78,7 +78,7 @@ def test_every_field_of_the_key_tells_operations_apart() -> None:
             weight_bytes=3e6, compute_kind="grouped_matmul", num_kernels=1, gemm=g, keys_per_query=None)
     other = {"compute_kind": "matmul", "dtype": "fp8", "flops": np.array([1e9, 3e9]),
              "bytes_moved": np.array([1e6, 3e6]), "weight_bytes": 4e6, "num_kernels": 2,
-             "keys_per_query": 512.0, "head_dim": 64.0, "is_backward": True}
+             "keys_per_query": 512.0, "head_dim": 64.0, "is_backward": True, "streams": 4}
     assert set(other) == set(E.OP_TIME_FIELDS)
     for name, value in other.items():
         assert E._op_key(dataclasses.replace(op, **{name: value})) != E._op_key(op), name
