@@ -1036,6 +1036,12 @@ def _train(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Parallel, d
         notes.append(f"selective recomputation runs {what} again in the backward: {redo:.3g} s of device time per "
                      f"step per GPU")
     sched = sc.schedule
+    local = (model.moe.num_experts + sc.routing.redundant_experts) / par.ep if model.moe is not None else 0
+    if sched.grouped_gemm != "grouped" and sched.kernel_plan == "fused" and local > 1:
+        quant = ", each expert's input quantised on its own" if w.compute_dtype != "bf16" else ""
+        notes.append(f"the routed experts' GEMMs run one per local expert ({local:g} per GPU, on 4 streams{quant}): "
+                     f"Transformer Engine's grouped linear, Megatron-Core's default (schedule.grouped_gemm = "
+                     f"'grouped' for one grouped kernel per call)")
     if (sched.overlap_grad_reduce or sched.overlap_param_gather) and fwd.a2a_s > 0 and bridge.shares_links_with_ep(par):
         busy = (fwd.a2a_s + bwd.a2a_s) / (fwd.moe_s + bwd.moe_s)
         links = "cross the NICs" if bridge.leaves_node(par, "ep") else "stay on the node's NVLink"

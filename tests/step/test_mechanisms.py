@@ -876,6 +876,9 @@ def test_training_runs_the_experts_per_local_expert_and_serving_as_one_grouped_k
     grouped = estimate(load_scenario(qwen, ["schedule.grouped_gemm=grouped"]))
     assert estimate(load_scenario(qwen, ["schedule.grouped_gemm=per_expert"])).step_s == auto.step_s
     assert grouped.step_s < auto.step_s
+    note = "the routed experts' GEMMs run one per local expert (16 per GPU, on 4 streams, each expert's input quantised"
+    assert any(x.startswith(note) for x in auto.notes)
+    assert not any("one per local expert" in x for x in grouped.notes)
     serve = estimate(load_scenario(MIXTRAL_SERVE))  # all 8 experts on every GPU (TP 8 = ETP 8)
     assert estimate(load_scenario(MIXTRAL_SERVE, ["schedule.grouped_gemm=grouped"])).tpot_s == serve.tpot_s
     assert estimate(load_scenario(MIXTRAL_SERVE, ["schedule.grouped_gemm=per_expert"])).tpot_s > serve.tpot_s
