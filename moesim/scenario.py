@@ -134,6 +134,11 @@ class Schedule(_Spec):
         "fused MoE, DeepGEMM, torch._grouped_mm, Megatron-Core's moe_use_grouped_tensor), or 'auto' (per_expert for "
         "training, grouped for serving).",
     )
+    def per_expert_gemms(self, training: bool) -> bool:
+        """Whether the fused plan's routed-expert GEMMs run one per local expert (``grouped_gemm``)."""
+        return self.kernel_plan == "fused" and (
+            self.grouped_gemm == "per_expert" or (self.grouped_gemm == "auto" and training))
+
     gather_in_gemm: Literal["auto", "on", "off"] = Field(
         "auto",
         description="Fused plan at EP 1: the up GEMM gathers each token copy's row itself (vLLM's and SGLang's Triton "

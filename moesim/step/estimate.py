@@ -45,7 +45,7 @@ from ..hardware import HardwareProfile
 from ..model import MLAAttention, ModelSpec
 from ..ops import OpKind
 from ..scenario import RoutingSpec, Schedule, Scenario, ServeWorkload, ServingSpec, TrainWorkload, load_scenario
-from ..layer import backward_ops, low_precision_ops, num_kernels
+from ..layer import TE_COMPUTE_STREAMS, backward_ops, low_precision_ops, num_kernels
 from ..timing import host_bound_s, op_time_s, time_op
 from . import bridge
 from .memory import (
@@ -394,7 +394,7 @@ def _layer_pass(rt: RoutingSpec, sched: Schedule, model: ModelSpec, hw: Hardware
     gather = plan == "fused" and par.ep == 1 and (sched.gather_in_gemm == "on"
                                                   or (sched.gather_in_gemm == "auto" and not training))
     # Transformer Engine's grouped linear (Megatron-Core training) issues the experts' GEMMs one per local expert
-    per_expert = sched.grouped_gemm == "per_expert" or (sched.grouped_gemm == "auto" and training)
+    per_expert = sched.per_expert_gemms(training)
     wb = bytes_per_element(weight_dtype)
     ewb = bytes_per_element(expert_weight_dtype) if expert_weight_dtype else wb
     attn = attention_ops(model, par, n, keys, decode_batch=decode_batch, context=context,
@@ -1036,10 +1036,11 @@ def _train(sc: Scenario, model: ModelSpec, hw: HardwareProfile, par: Parallel, d
         notes.append(f"selective recomputation runs {what} again in the backward: {redo:.3g} s of device time per "
                      f"step per GPU")
     sched = sc.schedule
-    local = (model.moe.num_experts + sc.routing.redundant_experts) / par.ep if model.moe is not None else 0
-    if sched.grouped_gemm != "grouped" and sched.kernel_plan == "fused" and local > 1:
+    local = fwd.load.local_experts if fwd.load is not None else 0
+    if sched.per_expert_gemms(training=True) and local > 1:
         quant = ", each expert's input quantised on its own" if w.compute_dtype != "bf16" else ""
-        notes.append(f"the routed experts' GEMMs run one per local expert ({local:g} per GPU, on 4 streams{quant}): "
+        notes.append(f"the routed experts' GEMMs run one per local expert ({local:g} per GPU, on "
+                     f"{TE_COMPUTE_STREAMS} streams{quant}): "
                      f"Transformer Engine's grouped linear, Megatron-Core's default (schedule.grouped_gemm = "
                      f"'grouped' for one grouped kernel per call)")
     if (sched.overlap_grad_reduce or sched.overlap_param_gather) and fwd.a2a_s > 0 and bridge.shares_links_with_ep(par):
